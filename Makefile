@@ -1,0 +1,32 @@
+# `make demo` and `make test` set everything up on first use: a .venv in the repo root, installed with the
+# versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PYTEST_WORKERS ?= 2
+
+.PHONY: test test-slow demo readme-table clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0          # CPU build; any other request downloads the CUDA build
+	$(PIP) -e '.[dev]'
+	$(PIP) --no-deps vit-pytorch  # its torchvision dependency has no CPU build: see converters/oracle.py
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m 'not slow' -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m slow -q
+
+demo: $(STAMP)
+	$(PY) -m vit_flax.demo --out demo_out
+
+readme-table: $(STAMP)
+	$(PY) -m vit_flax.registry
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

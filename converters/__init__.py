@@ -1,0 +1,277 @@
+"""Weights both ways between vit-flax (Flax linen) and vit-pytorch.
+
+    variables = converters.from_torch(model, torch_model.state_dict())
+    state_dict = converters.to_torch(model, variables)       # loads into vit-pytorch with strict=True
+
+    converters.save_torch('vit.safetensors', model, variables)   # + vit.json, the sidecar
+    torch_model = converters.load_torch('vit.safetensors')       # a ready vit-pytorch model
+    model, variables = converters.load_flax('vit.safetensors')   # and back into Flax
+
+`model` is the configured Flax module. The converter learns its variable tree with `jax.eval_shape` from an
+example input that the registry derives from the module's own fields (or from `example_inputs=`), then maps
+each leaf with the rules in `converters/rules.py`. Conversion is strict: every missing, unexpected and
+mis-shaped key is reported in one error. Dtypes are kept (bf16 stays bf16) and the caller's dicts are not
+modified. torch is imported only where torch tensors or `.pt` files are involved.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import ml_dtypes
+import numpy as np
+from flax import traverse_util
+
+from converters import legacy
+from converters.rules import Slot, batchnorm_counter_keys, slots
+from vit_flax import registry
+
+__all__ = [
+    'StateDictMismatchError',
+    'from_torch',
+    'to_torch',
+    'save_state_dict',
+    'load_state_dict',
+    'save_torch',
+    'load_torch',
+    'load_flax',
+    'import_vit_pytorch',
+]
+
+SIDECAR_FORMAT = 1
+
+
+class StateDictMismatchError(ValueError):
+    """A state dict and a Flax model disagree: every missing, unexpected and mis-shaped key, with shapes."""
+
+    def __init__(self, what: str, missing=(), unexpected=(), mismatched=()):
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+        lines = [f'{what} does not match the model:']
+        lines += [f'  missing key {k}' for k in self.missing]
+        lines += [f'  unexpected key {k}' for k in self.unexpected]
+        lines += [f'  wrong shape for {k}: got {got}, the model expects {want}' for k, got, want in self.mismatched]
+        super().__init__('\n'.join(lines))
+
+
+# the variable tree of a model
+
+
+def _variable_shapes(model: nn.Module, example_inputs: tuple | None) -> dict[tuple[str, ...], tuple[int, ...]]:
+    if example_inputs is None:
+        example_inputs = registry.example_inputs(model)
+    shapes = jax.eval_shape(lambda: model.init(registry.init_rngs(jax.random.key(0)), *example_inputs))
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()}
+
+
+def _table(model, example_inputs) -> dict[str, Slot]:
+    return slots(_variable_shapes(model, example_inputs))
+
+
+# arrays between torch, numpy and jax
+
+
+def _is_torch_tensor(value) -> bool:
+    return type(value).__module__.startswith('torch')
+
+
+def to_numpy(value) -> np.ndarray:
+    """A numpy view of a torch tensor, jax array or array-like, bf16 included."""
+    if _is_torch_tensor(value):
+        import torch
+
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bf16; ml_dtypes does
+            return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.numpy()
+    return np.asarray(value)
+
+
+def to_tensor(array: np.ndarray):
+    """A torch tensor owning a contiguous copy of `array`, bf16 included."""
+    import torch
+
+    array = np.array(array, copy=True, order='C')
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+# the two directions
+
+
+def from_torch(model: nn.Module, state_dict: Mapping[str, Any], *, example_inputs: tuple | None = None) -> dict:
+    """A vit-pytorch state dict (torch tensors or arrays) as Flax variables for `model`."""
+    arrays = {key: to_numpy(value) for key, value in state_dict.items()}
+    arrays = legacy.migrate(model, arrays)
+    table = _table(model, example_inputs)
+    optional = batchnorm_counter_keys(table)
+
+    missing = [key for key in table if key not in arrays]
+    unexpected = [key for key in arrays if key not in table and key not in optional]
+    mismatched = [
+        (key, tuple(arrays[key].shape), slot.torch_shape)
+        for key, slot in table.items()
+        if key in arrays and tuple(arrays[key].shape) != slot.torch_shape
+    ]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(
+            f'state dict for {type(model).__name__}', missing, unexpected, mismatched
+        )
+
+    flat = {slot.flax_path: jax.numpy.asarray(slot.rule.from_torch(arrays[key])) for key, slot in table.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def to_torch(
+    model: nn.Module, variables: Mapping, *, example_inputs: tuple | None = None, as_numpy: bool = False
+) -> dict:
+    """Flax variables of `model` as a vit-pytorch state dict (torch tensors, or numpy arrays with `as_numpy`)."""
+    table = _table(model, example_inputs)
+    by_path = {slot.flax_path: slot for slot in table.values()}
+    flat = traverse_util.flatten_dict(dict(variables))
+
+    def name(path):
+        return '/'.join(path) + (f' ({by_path[path].torch_key})' if path in by_path else '')
+
+    missing = [name(path) for path in by_path if path not in flat]
+    unexpected = [name(path) for path in flat if path not in by_path]
+    mismatched = [
+        (name(path), tuple(np.shape(flat[path])), slot.flax_shape)
+        for path, slot in by_path.items()
+        if path in flat and tuple(np.shape(flat[path])) != slot.flax_shape
+    ]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatchError(f'variables for {type(model).__name__}', missing, unexpected, mismatched)
+
+    state_dict = {slot.torch_key: slot.rule.to_torch(np.asarray(flat[path])) for path, slot in by_path.items()}
+    for key in sorted(batchnorm_counter_keys(table)):
+        # Flax keeps no step counter; 0 is what torch starts from and only matters for momentum=None
+        state_dict[key] = np.zeros((), np.int64)
+    convert = np.ascontiguousarray if as_numpy else to_tensor
+    return {key: convert(value) for key, value in state_dict.items()}
+
+
+# files: .safetensors and .pt, with a JSON sidecar naming the vit-pytorch class and keywords
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix('.json')
+
+
+def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
+    """Write a state dict to `.safetensors` (no torch needed) or `.pt` (torch.save)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == '.safetensors':
+        from safetensors.numpy import save_file
+
+        save_file({key: np.ascontiguousarray(to_numpy(value)) for key, value in state_dict.items()}, str(path))
+    elif path.suffix == '.pt':
+        import torch
+
+        torch.save({key: value if _is_torch_tensor(value) else to_tensor(to_numpy(value))
+                    for key, value in state_dict.items()}, path)
+    else:
+        raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read a state dict from `.safetensors` (numpy arrays) or `.pt` (torch tensors, weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'no weights file at {path}')
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        if path.suffix == '.pt':
+            import torch
+
+            state_dict = torch.load(path, map_location='cpu', weights_only=True)
+            if not isinstance(state_dict, Mapping):
+                raise ValueError(f'holds a {type(state_dict).__name__}, not a state dict')
+            return dict(state_dict)
+    except Exception as error:  # a truncated or foreign file: say which
+        raise ValueError(f'could not read weights from {path}: {error}') from error
+    raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
+
+
+def save_torch(path: str | Path, model: nn.Module, variables: Mapping) -> Path:
+    """Export a registered Flax model's variables as a vit-pytorch state dict plus its JSON sidecar."""
+    path = Path(path)
+    entry = registry.entry_for(model)
+    save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
+    sidecar = {
+        'format': SIDECAR_FORMAT,
+        'weights': path.name,
+        'module': entry.torch_module,
+        'class': entry.class_name,
+        'kwargs': registry.torch_kwargs(model),
+        'vit_pytorch_version': _version('vit-pytorch'),
+        'vit_flax_class': f'vit_flax.{entry.name}',
+    }
+    _sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + '\n')
+    return path
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _read_sidecar(path: Path) -> dict:
+    sidecar_path = _sidecar_path(path)
+    if not sidecar_path.is_file():
+        raise FileNotFoundError(f'{path} has no sidecar {sidecar_path.name} naming its vit-pytorch class and keywords')
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f'sidecar {sidecar_path} is not valid JSON: {error}') from error
+    for field in ('module', 'class', 'kwargs'):
+        if field not in sidecar:
+            raise ValueError(f'sidecar {sidecar_path} lacks the field {field!r}')
+    # JSON has no tuples; vit-pytorch's `pair()` tests for tuples, so image_size=[h, w] must come back as one
+    sidecar['kwargs'] = {key: tuple(value) if isinstance(value, list) else value
+                         for key, value in sidecar['kwargs'].items()}
+    return sidecar
+
+
+def import_vit_pytorch(module: str):
+    """Import a vit_pytorch module, standing in for torchvision where it cannot load (see converters.oracle)."""
+    from converters.oracle import ensure_torchvision
+
+    ensure_torchvision()
+    return importlib.import_module(module)
+
+
+def load_torch(path: str | Path):
+    """The ready vit-pytorch model (eval mode) saved by `save_torch`: class and keywords from the sidecar."""
+    path = Path(path)
+    sidecar = _read_sidecar(path)
+    torch_class = getattr(import_vit_pytorch(sidecar['module']), sidecar['class'])
+    torch_model = torch_class(**sidecar['kwargs'])
+    state_dict = {key: value if _is_torch_tensor(value) else to_tensor(value)
+                  for key, value in load_state_dict(path).items()}
+    torch_model.load_state_dict(state_dict, strict=True)
+    return torch_model.eval()
+
+
+def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
+    """The Flax model and variables for a vit-pytorch state dict with a sidecar."""
+    path = Path(path)
+    sidecar = _read_sidecar(path)
+    name = f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}"
+    if name not in registry.BY_NAME:
+        raise KeyError(f'{sidecar["module"]}.{sidecar["class"]} has no vit-flax counterpart in the registry')
+    model = registry.BY_NAME[name].flax_class(**sidecar['kwargs'])
+    return model, from_torch(model, load_state_dict(path))

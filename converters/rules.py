@@ -1,0 +1,130 @@
+"""The mapping between a Flax variable tree and a vit-pytorch state dict: a naming rule and leaf rules.
+
+Naming rule: Flax submodules are named after the torch attributes, and a run of integer segments joins the
+preceding name with `_`, so `transformer.layers.0.1.net.1` is the module path `transformer/layers_0_1/net_1`.
+
+Leaf rules: each Flax leaf (collection, name, rank) has one torch name and a pair of array transforms that
+are exact inverses of each other (tested). Everything here is numpy only; torch is not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import numpy as np
+
+_TRAILING_INTEGERS = re.compile(r'^(.*?[^_\d].*?)((?:_\d+)+)$')
+
+
+def torch_module_path(flax_path: tuple[str, ...]) -> str:
+    """('transformer', 'layers_0_1', 'net_1') -> 'transformer.layers.0.1.net.1'."""
+    parts = []
+    for name in flax_path:
+        match = _TRAILING_INTEGERS.match(name)
+        if match:
+            parts.append(match.group(1))
+            parts.extend(match.group(2).lstrip('_').split('_'))
+        else:
+            parts.append(name)
+    return '.'.join(parts)
+
+
+def _identity(a):
+    return a
+
+
+def _conv_to_torch(kernel):
+    # (*spatial, in, out) -> (out, in, *spatial)
+    n = kernel.ndim
+    return np.transpose(kernel, (n - 1, n - 2, *range(n - 2)))
+
+
+def _conv_from_torch(weight):
+    # (out, in, *spatial) -> (*spatial, in, out)
+    return np.transpose(weight, (*range(2, weight.ndim), 1, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafRule:
+    """How one kind of Flax leaf becomes one torch state-dict entry, and back."""
+
+    collection: str
+    flax_name: str | None  # None: any name (raw parameters)
+    torch_name: str | None  # None: the Flax name
+    ranks: tuple[int, ...] | None  # None: any rank
+    to_torch: Callable[[np.ndarray], np.ndarray] = _identity
+    from_torch: Callable[[np.ndarray], np.ndarray] = _identity
+    what: str = ''
+
+    def matches(self, collection: str, name: str, rank: int) -> bool:
+        return (
+            self.collection == collection
+            and (self.flax_name is None or self.flax_name == name)
+            and (self.ranks is None or rank in self.ranks)
+        )
+
+    def torch_leaf(self, name: str) -> str:
+        return self.torch_name or name
+
+
+# First match wins, so the catch-all raw-parameter rule comes last.
+LEAF_RULES: tuple[LeafRule, ...] = (
+    LeafRule('params', 'kernel', 'weight', (2,), np.transpose, np.transpose, 'Linear: (in, out) <-> (out, in)'),
+    LeafRule('params', 'kernel', 'weight', (3, 4, 5), _conv_to_torch, _conv_from_torch, 'Conv: (*k, in, out) <-> (out, in, *k)'),
+    LeafRule('params', 'scale', 'weight', None, what='LayerNorm / BatchNorm / GroupNorm scale'),
+    LeafRule('params', 'embedding', 'weight', (2,), what='Embedding table'),
+    LeafRule('params', 'bias', 'bias', None, what='bias'),
+    LeafRule('batch_stats', 'mean', 'running_mean', (1,), what='BatchNorm running mean'),
+    LeafRule('batch_stats', 'var', 'running_var', (1,), what='BatchNorm running variance'),
+    LeafRule('params', None, None, None, what='nn.Parameter, copied as is'),
+    LeafRule('buffers', None, None, None, what='persistent buffer (register_buffer), copied as is'),
+)
+
+# torch's BatchNorm also saves a step counter that Flax does not keep: regenerated on export, dropped on import.
+BATCHNORM_COUNTER = 'num_batches_tracked'
+
+
+def leaf_rule(collection: str, name: str, rank: int) -> LeafRule:
+    for rule in LEAF_RULES:
+        if rule.matches(collection, name, rank):
+            return rule
+    raise KeyError(f'no converter rule for a rank-{rank} leaf {name!r} in collection {collection!r}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One state-dict entry: where it lives in the Flax tree and how it is transformed."""
+
+    torch_key: str
+    flax_path: tuple[str, ...]  # (collection, *modules, leaf)
+    rule: LeafRule
+    flax_shape: tuple[int, ...]
+
+    @property
+    def torch_shape(self) -> tuple[int, ...]:
+        # a zero-stride view: transposes a shape without allocating the array
+        return tuple(self.rule.to_torch(np.broadcast_to(np.zeros((), np.int8), self.flax_shape)).shape)
+
+
+def slots(flax_shapes: dict[tuple[str, ...], tuple[int, ...]]) -> dict[str, Slot]:
+    """Torch key -> Slot for every leaf of a flattened Flax variable tree (path -> shape)."""
+    table: dict[str, Slot] = {}
+    for path, shape in flax_shapes.items():
+        collection, *modules, name = path
+        rule = leaf_rule(collection, name, len(shape))
+        key = '.'.join(filter(None, (torch_module_path(tuple(modules)), rule.torch_leaf(name))))
+        if key in table:
+            raise ValueError(f'Flax leaves {table[key].flax_path} and {path} both map to torch key {key!r}')
+        table[key] = Slot(key, tuple(path), rule, tuple(shape))
+    return table
+
+
+def batchnorm_counter_keys(table: dict[str, Slot]) -> set[str]:
+    """The `num_batches_tracked` keys torch has for the BatchNorm layers in `table`."""
+    return {
+        key[: -len('running_mean')] + BATCHNORM_COUNTER
+        for key, slot in table.items()
+        if slot.rule.torch_name == 'running_mean'
+    }

@@ -1,0 +1,216 @@
+"""Shared building blocks. Every numerical convention that decides parity with vit-pytorch lives here once.
+
+Parameter names follow Flax (`kernel`, `scale`, `bias`, `embedding`); the converters map them to torch's
+(`weight`, `bias`) with the leaf rules in `converters/rules.py`. Initialisers follow torch's defaults so
+that training from scratch behaves like vit-pytorch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# helpers, as in vit-pytorch
+
+
+def exists(val):
+    return val is not None
+
+
+def default(val, d):
+    return val if exists(val) else d
+
+
+def pair(t):
+    return t if isinstance(t, tuple) else (t, t)
+
+
+# initialisers
+
+
+def torch_uniform(fan_in: int):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights and biases.
+
+    (kaiming_uniform with a=sqrt(5) reduces to this bound.)
+    """
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+randn = nn.initializers.normal(stddev=1.0)  # torch.randn, used by nn.Parameter(torch.randn(...))
+
+# numerics
+
+# torch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
+gelu = functools.partial(nn.gelu, approximate=False)
+
+# torch LayerNorm: eps 1e-5 and a two-pass variance. Flax's fast variance (E[x^2] - E[x]^2) loses digits on
+# inputs with a large mean, such as raw-pixel patches.
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+
+
+class Linear(nn.Module):
+    """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out). Torch's default init."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        kernel = self.param('kernel', torch_uniform(fan_in), (fan_in, self.features))
+        y = jnp.dot(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            bias = self.param('bias', torch_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+def _spatial_tuple(value, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f'{name}={value} has {len(value)} entries, but the input has {n} spatial dimensions')
+    return value
+
+
+class Conv(nn.Module):
+    """torch.nn.Conv1d / Conv2d / Conv3d on channels-last input ((B, *spatial, C)).
+
+    `kernel` is (*kernel_size, in // groups, out): torch's OI* weight with its axes moved. Padding is torch's:
+    an int or tuple pads both sides of each spatial dimension, 'same' pads like torch (the odd pixel goes on
+    the right), 'valid' pads nothing. Zero padding only, as vit-pytorch uses.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    stride: int | Sequence[int] = 1
+    padding: int | Sequence[int] | str = 0
+    dilation: int | Sequence[int] = 1
+    groups: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        n = x.ndim - 2
+        if n not in (1, 2, 3):
+            raise ValueError(f'Conv expects (batch, *spatial, channels) with 1 to 3 spatial dims, got shape {x.shape}')
+        in_features = x.shape[-1]
+        if in_features % self.groups or self.features % self.groups:
+            raise ValueError(
+                f'Conv groups={self.groups} must divide in channels ({in_features}) and out channels ({self.features})'
+            )
+        kernel_size = _spatial_tuple(self.kernel_size, n, 'kernel_size')
+        stride = _spatial_tuple(self.stride, n, 'stride')
+        dilation = _spatial_tuple(self.dilation, n, 'dilation')
+        if self.padding == 'valid':
+            padding = [(0, 0)] * n
+        elif self.padding == 'same':
+            totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+            padding = [(t // 2, t - t // 2) for t in totals]
+        else:
+            padding = [(p, p) for p in _spatial_tuple(self.padding, n, 'padding')]
+
+        fan_in = in_features // self.groups * math.prod(kernel_size)
+        kernel = self.param('kernel', torch_uniform(fan_in), (*kernel_size, in_features // self.groups, self.features))
+        spatial = 'DHW'[-n:] if n > 1 else 'W'
+        y = jax.lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            window_strides=stride,
+            padding=padding,
+            rhs_dilation=dilation,
+            dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'),
+            feature_group_count=self.groups,
+        )
+        if self.use_bias:
+            bias = self.param('bias', torch_uniform(fan_in), (self.features,))
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """torch.nn.BatchNorm{1,2,3}d on channels-last input, with torch's semantics.
+
+    `momentum` has torch's meaning (weight of the new batch). In training the batch is normalised with its
+    biased variance while the running variance is updated with the unbiased one, as torch does (Flax's
+    BatchNorm updates with the biased variance, so its running statistics drift from torch's). Running
+    statistics live in the 'batch_stats' collection as `mean` and `var`.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        features = x.shape[-1]
+        scale = self.param('scale', nn.initializers.ones, (features,))
+        bias = self.param('bias', nn.initializers.zeros, (features,))
+        running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axes)
+            var = jnp.square(x32 - mean).mean(axes)
+            if not self.is_initializing():
+                count = x.size // features
+                unbiased = var * (count / max(count - 1, 1))
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        else:
+            mean, var = running_mean.value, running_var.value
+
+        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
+        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+class Embedding(nn.Module):
+    """torch.nn.Embedding: `embedding` is torch's `weight`, initialised N(0, 1) like torch."""
+
+    num_embeddings: int
+    features: int
+
+    @nn.compact
+    def __call__(self, ids):
+        table = self.param('embedding', randn, (self.num_embeddings, self.features))
+        return jnp.take(table, ids, axis=0)
+
+
+def attention_weights(q, k, scale: float, mask=None):
+    """softmax(q k^T * scale) over the last axis, with q, k as (..., n, d). `mask` is True where allowed."""
+    dots = jnp.einsum('...id,...jd->...ij', q, k) * scale
+    if exists(mask):
+        dots = jnp.where(mask, dots, jnp.finfo(dots.dtype).min)
+    return jax.nn.softmax(dots, axis=-1)
+
+
+def check_sincos_dim(dim: int):
+    if dim % 4:
+        raise ValueError(f'feature dimension must be a multiple of 4 for the sin-cos embedding, got dim={dim}')
+    if dim < 8:
+        # torch divides by (dim // 4 - 1) = 0 here and fills the embedding with NaN
+        raise ValueError(f'the sin-cos embedding needs dim >= 8, got dim={dim}')
+
+
+def posemb_sincos_2d(h: int, w: int, dim: int, temperature: int = 10000) -> np.ndarray:
+    """The fixed 2D sin-cos position embedding of SimpleViT, (h * w, dim), computed in float32 as torch does."""
+    check_sincos_dim(dim)
+    y, x = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing='ij')
+    omega = np.arange(dim // 4, dtype=np.float32) / np.float32(dim // 4 - 1)
+    omega = np.float32(1.0) / (np.float32(temperature) ** omega)
+    y = y.reshape(-1)[:, None] * omega[None, :]
+    x = x.reshape(-1)[:, None] * omega[None, :]
+    return np.concatenate((np.sin(x), np.cos(x), np.sin(y), np.cos(y)), axis=1).astype(np.float32)

@@ -1,0 +1,154 @@
+"""Every architecture of vit-flax, with its vit-pytorch counterpart, test configurations and example inputs.
+
+The registry drives the parity tests (tests/test_parity.py), the converters (which derive an example input
+from a module's own fields to learn its variable tree) and the README's architecture table
+(`python -m vit_flax.registry` prints it). Adding an architecture means adding an entry here and nothing else
+to get it tested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vit_flax.layers import pair
+from vit_flax.simple_vit import SimpleViT
+from vit_flax.vit import ViT
+
+# example inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """Images (batch, height, width, channels) at the model's own `image_size` and `channels`.
+
+    vit-pytorch takes (batch, channels, height, width).
+    """
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        height, width = pair(model.image_size)
+        shape = (batch, height, width, model.channels)
+        if rng is None:
+            return (np.zeros(shape, np.float32),)
+        return (rng.standard_normal(shape, dtype=np.float32),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        (images,) = args
+        return (np.ascontiguousarray(np.moveaxis(images, -1, 1)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str  # '<file>.<Class>', the same for vit-flax and vit-pytorch
+    flax_class: type[nn.Module]
+    paper: str
+    configs: tuple[dict[str, Any], ...]  # the first is the tiny default; the rest are the tested variants
+    inputs: Any = Images()
+    tolerance: float = 2e-5  # relative to max(1, max|y|); widen only with float64 evidence (see DESIGN.md)
+    notes: str = ''
+
+    @property
+    def module(self) -> str:
+        return self.name.rsplit('.', 1)[0]
+
+    @property
+    def class_name(self) -> str:
+        return self.name.rsplit('.', 1)[1]
+
+    @property
+    def torch_module(self) -> str:
+        return f'vit_pytorch.{self.module}'
+
+    def build(self, config_index: int = 0, **overrides) -> nn.Module:
+        return self.flax_class(**{**self.configs[config_index], **overrides})
+
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        name='vit.ViT',
+        flax_class=ViT,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020)',
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(24, 40), patch_size=(8, 4), num_classes=7, dim=24, depth=1, heads=2, mlp_dim=32,
+                 dim_head=12, channels=1, pool='mean'),
+            dict(image_size=16, patch_size=4, num_classes=3, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16,
+                 channels=2),
+            dict(image_size=(16, 24), patch_size=(4, 8), num_classes=0, dim=16, depth=1, heads=2, mlp_dim=16,
+                 dim_head=4),
+        ),
+        notes='pool cls/mean; `num_classes=0` returns tokens; smaller inputs slice the position embedding',
+    ),
+    Entry(
+        name='simple_vit.SimpleViT',
+        flax_class=SimpleViT,
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022)',
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(24, 40), patch_size=(8, 4), num_classes=5, dim=24, depth=1, heads=2, mlp_dim=32,
+                 dim_head=12, channels=1),
+            dict(image_size=16, patch_size=4, num_classes=0, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16,
+                 channels=2),
+        ),
+        notes='fixed 2D sin-cos position embedding, mean pooling',
+    ),
+)
+
+BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
+BY_CLASS: dict[type, Entry] = {entry.flax_class: entry for entry in ENTRIES}
+
+
+def entry_for(model: nn.Module) -> Entry:
+    try:
+        return BY_CLASS[type(model)]
+    except KeyError:
+        raise KeyError(
+            f'{type(model).__name__} is not in the vit-flax registry; pass example_inputs=... to the converter'
+        ) from None
+
+
+# every rng stream a registered module may ask for at init; unused streams are ignored by Flax
+RNG_STREAMS = ('params', 'dropout')
+
+
+def init_rngs(key) -> dict:
+    return dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS))))
+
+
+def example_inputs(model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+    return entry_for(model).inputs.example(model, batch, rng)
+
+
+# JAX-only fields of a Flax module that have no vit-pytorch keyword
+FLAX_ONLY_FIELDS = frozenset({'parent', 'name'})
+
+
+def torch_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The vit-pytorch constructor keywords of a registered Flax module."""
+    return {
+        field.name: getattr(model, field.name)
+        for field in dataclasses.fields(model)
+        if field.name not in FLAX_ONLY_FIELDS
+    }
+
+
+def markdown_table() -> str:
+    """The README's architecture table."""
+    rows = [
+        '| vit-flax | vit-pytorch | paper | parity tests | notes |',
+        '|---|---|---|---|---|',
+    ]
+    for entry in ENTRIES:
+        rows.append(
+            f'| `vit_flax.{entry.name}` | `{entry.torch_module}.{entry.class_name}` | {entry.paper} | '
+            f'torch->Flax, Flax->torch (strict), round trip, gradients; {len(entry.configs)} configs | {entry.notes} |'
+        )
+    return '\n'.join(rows) + '\n'
+
+
+if __name__ == '__main__':
+    print(markdown_table(), end='')

@@ -1,0 +1,102 @@
+"""SimpleViT ("Better plain ViT baselines for ImageNet-1k", Beyer et al., 2022), mirroring vit_pytorch/simple_vit.py.
+
+Fixed 2D sin-cos position embedding (no parameter), mean pooling, no dropout, bias-free attention projections.
+
+Quirks of vit-pytorch kept so weights transfer:
+- The position embedding is built for `image_size`; an input must give the same number of patches (torch
+  adds the embedding by broadcasting, so only the count is checked, not the height and width).
+- `num_classes=0` keeps a `linear_head` with no outputs, returning (batch, 0).
+- The attention output projection is kept even for a single head with `dim_head == dim`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from einops import rearrange
+
+from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, gelu, pair, posemb_sincos_2d
+from vit_flax.vit import check_image_config, patchify
+
+
+class FeedForward(nn.Module):
+    dim: int
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = LayerNorm(name='net_0')(x)
+        x = Linear(self.hidden_dim, name='net_1')(x)
+        x = gelu(x)
+        return Linear(self.dim, name='net_3')(x)
+
+
+class Attention(nn.Module):
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        inner_dim = self.dim_head * self.heads
+        x = LayerNorm(name='norm')(x)
+
+        qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
+        q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
+
+        attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        out = jnp.einsum('bhij,bhjd->bhid', attn, v)
+        out = rearrange(out, 'b h n d -> b n (h d)')
+        return Linear(self.dim, use_bias=False, name='to_out')(out)
+
+
+class Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.depth):
+            x = Attention(self.dim, self.heads, self.dim_head, name=f'layers_{i}_0')(x) + x
+            x = FeedForward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
+        return LayerNorm(name='norm')(x)
+
+
+class SimpleViT(nn.Module):
+    image_size: int | tuple[int, int]
+    patch_size: int | tuple[int, int]
+    num_classes: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    channels: int = 3
+    dim_head: int = 64
+
+    def __post_init__(self):
+        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_sincos_dim(self.dim)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
+        x = patchify(img, self.patch_size, self.channels)
+        x = LayerNorm(name='to_patch_embedding_1')(x)
+        x = Linear(self.dim, name='to_patch_embedding_2')(x)
+        x = LayerNorm(name='to_patch_embedding_3')(x)
+
+        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
+        pos_embedding = posemb_sincos_2d(image_height // patch_height, image_width // patch_width, self.dim)
+        if x.shape[1] != pos_embedding.shape[0]:
+            raise ValueError(
+                f'input of size {img.shape[1:3]} gives {x.shape[1]} patches, but the position embedding of '
+                f'image_size={self.image_size} has {pos_embedding.shape[0]}'
+            )
+        x = x + jnp.asarray(pos_embedding, dtype=x.dtype)
+
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, name='transformer')(x)
+        x = x.mean(axis=1)
+        return Linear(self.num_classes, name='linear_head')(x)

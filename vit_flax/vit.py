@@ -1,0 +1,162 @@
+"""ViT (Dosovitskiy et al., 2020), mirroring vit_pytorch/vit.py.
+
+Parameter tree = vit-pytorch's module tree: `transformer.layers.0.1.net.1.weight` lives at
+`params/transformer/layers_0_1/net_1/kernel`.
+
+Quirks of vit-pytorch kept so weights transfer:
+- `pool='mean'` still owns a `cls_token` parameter, of shape (0, dim).
+- An input smaller than `image_size` takes the first `seq` rows of the position embedding, whatever its
+  height and width; only the token count has to fit.
+- With `heads == 1 and dim_head == dim` the attention output projection (and its dropout) is dropped.
+- `num_classes=0` has no head and returns the transformer's tokens, (batch, seq, dim).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from einops import rearrange, repeat
+
+from vit_flax.layers import LayerNorm, Linear, attention_weights, gelu, pair, randn
+
+
+class FeedForward(nn.Module):
+    dim: int
+    hidden_dim: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = LayerNorm(name='net_0')(x)
+        x = Linear(self.hidden_dim, name='net_1')(x)
+        x = gelu(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Linear(self.dim, name='net_4')(x)
+        return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Attention(nn.Module):
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        inner_dim = self.dim_head * self.heads
+        project_out = not (self.heads == 1 and self.dim_head == self.dim)
+
+        x = LayerNorm(name='norm')(x)
+
+        qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
+        q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
+
+        attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+
+        out = jnp.einsum('bhij,bhjd->bhid', attn, v)
+        out = rearrange(out, 'b h n d -> b n (h d)')
+        if not project_out:
+            return out
+        out = Linear(self.dim, name='to_out_0')(out)
+        return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for i in range(self.depth):
+            x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(x, train) + x
+            x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
+        return LayerNorm(name='norm')(x)
+
+
+def check_image_config(image_size, patch_size, channels):
+    """vit-pytorch's construction-time checks, with the offending values in the message."""
+    (image_height, image_width), (patch_height, patch_width) = pair(image_size), pair(patch_size)
+    if image_height % patch_height or image_width % patch_width:
+        raise ValueError(
+            f'Image dimensions must be divisible by the patch size: image_size={(image_height, image_width)}, '
+            f'patch_size={(patch_height, patch_width)}'
+        )
+    if channels < 1:
+        raise ValueError(f'channels must be positive, got {channels}')
+
+
+def patchify(img, patch_size, channels):
+    """(b, H, W, c) -> (b, (h w), (p1 p2 c)), the token order and patch layout of vit-pytorch's Rearrange."""
+    patch_height, patch_width = pair(patch_size)
+    if img.ndim != 4:
+        raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {img.shape}')
+    _, height, width, c = img.shape
+    if c != channels:
+        raise ValueError(f'expected {channels} channels (channels-last input), got shape {img.shape}')
+    if height % patch_height or width % patch_width:
+        raise ValueError(
+            f'image of size {(height, width)} is not divisible by patch size {(patch_height, patch_width)}'
+        )
+    return rearrange(img, 'b (h p1) (w p2) c -> b (h w) (p1 p2 c)', p1=patch_height, p2=patch_width)
+
+
+class ViT(nn.Module):
+    image_size: int | tuple[int, int]
+    patch_size: int | tuple[int, int]
+    num_classes: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    pool: str = 'cls'
+    channels: int = 3
+    dim_head: int = 64
+    dropout: float = 0.0
+    emb_dropout: float = 0.0
+
+    def __post_init__(self):
+        check_image_config(self.image_size, self.patch_size, self.channels)
+        if self.pool not in {'cls', 'mean'}:
+            raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, img, train: bool = False):
+        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
+        num_patches = (image_height // patch_height) * (image_width // patch_width)
+        num_cls_tokens = 1 if self.pool == 'cls' else 0
+
+        x = patchify(img, self.patch_size, self.channels)
+        x = LayerNorm(name='to_patch_embedding_1')(x)
+        x = Linear(self.dim, name='to_patch_embedding_2')(x)
+        x = LayerNorm(name='to_patch_embedding_3')(x)
+
+        cls_token = self.param('cls_token', randn, (num_cls_tokens, self.dim))
+        pos_embedding = self.param('pos_embedding', randn, (num_patches + num_cls_tokens, self.dim))
+
+        cls_tokens = repeat(cls_token, 'n d -> b n d', b=x.shape[0])
+        x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
+
+        seq = x.shape[1]
+        if seq > pos_embedding.shape[0]:
+            raise ValueError(
+                f'input of size {img.shape[1:3]} gives {seq} tokens, more than the {pos_embedding.shape[0]} '
+                f'position embeddings of image_size={self.image_size}'
+            )
+        x = x + pos_embedding[:seq].astype(x.dtype)
+        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer')(
+            x, train
+        )
+
+        if self.num_classes <= 0:
+            return x
+
+        x = x.mean(axis=1) if self.pool == 'mean' else x[:, 0]
+        return Linear(self.num_classes, name='mlp_head')(x)
