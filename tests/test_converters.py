@@ -1,0 +1,273 @@
+"""The converters: naming and leaf rules, strict errors, dtypes, files and sidecars, legacy layouts."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+
+import converters
+from converters import legacy
+from converters.rules import LEAF_RULES, slots, torch_module_path
+from tests.conftest import assert_close_outputs, torch_class
+from vit_flax import registry
+from vit_flax.vit import ViT
+
+FIXTURES = Path(__file__).parent / 'fixtures'
+VIT = registry.BY_NAME['vit.ViT']
+
+
+def tiny_vit(**overrides):
+    return VIT.build(0, **overrides)
+
+
+def torch_vit(**overrides):
+    torch.manual_seed(0)
+    return torch_class(VIT)(**{**VIT.configs[0], **overrides}).eval()
+
+
+# rules
+
+
+@pytest.mark.parametrize('flax_path, torch_path', [
+    (('transformer', 'layers_0_1', 'net_1'), 'transformer.layers.0.1.net.1'),
+    (('to_patch_embedding_2',), 'to_patch_embedding.2'),
+    (('transformer', 'layers_12_0', 'to_out_0'), 'transformer.layers.12.0.to_out.0'),
+    (('mlp_head',), 'mlp_head'),
+    (('to_qkv',), 'to_qkv'),
+    ((), ''),
+])
+def test_naming_rule(flax_path, torch_path):
+    assert torch_module_path(flax_path) == torch_path
+
+
+@pytest.mark.parametrize('rule', [r for r in LEAF_RULES], ids=lambda r: f'{r.collection}/{r.flax_name}/{r.ranks}')
+def test_leaf_rules_are_exact_inverses(rule, rng):
+    for rank in rule.ranks or (0, 1, 2, 3):
+        shape = tuple(rng.integers(1, 5, size=rank))
+        for dtype in (np.float32, ml_dtypes.bfloat16, np.float16):
+            flax_leaf = rng.standard_normal(shape).astype(dtype)
+            torch_leaf = rule.to_torch(flax_leaf)
+            assert torch_leaf.dtype == flax_leaf.dtype
+            np.testing.assert_array_equal(rule.from_torch(torch_leaf), flax_leaf)
+            np.testing.assert_array_equal(rule.to_torch(rule.from_torch(torch_leaf)), torch_leaf)
+
+
+def test_leaf_rule_layouts():
+    kernel = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # (kh, kw, in, out)
+    table = slots({('params', 'conv', 'kernel'): kernel.shape, ('params', 'fc', 'kernel'): (4, 5),
+                   ('batch_stats', 'bn', 'var'): (5,), ('params', 'bn', 'scale'): (5,)})
+    assert table['conv.weight'].torch_shape == (5, 4, 2, 3)
+    np.testing.assert_array_equal(table['conv.weight'].rule.to_torch(kernel)[1, 2], kernel[:, :, 2, 1])
+    assert table['fc.weight'].torch_shape == (5, 4)
+    assert table['bn.running_var'].flax_path == ('batch_stats', 'bn', 'var')
+    assert table['bn.weight'].flax_path == ('params', 'bn', 'scale')
+
+
+def test_two_leaves_on_one_torch_key_is_an_error():
+    with pytest.raises(ValueError, match="both map to torch key 'layers.0.weight'"):
+        slots({('params', 'layers_0', 'kernel'): (2, 2), ('params', 'layers', '0', 'kernel'): (2, 2)})
+
+
+# strictness
+
+
+def test_from_torch_reports_every_offender_with_shapes():
+    model = tiny_vit()
+    state = dict(torch_vit().state_dict())
+    del state['transformer.layers.0.0.to_qkv.weight']
+    state['transformer.layers.0.0.extra.weight'] = torch.zeros(3)
+    state['mlp_head.weight'] = torch.zeros(11, 32)
+    with pytest.raises(converters.StateDictMismatchError) as info:
+        converters.from_torch(model, state)
+    message = str(info.value)
+    assert 'missing key transformer.layers.0.0.to_qkv.weight' in message
+    assert 'unexpected key transformer.layers.0.0.extra.weight' in message
+    assert 'wrong shape for mlp_head.weight: got (11, 32), the model expects (10, 32)' in message
+    assert info.value.missing == ['transformer.layers.0.0.to_qkv.weight']
+
+
+def test_to_torch_reports_every_offender_with_flax_paths():
+    model = tiny_vit()
+    variables = model.init(jax.random.key(0), *registry.example_inputs(model))
+    flat = traverse_util.flatten_dict(variables)
+    del flat[('params', 'transformer', 'norm', 'scale')]
+    flat[('params', 'surplus', 'kernel')] = jnp.zeros((2, 2))
+    flat[('params', 'pos_embedding')] = jnp.zeros((3, 32))
+    with pytest.raises(converters.StateDictMismatchError) as info:
+        converters.to_torch(model, traverse_util.unflatten_dict(flat))
+    message = str(info.value)
+    assert 'missing key params/transformer/norm/scale (transformer.norm.weight)' in message
+    assert 'unexpected key params/surplus/kernel' in message
+    assert 'wrong shape for params/pos_embedding (pos_embedding): got (3, 32), the model expects (17, 32)' in message
+
+
+def test_wrong_model_config_is_reported_not_loaded():
+    state = torch_vit().state_dict()
+    with pytest.raises(converters.StateDictMismatchError, match='mlp_head.weight: got .10, 32., the model expects .4, 32.'):
+        converters.from_torch(tiny_vit(num_classes=4), state)
+
+
+def test_inputs_are_not_mutated():
+    model = tiny_vit()
+    state = torch_vit().state_dict()
+    snapshot = {k: v.clone() for k, v in state.items()}
+    variables = converters.from_torch(model, state)
+    assert state.keys() == snapshot.keys() and all(torch.equal(state[k], snapshot[k]) for k in state)
+
+    flat = traverse_util.flatten_dict(variables)
+    before = {k: np.array(v) for k, v in flat.items()}
+    exported = converters.to_torch(model, variables)
+    for k, v in traverse_util.flatten_dict(variables).items():
+        np.testing.assert_array_equal(np.asarray(v), before[k])
+    exported['pos_embedding'].add_(1.0)  # the export owns its memory
+    np.testing.assert_array_equal(np.asarray(variables['params']['pos_embedding']), before[('params', 'pos_embedding')])
+
+
+def test_bf16_state_dict_stays_bf16():
+    model = tiny_vit()
+    state = {k: v.to(torch.bfloat16) for k, v in torch_vit().state_dict().items()}
+    variables = converters.from_torch(model, state)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.bfloat16)}
+    back = converters.to_torch(model, variables)
+    assert all(torch.equal(back[k], state[k]) and back[k].dtype == torch.bfloat16 for k in state)
+
+
+def test_unregistered_model_needs_example_inputs():
+    import flax.linen as nn
+
+    from vit_flax.layers import Linear
+
+    class Head(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return Linear(3, name='proj')(x)
+
+    with pytest.raises(KeyError, match='not in the vit-flax registry'):
+        converters.to_torch(Head(), {})
+    torch_head = torch.nn.Module()
+    torch_head.proj = torch.nn.Linear(4, 3)
+    variables = converters.from_torch(Head(), torch_head.state_dict(), example_inputs=(np.zeros((1, 4), np.float32),))
+    x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
+    assert_close_outputs(Head().apply(variables, x), torch_head.proj(torch.from_numpy(x)), 2e-5)
+
+
+# files and sidecars
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.pt'])
+@pytest.mark.parametrize('index', [0, 1])  # config 1 has tuple image and patch sizes and pool='mean'
+def test_save_and_load_both_ways(tmp_path, suffix, index):
+    model = VIT.build(index)
+    variables = model.init(jax.random.key(index), *registry.example_inputs(model))
+    path = converters.save_torch(tmp_path / f'vit{suffix}', model, variables)
+
+    sidecar = json.loads((tmp_path / 'vit.json').read_text())
+    assert (sidecar['module'], sidecar['class']) == ('vit_pytorch.vit', 'ViT')
+    assert sidecar['kwargs']['dim'] == VIT.configs[index]['dim']
+
+    torch_model = converters.load_torch(path)
+    assert isinstance(torch_model, torch_class(VIT)) and not torch_model.training
+    inputs = VIT.inputs.example(model, batch=2, rng=np.random.default_rng(0))
+    with torch.no_grad():
+        torch_out = torch_model(*[torch.from_numpy(a) for a in VIT.inputs.to_torch_layout(inputs)])
+    assert_close_outputs(model.apply(variables, *inputs), torch_out, VIT.tolerance)
+
+    loaded_model, loaded = converters.load_flax(path)
+    assert loaded_model == model
+    flat, flat_loaded = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(loaded)
+    assert flat.keys() == flat_loaded.keys()
+    for path, leaf in flat.items():
+        assert flat_loaded[path].dtype == leaf.dtype
+        np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf))
+
+
+def test_bf16_safetensors_round_trip(tmp_path):
+    model = tiny_vit()
+    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16),
+                                       model.init(jax.random.key(0), *registry.example_inputs(model)))
+    path = converters.save_torch(tmp_path / 'vit.safetensors', model, variables)
+    assert converters.load_state_dict(path)['pos_embedding'].dtype == ml_dtypes.bfloat16
+    _, loaded = converters.load_flax(path)
+    np.testing.assert_array_equal(np.asarray(loaded['params']['pos_embedding']),
+                                  np.asarray(variables['params']['pos_embedding']))
+    assert converters.load_torch(path).pos_embedding.dtype == torch.float32  # load_state_dict casts, as torch does
+
+
+def test_corrupt_and_missing_files_say_which(tmp_path):
+    model = tiny_vit()
+    variables = model.init(jax.random.key(0), *registry.example_inputs(model))
+    for suffix in ('.safetensors', '.pt'):
+        path = converters.save_torch(tmp_path / f'vit{suffix}', model, variables)
+        path.write_bytes(path.read_bytes()[:100])
+        with pytest.raises(ValueError, match=f'could not read weights from .*vit{suffix}'):
+            converters.load_torch(path)
+    with pytest.raises(FileNotFoundError, match='no weights file'):
+        converters.load_state_dict(tmp_path / 'absent.safetensors')
+    with pytest.raises(ValueError, match="unknown weights format '.bin'"):
+        converters.save_state_dict(tmp_path / 'vit.bin', {})
+
+    lonely = converters.save_state_dict(tmp_path / 'lonely.safetensors', converters.to_torch(model, variables))
+    with pytest.raises(FileNotFoundError, match='has no sidecar lonely.json'):
+        converters.load_torch(lonely)
+    (tmp_path / 'lonely.json').write_text('{"module": "vit_pytorch.vit"')
+    with pytest.raises(ValueError, match='not valid JSON'):
+        converters.load_flax(lonely)
+
+
+def test_pt_file_that_is_not_a_state_dict(tmp_path):
+    torch.save([1, 2, 3], tmp_path / 'list.pt')
+    with pytest.raises(ValueError, match='holds a list, not a state dict'):
+        converters.load_state_dict(tmp_path / 'list.pt')
+
+
+# legacy layouts, produced by the old vit-pytorch releases themselves (tests/fixtures/make_legacy_vit.py)
+
+
+def load_fixture(name):
+    data = np.load(FIXTURES / f'legacy_vit_{name}.npz')
+    state = {key[3:]: data[key] for key in data.files if key.startswith('sd/')}
+    return ViT(**json.loads(str(data['kwargs']))), state, data['input'], data['output']
+
+
+@pytest.mark.parametrize('name', ['1.2.9_cls', '1.14.0_cls', '1.16.0_cls', '1.16.0_mean'])
+def test_legacy_layouts_migrate_exactly(name):
+    model, state, images, expected = load_fixture(name)
+    original = {k: v.copy() for k, v in state.items()}
+    with pytest.warns(legacy.LegacyLayoutWarning, match='legacy vit-pytorch layout migrated'):
+        variables = converters.from_torch(model, state)
+    assert all(np.array_equal(state[k], original[k]) for k in original)
+    out = model.apply(variables, np.moveaxis(images, 1, -1))
+    assert_close_outputs(out, expected, VIT.tolerance)
+
+    # and the current vit-pytorch loads the migrated weights
+    current = torch_class(VIT)(**json.loads(json.dumps(registry.torch_kwargs(model)))).eval()
+    current.load_state_dict(converters.to_torch(model, variables), strict=True)
+    with torch.no_grad():
+        assert_close_outputs(current(torch.from_numpy(images)), expected, VIT.tolerance)
+
+
+@pytest.mark.parametrize('name, reason', [
+    ('1.14.0_mean', 'averaged the cls token into the pooled output'),
+    ('0.40.2_cls', 'patch embedding has no LayerNorms'),
+])
+def test_legacy_layouts_that_cannot_migrate_say_why(name, reason):
+    model, state, _, _ = load_fixture(name)
+    with pytest.raises(legacy.LegacyLayoutError, match=reason):
+        converters.from_torch(model, state)
+
+
+def test_prenorm_layout_with_mean_pooling_is_refused():
+    model, state, _, _ = load_fixture('1.2.9_cls')
+    with pytest.raises(legacy.LegacyLayoutError, match="pool='mean'"):
+        converters.from_torch(ViT(**{**registry.torch_kwargs(model), 'pool': 'mean'}), state)
+
+
+def test_current_layout_is_not_touched(recwarn):
+    converters.from_torch(tiny_vit(), torch_vit().state_dict())
+    assert not [w for w in recwarn if issubclass(w.category, legacy.LegacyLayoutWarning)]

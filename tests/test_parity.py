@@ -1,0 +1,160 @@
+"""Registry-driven parity with vit-pytorch: every entry, every test configuration, float32 on CPU, eval mode.
+
+- torch -> Flax: a randomised vit-pytorch model, converted, gives the same outputs;
+- Flax -> torch: a randomised Flax model, exported, loads with strict=True and gives the same outputs;
+- round trips are bit-exact, dtypes included (float32 and bfloat16);
+- gradients of the same scalar with respect to the same weights agree;
+- initialisers draw from vit-pytorch's distributions.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+
+import converters
+from tests.conftest import assert_close_outputs, torch_class
+from vit_flax import registry
+
+CASES = [
+    pytest.param(entry, index, id=f'{entry.name}-{index}')
+    for entry in registry.ENTRIES
+    for index in range(len(entry.configs))
+]
+
+
+def randomised_torch_model(entry, index, seed=0):
+    """A vit-pytorch model in eval mode whose every weight and BatchNorm statistic is moved off its init.
+
+    LayerNorm scales of exactly 1 and biases of 0 would hide a swapped or misplaced norm.
+    """
+    torch.manual_seed(seed)
+    model = torch_class(entry)(**entry.configs[index]).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(0.1 * torch.randn_like(module.running_mean))
+                module.running_var.copy_(0.5 + torch.rand_like(module.running_var))
+    return model
+
+
+def randomised_flax_variables(model, seed=0):
+    variables = model.init(registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
+    flat = traverse_util.flatten_dict(variables)
+    keys = jax.random.split(jax.random.key(seed + 1), len(flat))
+    noisy = {}
+    for key, (path, leaf) in zip(keys, flat.items()):
+        if path[0] == 'batch_stats' and path[-1] == 'var':
+            noisy[path] = 0.5 + jax.random.uniform(key, leaf.shape)
+        else:
+            noisy[path] = leaf + 0.1 * jax.random.normal(key, leaf.shape, leaf.dtype)
+    return traverse_util.unflatten_dict(noisy)
+
+
+def run_torch(entry, torch_model, inputs):
+    with torch.no_grad():
+        return torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
+
+
+@pytest.mark.parametrize('entry, index', CASES)
+def test_torch_to_flax(entry, index):
+    torch_model = randomised_torch_model(entry, index)
+    model = entry.build(index)
+    variables = converters.from_torch(model, torch_model.state_dict())
+
+    inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
+    assert_close_outputs(model.apply(variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+
+
+@pytest.mark.parametrize('entry, index', CASES)
+def test_flax_to_torch_strict(entry, index):
+    model = entry.build(index)
+    variables = randomised_flax_variables(model, seed=index)
+    torch_model = torch_class(entry)(**entry.configs[index]).eval()
+    torch_model.load_state_dict(converters.to_torch(model, variables), strict=True)
+
+    inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
+    assert_close_outputs(model.apply(variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('entry, index', CASES)
+def test_round_trip_is_bit_exact(entry, index, dtype):
+    model = entry.build(index)
+    variables = jax.tree_util.tree_map(lambda a: a.astype(dtype), randomised_flax_variables(model))
+
+    state_dict = converters.to_torch(model, variables)
+    expected_torch_dtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
+    assert {v.dtype for k, v in state_dict.items() if not k.endswith('num_batches_tracked')} == {expected_torch_dtype}
+    back = converters.from_torch(model, state_dict)
+
+    flat, flat_back = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(back)
+    assert flat.keys() == flat_back.keys()
+    for path in flat:
+        assert flat_back[path].dtype == flat[path].dtype, path
+        np.testing.assert_array_equal(np.asarray(flat_back[path]), np.asarray(flat[path]), err_msg=str(path))
+
+    # and torch -> Flax -> torch
+    torch_state = randomised_torch_model(entry, index).state_dict()
+    again = converters.to_torch(model, converters.from_torch(model, torch_state))
+    assert again.keys() == torch_state.keys()
+    for key, tensor in torch_state.items():
+        assert again[key].dtype == tensor.dtype, key
+        assert torch.equal(again[key], tensor), key
+
+
+@pytest.mark.parametrize('entry, index', CASES)
+def test_gradients_match(entry, index):
+    """d(sum(output * w)) / d(weights) on both sides, compared in torch's layout (relative 1e-4)."""
+    torch_model = randomised_torch_model(entry, index)
+    model = entry.build(index)
+    variables = converters.from_torch(model, torch_model.state_dict())
+    inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
+
+    torch_out = torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
+    torch_outs = torch_out if isinstance(torch_out, (tuple, list)) else (torch_out,)
+    weights = [np.random.default_rng(7 + i).standard_normal(tuple(t.shape), dtype=np.float32)
+               for i, t in enumerate(torch_outs)]
+    sum(((t * torch.from_numpy(w)).sum() for t, w in zip(torch_outs, weights)), torch.zeros(())).backward()
+
+    def loss(params):
+        out = model.apply({**variables, 'params': params}, *inputs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return sum((o * w).sum() for o, w in zip(outs, weights))
+
+    grads = jax.grad(loss)(variables['params'])
+    flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
+    for name, parameter in torch_model.named_parameters():
+        expected = np.zeros(parameter.shape, np.float32) if parameter.grad is None else parameter.grad.numpy()
+        scale = float(np.abs(expected).max(initial=0.0))
+        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize('entry', registry.ENTRIES, ids=lambda e: e.name)
+def test_init_follows_torch_distributions(entry):
+    """Each Flax parameter is drawn like its vit-pytorch twin: same mean and spread (and range) per tensor."""
+    torch.manual_seed(0)
+    torch_state = torch_class(entry)(**entry.configs[0]).state_dict()
+    model = entry.build(0)
+    variables = model.init(registry.init_rngs(jax.random.key(0)), *registry.example_inputs(model))
+    flax_state = converters.to_torch(model, variables, as_numpy=True)
+    for key, tensor in torch_state.items():
+        t, f = tensor.double().numpy(), flax_state[key].astype(np.float64)
+        if t.size < 64:  # too few draws to tell distributions apart
+            continue
+        n, spread = t.size, t.std()
+        if spread == 0:  # a constant init (LayerNorm ones / zeros)
+            np.testing.assert_array_equal(f, t, err_msg=key)
+            continue
+        # five standard errors: a wrong distribution (std 0.02 for randn, a normal for a uniform) is far outside
+        assert abs(f.mean() - t.mean()) < 5 * spread * np.sqrt(2 / n), key
+        assert abs(np.log(f.std() / spread)) < 5 / np.sqrt(n), key
+        if n >= 256:  # the family: a uniform's extremes sit at 1.73 std, a normal's beyond 2 std
+            if np.abs(t).max() < 2 * spread:
+                assert np.abs(f).max() <= 1.05 * np.abs(t).max(), key
+            else:
+                assert np.abs(f).max() > 2 * f.std(), key
