@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m vit_flax.demo --out demo_out
 
 readme-table: $(STAMP)
-	$(PY) -m vit_flax.registry
+	$(PY) -m vit_flax.registry --write README.md
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -24,6 +24,18 @@ def torch_class(entry):
     return getattr(converters.import_vit_pytorch(entry.torch_module), entry.class_name)
 
 
+def init_variables(model, seed=0):
+    """Random Flax variables for a registered model (jitted: one compile instead of one per operation)."""
+    from vit_flax import registry
+
+    return jax.jit(model.init)(registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
+
+
+def apply(model, variables, *inputs, train=False, rngs=None):
+    """model.apply under jit, as users run it."""
+    return jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r))(variables, rngs, *inputs)
+
+
 def numpy_tree(tree):
     """Model outputs (arrays, tensors, or tuples of them) as a list of numpy arrays."""
     import converters

@@ -14,7 +14,7 @@ from flax import traverse_util
 import converters
 from converters import legacy
 from converters.rules import LEAF_RULES, slots, torch_module_path
-from tests.conftest import assert_close_outputs, torch_class
+from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
 from vit_flax import registry
 from vit_flax.vit import ViT
 
@@ -94,7 +94,7 @@ def test_from_torch_reports_every_offender_with_shapes():
 
 def test_to_torch_reports_every_offender_with_flax_paths():
     model = tiny_vit()
-    variables = model.init(jax.random.key(0), *registry.example_inputs(model))
+    variables = init_variables(model)
     flat = traverse_util.flatten_dict(variables)
     del flat[('params', 'transformer', 'norm', 'scale')]
     flat[('params', 'surplus', 'kernel')] = jnp.zeros((2, 2))
@@ -164,7 +164,7 @@ def test_unregistered_model_needs_example_inputs():
 @pytest.mark.parametrize('index', [0, 1])  # config 1 has tuple image and patch sizes and pool='mean'
 def test_save_and_load_both_ways(tmp_path, suffix, index):
     model = VIT.build(index)
-    variables = model.init(jax.random.key(index), *registry.example_inputs(model))
+    variables = init_variables(model, index)
     path = converters.save_torch(tmp_path / f'vit{suffix}', model, variables)
 
     sidecar = json.loads((tmp_path / 'vit.json').read_text())
@@ -176,7 +176,7 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
     inputs = VIT.inputs.example(model, batch=2, rng=np.random.default_rng(0))
     with torch.no_grad():
         torch_out = torch_model(*[torch.from_numpy(a) for a in VIT.inputs.to_torch_layout(inputs)])
-    assert_close_outputs(model.apply(variables, *inputs), torch_out, VIT.tolerance)
+    assert_close_outputs(apply(model, variables, *inputs), torch_out, VIT.tolerance)
 
     loaded_model, loaded = converters.load_flax(path)
     assert loaded_model == model
@@ -190,7 +190,7 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
 def test_bf16_safetensors_round_trip(tmp_path):
     model = tiny_vit()
     variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16),
-                                       model.init(jax.random.key(0), *registry.example_inputs(model)))
+                                       init_variables(model))
     path = converters.save_torch(tmp_path / 'vit.safetensors', model, variables)
     assert converters.load_state_dict(path)['pos_embedding'].dtype == ml_dtypes.bfloat16
     _, loaded = converters.load_flax(path)
@@ -201,7 +201,7 @@ def test_bf16_safetensors_round_trip(tmp_path):
 
 def test_corrupt_and_missing_files_say_which(tmp_path):
     model = tiny_vit()
-    variables = model.init(jax.random.key(0), *registry.example_inputs(model))
+    variables = init_variables(model)
     for suffix in ('.safetensors', '.pt'):
         path = converters.save_torch(tmp_path / f'vit{suffix}', model, variables)
         path.write_bytes(path.read_bytes()[:100])
@@ -242,7 +242,7 @@ def test_legacy_layouts_migrate_exactly(name):
     with pytest.warns(legacy.LegacyLayoutWarning, match='legacy vit-pytorch layout migrated'):
         variables = converters.from_torch(model, state)
     assert all(np.array_equal(state[k], original[k]) for k in original)
-    out = model.apply(variables, np.moveaxis(images, 1, -1))
+    out = apply(model, variables, np.moveaxis(images, 1, -1))
     assert_close_outputs(out, expected, VIT.tolerance)
 
     # and the current vit-pytorch loads the migrated weights

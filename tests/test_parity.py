@@ -15,7 +15,7 @@ import torch
 from flax import traverse_util
 
 import converters
-from tests.conftest import assert_close_outputs, torch_class
+from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
 from vit_flax import registry
 
 CASES = [
@@ -43,7 +43,7 @@ def randomised_torch_model(entry, index, seed=0):
 
 
 def randomised_flax_variables(model, seed=0):
-    variables = model.init(registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
+    variables = init_variables(model, seed)
     flat = traverse_util.flatten_dict(variables)
     keys = jax.random.split(jax.random.key(seed + 1), len(flat))
     noisy = {}
@@ -67,7 +67,7 @@ def test_torch_to_flax(entry, index):
     variables = converters.from_torch(model, torch_model.state_dict())
 
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
-    assert_close_outputs(model.apply(variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+    assert_close_outputs(apply(model, variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
 
 
 @pytest.mark.parametrize('entry, index', CASES)
@@ -78,7 +78,7 @@ def test_flax_to_torch_strict(entry, index):
     torch_model.load_state_dict(converters.to_torch(model, variables), strict=True)
 
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
-    assert_close_outputs(model.apply(variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+    assert_close_outputs(apply(model, variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -126,7 +126,7 @@ def test_gradients_match(entry, index):
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return sum((o * w).sum() for o, w in zip(outs, weights))
 
-    grads = jax.grad(loss)(variables['params'])
+    grads = jax.jit(jax.grad(loss))(variables['params'])
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
     for name, parameter in torch_model.named_parameters():
         expected = np.zeros(parameter.shape, np.float32) if parameter.grad is None else parameter.grad.numpy()
@@ -140,7 +140,7 @@ def test_init_follows_torch_distributions(entry):
     torch.manual_seed(0)
     torch_state = torch_class(entry)(**entry.configs[0]).state_dict()
     model = entry.build(0)
-    variables = model.init(registry.init_rngs(jax.random.key(0)), *registry.example_inputs(model))
+    variables = init_variables(model)
     flax_state = converters.to_torch(model, variables, as_numpy=True)
     for key, tensor in torch_state.items():
         t, f = tensor.double().numpy(), flax_state[key].astype(np.float64)

@@ -150,5 +150,25 @@ def markdown_table() -> str:
     return '\n'.join(rows) + '\n'
 
 
+README_MARKERS = ('<!-- registry-table:start -->\n', '<!-- registry-table:end -->')
+
+
+def readme_with_table(readme: str) -> str:
+    """`readme` with the text between the registry-table markers replaced by `markdown_table()`."""
+    start, end = README_MARKERS
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + markdown_table() + end + tail
+
+
 if __name__ == '__main__':
-    print(markdown_table(), end='')
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description='Print the architecture table, or write it into a README.')
+    parser.add_argument('--write', type=Path, metavar='README', help='update the table in this file')
+    args = parser.parse_args()
+    if args.write:
+        args.write.write_text(readme_with_table(args.write.read_text()))
+    else:
+        print(markdown_table(), end='')

@@ -1,0 +1,321 @@
+"""The shared building blocks of vit_flax/layers.py against the torch.nn modules they mirror.
+
+Weights go through the project's converters (a top-level layer maps straight to torch's `weight`, `bias`,
+`running_mean`, ...), and torch's weights are randomised away from their init first, so that a swapped or
+transposed leaf would show. Flax inputs are channels-last, torch's channels-first. Outputs must agree to
+max|flax - torch| <= 2e-5 * max(1, max|torch|), the project's float32 rule.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import converters
+from tests.conftest import assert_close_outputs
+from vit_flax.layers import BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, posemb_sincos_2d
+
+TOLERANCE = 2e-5
+
+
+# helpers
+
+
+def tensor(array):
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def channels_first(array):
+    return np.moveaxis(np.asarray(array), -1, 1)
+
+
+def channels_last(array):
+    """torch's channels-first layout (a tensor or an array) as channels-last numpy."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().numpy()
+    return np.moveaxis(array, 1, -1)
+
+
+def fill_(param: torch.Tensor, values: np.ndarray):
+    with torch.no_grad():
+        param.copy_(tensor(values.astype(np.float32)))
+
+
+def randomise_(module: torch.nn.Module, rng):
+    """Every parameter N(0, 0.5^2): away from torch's init, and biases nonzero."""
+    for param in module.parameters():
+        fill_(param, 0.5 * rng.standard_normal(param.shape))
+
+
+def assert_same_state_dict(exported, state_dict):
+    assert sorted(exported) == sorted(state_dict)
+    for key, value in state_dict.items():
+        assert exported[key].shape == value.shape, key
+        np.testing.assert_array_equal(exported[key].numpy(), value.numpy(), err_msg=key)
+
+
+# Conv
+
+TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+
+CONV_CASES = [
+    # in channels, out channels, input spatial shape, keywords shared by torch and Flax (use_bias -> bias)
+    pytest.param(4, 6, (17,), dict(kernel_size=3), id='1d-k3'),
+    pytest.param(4, 6, (17,), dict(kernel_size=(5,), stride=2, padding=2), id='1d-tuple-k5-stride2-pad2'),
+    pytest.param(4, 6, (16,), dict(kernel_size=(3,), stride=(3,), padding=(1,)), id='1d-tuple-stride-pad'),
+    pytest.param(4, 6, (15,), dict(kernel_size=3, padding='same'), id='1d-same-odd'),
+    pytest.param(4, 6, (15,), dict(kernel_size=4, padding='same'), id='1d-same-even'),
+    pytest.param(4, 6, (15,), dict(kernel_size=4, padding='same', dilation=3), id='1d-same-even-dilated'),
+    pytest.param(4, 6, (15,), dict(kernel_size=3, padding='valid', dilation=2), id='1d-valid-dilated'),
+    pytest.param(4, 6, (15,), dict(kernel_size=3, padding=1, groups=2, use_bias=False), id='1d-groups2-nobias'),
+    pytest.param(4, 8, (15,), dict(kernel_size=5, padding='same', groups=4), id='1d-depthwise-multiplier2'),
+    pytest.param(3, 5, (9, 13), dict(kernel_size=3, padding=1), id='2d-k3-pad1-nonsquare'),
+    pytest.param(3, 5, (9, 13), dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2)), id='2d-tuples'),
+    pytest.param(3, 5, (16, 12), dict(kernel_size=4, stride=4), id='2d-patchify'),
+    pytest.param(3, 5, (15, 10), dict(kernel_size=4, stride=4, padding='valid'), id='2d-patchify-valid-ragged'),
+    pytest.param(3, 5, (9, 12), dict(kernel_size=(2, 4), padding='same'), id='2d-same-even'),
+    pytest.param(3, 5, (9, 12), dict(kernel_size=(3, 2), padding='same', dilation=(2, 3)), id='2d-same-dilated'),
+    pytest.param(3, 5, (7, 8), dict(kernel_size=1), id='2d-k1'),
+    pytest.param(6, 6, (7, 9), dict(kernel_size=3, padding=1, groups=6), id='2d-depthwise'),
+    pytest.param(6, 9, (7, 9), dict(kernel_size=3, stride=2, groups=3, use_bias=False), id='2d-groups3-nobias'),
+    pytest.param(2, 4, (5, 6, 7), dict(kernel_size=3, padding=1), id='3d-k3-pad1'),
+    pytest.param(4, 6, (5, 6, 7), dict(kernel_size=(2, 3, 4), stride=(1, 2, 2), padding=(0, 1, 2), groups=2),
+                 id='3d-tuples-groups2'),
+    pytest.param(2, 4, (5, 6, 7), dict(kernel_size=(2, 2, 3), padding='same', dilation=(1, 2, 3)),
+                 id='3d-same-even-dilated'),
+    pytest.param(2, 4, (4, 6, 8), dict(kernel_size=2, stride=2, padding='valid', use_bias=False),
+                 id='3d-patchify-nobias'),
+    pytest.param(3, 3, (4, 5, 6), dict(kernel_size=3, padding='same', groups=3), id='3d-depthwise-same'),
+]
+
+
+@pytest.mark.filterwarnings('ignore:Using padding=.same. with even kernel lengths')
+@pytest.mark.parametrize('in_channels, out_channels, spatial, keywords', CONV_CASES)
+def test_conv_matches_torch(in_channels, out_channels, spatial, keywords, rng):
+    keywords = dict(keywords)
+    use_bias = keywords.pop('use_bias', True)
+    torch_conv = TORCH_CONV[len(spatial)](in_channels, out_channels, bias=use_bias, **keywords)
+    randomise_(torch_conv, rng)
+    x = rng.standard_normal((2, *spatial, in_channels)).astype(np.float32)
+    model = Conv(out_channels, use_bias=use_bias, **keywords)
+
+    state_dict = torch_conv.state_dict()
+    variables = converters.from_torch(model, state_dict, example_inputs=(x,))
+    assert_same_state_dict(converters.to_torch(model, variables, example_inputs=(x,)), state_dict)
+
+    # outputs
+    y, vjp = jax.vjp(lambda params: model.apply({'params': params}, x), variables['params'])
+    torch_y = torch_conv(tensor(channels_first(x)))
+    assert_close_outputs(y, channels_last(torch_y), TOLERANCE)
+
+    # gradients w.r.t. the weights, for the same random cotangent
+    cotangent = rng.standard_normal(y.shape).astype(np.float32)
+    (torch_y * tensor(channels_first(cotangent))).sum().backward()
+    (grads,) = vjp(jnp.asarray(cotangent))
+    torch_grads = converters.to_torch(model, {'params': grads}, example_inputs=(x,))
+    assert sorted(torch_grads) == sorted(name for name, _ in torch_conv.named_parameters())
+    for name, param in torch_conv.named_parameters():
+        expected = param.grad.numpy()
+        np.testing.assert_allclose(
+            torch_grads[name].numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=name
+        )
+
+
+@pytest.mark.parametrize('keywords, shape, words', [
+    pytest.param(dict(features=8, kernel_size=3, groups=4), (1, 9, 6), ['groups=4', '(6)', '(8)'],
+                 id='groups-vs-in'),
+    pytest.param(dict(features=6, kernel_size=3, groups=4), (1, 9, 8), ['groups=4', '(8)', '(6)'],
+                 id='groups-vs-out'),
+    pytest.param(dict(features=4, kernel_size=(3, 3)), (1, 9, 4), ['kernel_size=(3, 3)', '2 entries', '1 spatial'],
+                 id='kernel-tuple'),
+    pytest.param(dict(features=4, kernel_size=3, stride=(1, 2, 1)), (1, 9, 9, 4),
+                 ['stride=(1, 2, 1)', '3 entries', '2 spatial'], id='stride-tuple'),
+    pytest.param(dict(features=4, kernel_size=3, padding=(1,)), (1, 5, 5, 5, 4),
+                 ['padding=(1,)', '1 entries', '3 spatial'], id='padding-tuple'),
+    pytest.param(dict(features=4, kernel_size=3, dilation=(1, 2)), (1, 5, 5, 5, 4),
+                 ['dilation=(1, 2)', '2 entries', '3 spatial'], id='dilation-tuple'),
+    pytest.param(dict(features=4, kernel_size=3), (2, 4), ['(2, 4)'], id='rank-2'),
+    pytest.param(dict(features=4, kernel_size=3), (1, 2, 3, 4, 5, 4), ['(1, 2, 3, 4, 5, 4)'], id='rank-6'),
+])
+def test_conv_errors_name_the_offending_values(keywords, shape, words):
+    with pytest.raises(ValueError) as error:
+        Conv(**keywords).init(jax.random.key(0), jnp.zeros(shape))
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+@pytest.mark.xfail(strict=True, reason="unknown padding strings are split into characters: "
+                                       "padding='SAME' reports ('S', 'A', 'M', 'E') has 4 entries")
+@pytest.mark.parametrize('padding', ['SAME', 'full'])
+def test_conv_unknown_padding_string_is_named(padding):
+    with pytest.raises(ValueError, match=repr(padding)):
+        Conv(4, 3, padding=padding).init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
+# BatchNorm
+
+BATCHNORM_CASES = [
+    # torch class, torch (channels-first) input shape
+    pytest.param(torch.nn.BatchNorm1d, (4, 5), id='1d-BC'),
+    pytest.param(torch.nn.BatchNorm1d, (4, 5, 7), id='1d-BCL'),
+    pytest.param(torch.nn.BatchNorm2d, (2, 3, 6, 5), id='2d'),
+    pytest.param(torch.nn.BatchNorm3d, (2, 3, 4, 5, 3), id='3d'),
+]
+
+
+def random_batchnorm(torch_class, channels, rng, momentum=0.1):
+    torch_bn = torch_class(channels, momentum=momentum)
+    fill_(torch_bn.weight, rng.uniform(0.5, 2.0, channels))
+    fill_(torch_bn.bias, rng.standard_normal(channels))
+    fill_(torch_bn.running_mean, 2.0 * rng.standard_normal(channels))
+    fill_(torch_bn.running_var, rng.uniform(0.5, 3.0, channels))
+    return torch_bn
+
+
+def batch(shape, rng):
+    """A channels-first batch with a nonzero mean and per-channel spread, and its channels-last twin."""
+    x = (3.0 + 2.0 * rng.standard_normal(shape) * rng.uniform(0.5, 2.0, (1, shape[1]) + (1,) * (len(shape) - 2)))
+    x = x.astype(np.float32)
+    return x, channels_last(x)
+
+
+@pytest.mark.parametrize('torch_class, shape', BATCHNORM_CASES)
+def test_batchnorm_eval_matches_torch(torch_class, shape, rng):
+    torch_bn = random_batchnorm(torch_class, shape[1], rng).eval()
+    x, flax_x = batch(shape, rng)
+    model = BatchNorm()
+    variables = converters.from_torch(model, torch_bn.state_dict(), example_inputs=(flax_x,))
+    np.testing.assert_array_equal(variables['batch_stats']['var'], torch_bn.running_var.numpy())
+    assert_close_outputs(model.apply(variables, flax_x), channels_last(torch_bn(tensor(x))),
+                         TOLERANCE)
+
+
+@pytest.mark.parametrize('momentum', [0.1, 0.3])
+@pytest.mark.parametrize('torch_class, shape', BATCHNORM_CASES)
+def test_batchnorm_train_step_matches_torch(torch_class, shape, momentum, rng):
+    torch_bn = random_batchnorm(torch_class, shape[1], rng, momentum)
+    x, flax_x = batch(shape, rng)
+    model = BatchNorm(momentum=momentum)
+    variables = converters.from_torch(model, torch_bn.state_dict(), example_inputs=(flax_x,))
+
+    torch_y = channels_last(torch_bn.train()(tensor(x)))
+    y, updates = model.apply(variables, flax_x, train=True, mutable=['batch_stats'])
+    assert_close_outputs(y, torch_y, TOLERANCE)
+    # torch updates the running variance with the unbiased batch variance
+    assert_close_outputs(updates['batch_stats']['mean'], torch_bn.running_mean, TOLERANCE)
+    assert_close_outputs(updates['batch_stats']['var'], torch_bn.running_var, TOLERANCE)
+
+    # export: num_batches_tracked is regenerated and the state dict loads strictly into a fresh torch module
+    exported = converters.to_torch(model, {**variables, **updates}, example_inputs=(flax_x,))
+    assert exported['num_batches_tracked'].dtype == torch.int64
+    assert exported['num_batches_tracked'].shape == ()
+    assert sorted(exported) == sorted(torch_bn.state_dict())
+    fresh = torch_class(shape[1], momentum=momentum)
+    fresh.load_state_dict(exported, strict=True)
+    fresh.eval()
+    assert_close_outputs(model.apply({**variables, **updates}, flax_x), channels_last(fresh(tensor(x))), TOLERANCE)
+
+
+# Embedding, Linear, LayerNorm
+
+
+def test_embedding_matches_torch_both_ways(rng):
+    ids = rng.integers(0, 10, (3, 7)).astype(np.int32)
+    model = Embedding(10, 6)
+
+    torch_embedding = torch.nn.Embedding(10, 6)
+    randomise_(torch_embedding, rng)
+    variables = converters.from_torch(model, torch_embedding.state_dict(), example_inputs=(ids,))
+    np.testing.assert_array_equal(model.apply(variables, ids), torch_embedding(tensor(ids).long()).detach().numpy())
+
+    flax_variables = model.init(jax.random.key(1), ids)
+    fresh = torch.nn.Embedding(10, 6)
+    fresh.load_state_dict(converters.to_torch(model, flax_variables, example_inputs=(ids,)), strict=True)
+    np.testing.assert_array_equal(fresh(tensor(ids).long()).detach().numpy(), model.apply(flax_variables, ids))
+
+
+@pytest.mark.filterwarnings('ignore:Initializing zero-element tensors is a no-op')
+@pytest.mark.parametrize('use_bias', [True, False], ids=['bias', 'nobias'])
+@pytest.mark.parametrize('features', [7, 0])
+def test_linear_matches_torch_both_ways(features, use_bias, rng):
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)  # (batch, seq, dim)
+    model = Linear(features, use_bias=use_bias)
+
+    torch_linear = torch.nn.Linear(8, features, bias=use_bias)
+    randomise_(torch_linear, rng)
+    variables = converters.from_torch(model, torch_linear.state_dict(), example_inputs=(x,))
+    assert variables['params']['kernel'].shape == (8, features)
+    assert_close_outputs(model.apply(variables, x), torch_linear(tensor(x)), TOLERANCE)
+
+    flax_variables = model.init(jax.random.key(1), x)
+    fresh = torch.nn.Linear(8, features, bias=use_bias)
+    fresh.load_state_dict(converters.to_torch(model, flax_variables, example_inputs=(x,)), strict=True)
+    assert_close_outputs(model.apply(flax_variables, x), fresh(tensor(x)), TOLERANCE)
+
+
+@pytest.mark.parametrize('shape, spread', [((2, 9, 48), 2.0), ((2, 9, 768), 2.0), ((3, 768), 1.0)])
+def test_layernorm_matches_torch_on_raw_pixels(shape, spread, rng):
+    # Raw-pixel patches (vit-pytorch's patch LayerNorm, patch_dim = 3 * p * p): a large mean, a small spread.
+    # Flax's fast variance E[x^2] - E[x]^2 cancels catastrophically here; the exact two-pass variance does not.
+    # (Flatter rows than these hit float32's own limit: with ulp(200) = 1.5e-5 against a unit spread, torch's
+    # output is itself up to ~6e-5 from the float64 answer on short rows, so no float32 implementation can
+    # promise 2e-5 agreement with it there.)
+    x = (200.0 + spread * rng.standard_normal(shape)).astype(np.float32)
+    torch_norm = torch.nn.LayerNorm(shape[-1])
+    fill_(torch_norm.weight, rng.uniform(0.5, 1.5, shape[-1]))
+    fill_(torch_norm.bias, 0.5 * rng.standard_normal(shape[-1]))
+    torch_y = torch_norm(tensor(x)).detach().numpy()
+    variables = converters.from_torch(LayerNorm(), torch_norm.state_dict(), example_inputs=(x,))
+    assert_close_outputs(LayerNorm().apply(variables, x), torch_y, TOLERANCE)
+
+    # the setting matters: with fast variance the same layer misses by far more than the tolerance (25x or more)
+    fast = nn.LayerNorm(epsilon=1e-5, use_fast_variance=True)
+    with pytest.raises(AssertionError, match=r'max \|flax - torch\|'):
+        assert_close_outputs(fast.apply(variables, x), torch_y, TOLERANCE)
+
+
+# gelu and the sin-cos position embedding
+
+
+def test_gelu_is_torch_exact_gelu(rng):
+    x = np.concatenate([np.linspace(-8, 8, 4001), 3 * rng.standard_normal(1000)]).astype(np.float32)
+    assert_close_outputs(gelu(jnp.asarray(x)), torch.nn.GELU()(tensor(x)), TOLERANCE)
+    # and not the tanh approximation, which differs by ~5e-4 somewhere in this range
+    approx = np.asarray(nn.gelu(jnp.asarray(x), approximate=True))
+    assert np.abs(approx - torch.nn.GELU()(tensor(x)).numpy()).max() > 1e-4
+
+
+@pytest.fixture(scope='module')
+def torch_posemb():
+    return converters.import_vit_pytorch('vit_pytorch.simple_vit').posemb_sincos_2d
+
+
+@pytest.mark.parametrize('h, w, dim, temperature', [
+    (1, 1, 8, 10000),
+    (4, 4, 8, 10000),
+    (3, 5, 16, 10000),
+    (7, 2, 64, 10000),
+    (14, 14, 384, 10000),
+    (8, 16, 1024, 10000),
+    (6, 4, 32, 100),
+])
+def test_posemb_sincos_2d_matches_simple_vit(h, w, dim, temperature, torch_posemb):
+    y = posemb_sincos_2d(h, w, dim, temperature)
+    assert y.dtype == np.float32 and y.shape == (h * w, dim)
+    assert_close_outputs(y, torch_posemb(h, w, dim, temperature), TOLERANCE)
+
+
+@pytest.mark.parametrize('dim, words', [(6, ['multiple of 4', 'dim=6']), (30, ['multiple of 4', 'dim=30']),
+                                        (4, ['dim >= 8', 'dim=4']), (0, ['dim >= 8', 'dim=0'])])
+def test_posemb_sincos_2d_errors(dim, words):
+    with pytest.raises(ValueError) as error:
+        posemb_sincos_2d(4, 4, dim)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+def test_posemb_sincos_2d_dim_4_is_nan_in_torch(torch_posemb):
+    # why dim=4 is refused rather than mirrored: torch divides by dim // 4 - 1 = 0
+    assert torch.isnan(torch_posemb(2, 2, 4)).any()
