@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m 'not slow' -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m slow -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
 
 demo: $(STAMP)
 	$(PY) -m vit_flax.demo --out demo_out

@@ -24,16 +24,33 @@ def torch_class(entry):
     return getattr(converters.import_vit_pytorch(entry.torch_module), entry.class_name)
 
 
+# Compiling is most of a tiny model's test time, so each pytest worker compiles a configuration's init and
+# apply once and the parity tests share them (`--dist loadgroup` keeps a configuration's tests on one worker).
+_compiled = {}
+
+
+def _model_key(model):
+    from vit_flax import registry
+
+    return type(model), repr(sorted(registry.torch_kwargs(model).items()))
+
+
 def init_variables(model, seed=0):
     """Random Flax variables for a registered model (jitted: one compile instead of one per operation)."""
     from vit_flax import registry
 
-    return jax.jit(model.init)(registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
+    key = (*_model_key(model), 'init')
+    if key not in _compiled:
+        _compiled[key] = jax.jit(model.init)
+    return _compiled[key](registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
 
 
 def apply(model, variables, *inputs, train=False, rngs=None):
     """model.apply under jit, as users run it."""
-    return jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r))(variables, rngs, *inputs)
+    key = (*_model_key(model), 'apply', train)
+    if key not in _compiled:
+        _compiled[key] = jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r))
+    return _compiled[key](variables, rngs, *inputs)
 
 
 def numpy_tree(tree):

@@ -146,12 +146,15 @@ def test_conv_errors_name_the_offending_values(keywords, shape, words):
         assert word in str(error.value), (word, str(error.value))
 
 
-@pytest.mark.xfail(strict=True, reason="unknown padding strings are split into characters: "
-                                       "padding='SAME' reports ('S', 'A', 'M', 'E') has 4 entries")
 @pytest.mark.parametrize('padding', ['SAME', 'full'])
 def test_conv_unknown_padding_string_is_named(padding):
     with pytest.raises(ValueError, match=repr(padding)):
         Conv(4, 3, padding=padding).init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
+def test_conv_groups_must_be_positive():
+    with pytest.raises(ValueError, match='groups=0 must be a positive integer'):
+        Conv(4, 3, groups=0).init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
 
 
 # BatchNorm
@@ -188,8 +191,7 @@ def test_batchnorm_eval_matches_torch(torch_class, shape, rng):
     model = BatchNorm()
     variables = converters.from_torch(model, torch_bn.state_dict(), example_inputs=(flax_x,))
     np.testing.assert_array_equal(variables['batch_stats']['var'], torch_bn.running_var.numpy())
-    assert_close_outputs(model.apply(variables, flax_x), channels_last(torch_bn(tensor(x))),
-                         TOLERANCE)
+    assert_close_outputs(model.apply(variables, flax_x), channels_last(torch_bn(tensor(x))), TOLERANCE)
 
 
 @pytest.mark.parametrize('momentum', [0.1, 0.3])

@@ -107,6 +107,8 @@ class Conv(nn.Module):
         if n not in (1, 2, 3):
             raise ValueError(f'Conv expects (batch, *spatial, channels) with 1 to 3 spatial dims, got shape {x.shape}')
         in_features = x.shape[-1]
+        if self.groups < 1:
+            raise ValueError(f'Conv groups={self.groups} must be a positive integer')
         if in_features % self.groups or self.features % self.groups:
             raise ValueError(
                 f'Conv groups={self.groups} must divide in channels ({in_features}) and out channels ({self.features})'
@@ -119,6 +121,8 @@ class Conv(nn.Module):
         elif self.padding == 'same':
             totals = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
             padding = [(t // 2, t - t // 2) for t in totals]
+        elif isinstance(self.padding, str):
+            raise ValueError(f"Conv padding={self.padding!r}: use an int, a tuple, 'same' or 'valid' (torch's names)")
         else:
             padding = [(p, p) for p in _spatial_tuple(self.padding, n, 'padding')]
 
