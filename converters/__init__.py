@@ -204,8 +204,12 @@ def load_state_dict(path: str | Path) -> dict:
     raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
 
 
-def save_torch(path: str | Path, model: nn.Module, variables: Mapping) -> Path:
-    """Export a registered Flax model's variables as a vit-pytorch state dict plus its JSON sidecar."""
+def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_spec: dict | None = None) -> Path:
+    """Export a registered Flax model's variables as a vit-pytorch state dict plus its JSON sidecar.
+
+    `input_spec` (layout, size, channels, mean, std, ...) goes into the sidecar's `input` section, so a PyTorch
+    user can prepare images the way the model was trained.
+    """
     path = Path(path)
     entry = registry.entry_for(model)
     save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
@@ -218,6 +222,8 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping) -> Path:
         'vit_pytorch_version': _version('vit-pytorch'),
         'vit_flax_class': f'vit_flax.{entry.name}',
     }
+    if input_spec is not None:
+        sidecar['input'] = input_spec
     _sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + '\n')
     return path
 
@@ -240,9 +246,6 @@ def _read_sidecar(path: Path) -> dict:
     for field in ('module', 'class', 'kwargs'):
         if field not in sidecar:
             raise ValueError(f'sidecar {sidecar_path} lacks the field {field!r}')
-    # JSON has no tuples; vit-pytorch's `pair()` tests for tuples, so image_size=[h, w] must come back as one
-    sidecar['kwargs'] = {key: tuple(value) if isinstance(value, list) else value
-                         for key, value in sidecar['kwargs'].items()}
     return sidecar
 
 
@@ -259,7 +262,7 @@ def load_torch(path: str | Path):
     path = Path(path)
     sidecar = _read_sidecar(path)
     torch_class = getattr(import_vit_pytorch(sidecar['module']), sidecar['class'])
-    torch_model = torch_class(**sidecar['kwargs'])
+    torch_model = torch_class(**registry.tuples_from_json(sidecar['kwargs']))
     state_dict = {key: value if _is_torch_tensor(value) else to_tensor(value)
                   for key, value in load_state_dict(path).items()}
     torch_model.load_state_dict(state_dict, strict=True)
@@ -270,8 +273,5 @@ def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
     """The Flax model and variables for a vit-pytorch state dict with a sidecar."""
     path = Path(path)
     sidecar = _read_sidecar(path)
-    name = f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}"
-    if name not in registry.BY_NAME:
-        raise KeyError(f'{sidecar["module"]}.{sidecar["class"]} has no vit-flax counterpart in the registry')
-    model = registry.BY_NAME[name].flax_class(**sidecar['kwargs'])
+    model = registry.build(f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}", sidecar['kwargs'])
     return model, from_torch(model, load_state_dict(path))

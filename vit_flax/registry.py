@@ -102,6 +102,18 @@ BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
 BY_CLASS: dict[type, Entry] = {entry.flax_class: entry for entry in ENTRIES}
 
 
+def tuples_from_json(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keywords read from JSON or ml_collections, which have no tuples: vit-pytorch's `pair()` tests for one."""
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in kwargs.items()}
+
+
+def build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A registered model from its name ('vit.ViT') and vit-pytorch keywords."""
+    if name not in BY_NAME:
+        raise KeyError(f'unknown model {name!r}; the registry has {", ".join(BY_NAME)}')
+    return BY_NAME[name].flax_class(**tuples_from_json(kwargs))
+
+
 def entry_for(model: nn.Module) -> Entry:
     try:
         return BY_CLASS[type(model)]

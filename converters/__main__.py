@@ -1,0 +1,70 @@
+"""Command line: trained checkpoints to vit-pytorch files, and vit-pytorch files to checkpoints.
+
+    python -m converters export --workdir=DIR --out=model.safetensors   # or model.pt; writes model.json too
+    python -m converters import --weights=model.safetensors --out=DIR   # an orbax checkpoint to fine-tune from
+                                                                        # (--config.init_from=DIR)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import ml_collections
+
+import converters
+
+
+def export(workdir: Path, out: Path) -> Path:
+    """The latest checkpoint of a training workdir as a vit-pytorch state dict with its sidecar."""
+    from vit_flax import data
+    from vit_flax.train import build_model, input_spec
+    from vit_flax.training.checkpoint import restore_variables
+
+    config_path = workdir / 'config.json'
+    if not config_path.is_file():
+        raise FileNotFoundError(f'{workdir} has no config.json: is it a `python -m vit_flax.train` workdir?')
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    model = build_model(config)
+    variables = restore_variables(workdir)
+    return converters.save_torch(out, model, variables, input_spec=input_spec(data.dataset_info(config)))
+
+
+def import_(weights: Path, out: Path) -> Path:
+    from vit_flax import registry
+    from vit_flax.training.checkpoint import save_variables
+
+    model, variables = converters.load_flax(weights)
+    save_variables(out, variables)
+    # what the checkpoint holds, for the config of the run that fine-tunes from it
+    (out / 'model.json').write_text(json.dumps(
+        {'model_name': registry.entry_for(model).name, 'model': registry.torch_kwargs(model)}, indent=2) + '\n')
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m converters', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True)
+    export_parser = commands.add_parser('export', help='training workdir -> vit-pytorch .safetensors / .pt')
+    export_parser.add_argument('--workdir', type=Path, required=True)
+    export_parser.add_argument('--out', type=Path, required=True)
+    import_parser = commands.add_parser('import', help='vit-pytorch file with sidecar -> orbax checkpoint')
+    import_parser.add_argument('--weights', type=Path, required=True)
+    import_parser.add_argument('--out', type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'export':
+            path = export(args.workdir, args.out)
+            print(f'wrote {path} and {path.with_suffix(".json")}')
+        else:
+            path = import_(args.weights, args.out)
+            print(f'wrote {path}: train from it with --config.init_from={path}')
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+    main()

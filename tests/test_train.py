@@ -1,0 +1,226 @@
+"""The trainer: config overrides, 1 vs 8 devices, pmap vs jit, FSDP, gradient accumulation, exact resume after
+SIGKILL, checkpoint errors, divergence, export / import through the command line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+import torch
+
+import converters
+from converters.__main__ import main as converters_main
+from vit_flax import data
+from vit_flax.configs import digits
+from vit_flax.train import TrainingDiverged, train_and_evaluate
+from vit_flax.training.checkpoint import CheckpointError
+from vit_flax.training.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+    """A few-second digits run: a one-layer ViT on 2x2 patches' worth of tokens."""
+    config = digits.get_config()
+    config.model.update(patch_size=4, dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
+    config.update(batch_size=32, eval_batch_size=64, total_steps=6, log_every=1, eval_every=6,
+                  checkpoint_every=3, warmup_steps=2, progress_bar=False)
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split('.')
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
+
+
+def losses(workdir):
+    return [m['train_loss'] for m in read_metrics(workdir) if 'train_loss' in m]
+
+
+def run_python(code: str, devices: int = 1, timeout: int = 300) -> str:
+    """Run code in a fresh interpreter with `devices` CPU devices (the count is fixed at JAX start-up)."""
+    env = {**os.environ, 'JAX_NUM_CPU_DEVICES': str(devices), 'JAX_PLATFORMS': 'cpu'}
+    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+# the same training on different device layouts
+
+LAYOUT_RUNS = {
+    # name: (devices, overrides)
+    'jit1_dropout': (1, {'model.dropout': 0.1}),
+    'jit8_dropout': (8, {'model.dropout': 0.1}),
+    'jit1': (1, {}),
+    'accum2': (1, {'grad_accum_steps': 2}),
+    'pmap8': (8, {'parallelism': 'pmap'}),
+    'fsdp8': (8, {'mesh.data': 2, 'mesh.fsdp': 4}),
+}
+
+
+@pytest.fixture(scope='module')
+def layout_losses(tmp_path_factory):
+    root = tmp_path_factory.mktemp('layouts')
+    for devices in (1, 8):
+        runs = {name: overrides for name, (d, overrides) in LAYOUT_RUNS.items() if d == devices}
+        run_python(f"""
+            import jax
+            assert jax.device_count() == {devices}
+            from tests.test_train import tiny_config
+            from vit_flax.train import train_and_evaluate
+            for name, overrides in {runs!r}.items():
+                train_and_evaluate(tiny_config(**overrides), {str(root)!r} + '/' + name)
+        """, devices=devices)
+    return {name: losses(root / name) for name in LAYOUT_RUNS}
+
+
+def test_same_losses_on_1_or_8_devices(layout_losses):
+    assert len(layout_losses['jit1_dropout']) == 6
+    np.testing.assert_allclose(layout_losses['jit8_dropout'], layout_losses['jit1_dropout'], rtol=1e-5)
+
+
+def test_pmap_equals_jit_without_dropout(layout_losses):
+    np.testing.assert_allclose(layout_losses['pmap8'], layout_losses['jit1'], rtol=1e-5)
+
+
+def test_fsdp_equals_data_parallel(layout_losses):
+    np.testing.assert_allclose(layout_losses['fsdp8'], layout_losses['jit1'], rtol=1e-5)
+
+
+def test_gradient_accumulation_equals_one_big_batch(layout_losses):
+    np.testing.assert_allclose(layout_losses['accum2'], layout_losses['jit1'], rtol=1e-5)
+
+
+def test_dropout_changes_the_losses(layout_losses):
+    assert not np.allclose(layout_losses['jit1_dropout'], layout_losses['jit1'])
+
+
+# resume
+
+
+def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
+    command = [sys.executable, '-m', 'vit_flax.train', '--config=vit_flax/configs/digits.py',
+               '--config.model.patch_size=4', '--config.model.dim=16', '--config.model.depth=1',
+               '--config.model.mlp_dim=32', '--config.model.dropout=0.1', '--config.batch_size=32',
+               '--config.total_steps=300', '--config.log_every=1', '--config.eval_every=300',
+               '--config.checkpoint_every=25', '--config.progress_bar=False']
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+    reference = tmp_path / 'reference'
+    subprocess.run([*command, f'--workdir={reference}'], cwd=REPO, env=env, check=True, capture_output=True)
+
+    killed = tmp_path / 'killed'
+    process = subprocess.Popen([*command, f'--workdir={killed}'], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / 'checkpoints' / '50').exists():
+        assert process.poll() is None and time.time() < deadline, 'the run ended before it could be killed'
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = max(m['step'] for m in read_metrics(killed))
+    assert interrupted_at < 300
+
+    subprocess.run([*command, f'--workdir={killed}'], cwd=REPO, env=env, check=True, capture_output=True)
+    assert without_speed(read_metrics(killed)) == without_speed(read_metrics(reference))
+
+
+def without_speed(rows):
+    """metrics.jsonl rows without the wall-clock throughput, which no two runs share."""
+    return [{k: v for k, v in row.items() if k != 'images_per_second'} for row in rows]
+
+
+def test_rerun_of_a_finished_run_resumes_and_does_not_retrain(tmp_path):
+    first = train_and_evaluate(tiny_config(), tmp_path)
+    lines = read_metrics(tmp_path)
+    again = train_and_evaluate(tiny_config(), tmp_path)
+    assert read_metrics(tmp_path) == lines  # nothing retrained, nothing logged twice
+    assert again == pytest.approx(first)
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    train_and_evaluate(tiny_config(), tmp_path)
+    latest = tmp_path / 'checkpoints' / '6'
+    for path in (latest / 'state').rglob('*'):
+        if path.is_file():
+            path.write_bytes(b'garbage')
+    with pytest.raises(CheckpointError, match=r'checkpoints/6 could not be restored'):
+        train_and_evaluate(tiny_config(total_steps=9), tmp_path)
+    assert (tmp_path / 'checkpoints' / '6').exists() and not (tmp_path / 'checkpoints' / '9').exists()
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+    train_and_evaluate(tiny_config(), tmp_path)
+    with pytest.raises(ValueError, match=r'different model: .*saved .*dim.: 16'):
+        train_and_evaluate(tiny_config(**{'model.dim': 24}), tmp_path)
+
+
+def test_nan_loss_stops_with_a_message(tmp_path):
+    with pytest.raises(TrainingDiverged, match='train loss is nan at step'):
+        train_and_evaluate(tiny_config(learning_rate=1e30, grad_clip_norm=0.0, total_steps=20), tmp_path)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.num_classes': 7}, 'config.model.num_classes=7 but dataset .digits. has 10'),
+    ({'model.image_size': 16}, r'config.model.image_size=16 but dataset images are \(8, 8\)'),
+    ({'batch_size': 30, 'grad_accum_steps': 4}, 'batch_size=30 must be divisible by devices x grad_accum_steps'),
+    ({'objective': 'mae'}, "objective='mae'"),
+    ({'parallelism': 'tpu'}, "parallelism='tpu'"),
+])
+def test_bad_configs_are_named(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(tiny_config(**overrides), tmp_path)
+
+
+# the command line, export and import
+
+
+def test_cli_overrides_export_and_import(tmp_path):
+    workdir = tmp_path / 'run'
+    subprocess.run([sys.executable, '-m', 'vit_flax.train', '--config=vit_flax/configs/digits.py',
+                    f'--workdir={workdir}', '--config.model.depth=1', '--config.model.dim=16',
+                    '--config.model.patch_size=4', '--config.total_steps=4', '--config.eval_every=4',
+                    '--config.progress_bar=False'], cwd=REPO, check=True, capture_output=True,
+                   env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    saved = json.loads((workdir / 'config.json').read_text())
+    assert saved['model']['depth'] == 1 and saved['total_steps'] == 4
+    assert (workdir / 'tensorboard').is_dir() and any((workdir / 'tensorboard').iterdir())
+    assert [m['step'] for m in read_metrics(workdir) if 'eval_accuracy' in m] == [4]
+
+    out = tmp_path / 'digits.safetensors'
+    converters_main(['export', f'--workdir={workdir}', f'--out={out}'])
+    sidecar = json.loads(out.with_suffix('.json').read_text())
+    assert sidecar['input']['size'] == [8, 8] and sidecar['input']['channels'] == 1
+    assert len(sidecar['input']['mean']) == 1
+
+    # a PyTorch user reproduces the Flax predictions from the sidecar alone
+    images, labels = data.raw_eval_split(tiny_config())
+    mean, std = np.array(sidecar['input']['mean']), np.array(sidecar['input']['std'])
+    torch_model = converters.load_torch(out)
+    with torch.no_grad():
+        torch_logits = torch_model(torch.from_numpy(((images - mean) / std).astype(np.float32)).permute(0, 3, 1, 2))
+    model, variables = converters.load_flax(out)
+    flax_logits = np.asarray(model.apply(variables, ((images - mean) / std).astype(np.float32)))
+    np.testing.assert_allclose(flax_logits, torch_logits.numpy(), atol=2e-5 * max(1, np.abs(flax_logits).max()))
+
+    imported = tmp_path / 'imported'
+    converters_main(['import', f'--weights={out}', f'--out={imported}'])
+    config = ml_collections.ConfigDict(saved)
+    config.update(init_from=str(imported), total_steps=1, eval_every=1, learning_rate=0.0, warmup_steps=0)
+    fine_tuned = train_and_evaluate(config, tmp_path / 'fine-tune')
+    accuracy = float((flax_logits.argmax(-1) == labels).mean())
+    assert fine_tuned['eval_accuracy'] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_init_from_another_model_is_refused(tmp_path):
+    train_and_evaluate(tiny_config(), tmp_path / 'a')
+    with pytest.raises(CheckpointError, match='holds variables for another model'):
+        train_and_evaluate(tiny_config(init_from=str(tmp_path / 'a'), **{'model.dim': 24}), tmp_path / 'b')

@@ -1,0 +1,59 @@
+"""The embedded default: a small ViT on scikit-learn's bundled handwritten digits (8x8, no download).
+
+    python -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=/tmp/digits
+    python -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=/tmp/digits --config.model.depth=2
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # the model: a registry name and its vit-pytorch keywords
+    config.model_name = 'vit.ViT'
+    config.model = ml_collections.ConfigDict(dict(
+        image_size=8, patch_size=2, num_classes=10, channels=1,
+        dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, dropout=0.0, emb_dropout=0.0,
+    ))
+    config.objective = 'supervised'
+
+    # data
+    config.dataset = 'digits'
+    config.data_dir = ''
+    config.image_size = 8
+    config.augment = ml_collections.ConfigDict(dict(
+        random_crop_padding=1, flip=False, randaugment_ops=0, randaugment_magnitude=0.0,
+    ))
+    config.mixup_alpha = 0.0  # 0: off; applied on device in the train step
+    config.label_smoothing = 0.1
+    config.data_workers = 0
+
+    # steps
+    config.batch_size = 128  # global, over all processes and devices
+    config.total_steps = 1500
+    config.eval_batch_size = 256
+    config.log_every = 50
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 2
+    config.seed = 0
+
+    # optimisation (optax AdamW, warmup + cosine)
+    config.learning_rate = 3e-3
+    config.warmup_steps = 100
+    config.min_learning_rate_ratio = 0.01
+    config.weight_decay = 0.05
+    config.b1 = 0.9
+    config.b2 = 0.999
+    config.grad_clip_norm = 1.0
+    config.grad_accum_steps = 1
+
+    # parallelism: 'jit' (sharding over a mesh) or 'pmap'; mesh axis sizes, -1 takes the remaining devices
+    config.parallelism = 'jit'
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    config.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, float32 parameters and optimiser state
+    config.distributed = False  # jax.distributed.initialize() for multi-host runs
+    config.init_from = ''  # an orbax checkpoint written by `python -m converters import`, to fine-tune from
+    config.progress_bar = True
+    return config

@@ -1,0 +1,1 @@
+"""The trainer's parts: optimiser, sharding, train state, steps, checkpoints and metrics."""

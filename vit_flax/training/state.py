@@ -1,0 +1,46 @@
+"""The train state, created already sharded: `jax.eval_shape` for the layout, then a jitted init that writes
+every array straight into its shards (no full copy on one device first)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from vit_flax import registry
+from vit_flax.training.sharding import state_shardings
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    batch_stats: Any  # BatchNorm running statistics; {} for models without BatchNorm
+
+    def variables(self) -> dict:
+        """The model's variables, as `model.apply` and the converters take them."""
+        return {'params': self.params, **({'batch_stats': self.batch_stats} if self.batch_stats else {})}
+
+
+def _init_state(model: nn.Module, tx: optax.GradientTransformation, example_inputs: tuple, rng) -> TrainState:
+    variables = model.init(registry.init_rngs(rng), *example_inputs)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      batch_stats=variables.get('batch_stats', {}))
+
+
+def abstract_state(model, tx, example_inputs) -> TrainState:
+    return jax.eval_shape(functools.partial(_init_state, model, tx, example_inputs), jax.random.key(0))
+
+
+def create_train_state(model, tx, example_inputs: tuple, rng, mesh: Mesh) -> tuple[TrainState, Any]:
+    """A fresh, sharded train state and its shardings."""
+    shardings = state_shardings(mesh, abstract_state(model, tx, example_inputs))
+    init = jax.jit(functools.partial(_init_state, model, tx, example_inputs), out_shardings=shardings)
+    return init(rng), shardings

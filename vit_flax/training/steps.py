@@ -1,0 +1,126 @@
+"""The train and eval steps, written once and compiled two ways: `jax.jit` over a sharded mesh (the main
+path) and `jax.pmap` for pmap-style code. With `axis_name` set (pmap) gradients and metrics are averaged
+across devices; under jit the SPMD partitioner does it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from vit_flax.training.sharding import replicated
+from vit_flax.training.state import TrainState
+
+
+def mixup(rng, images, targets, alpha: float):
+    """Blend each example with another from the batch (Zhang et al., 2018): one lambda per batch."""
+    lam_rng, perm_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha)
+    perm = jax.random.permutation(perm_rng, images.shape[0])
+    return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
+
+
+def cast_floats(tree, dtype):
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | None = None):
+    """(train_step, eval_step) as plain functions of (state, batch)."""
+    compute_dtype = jnp.dtype(config.compute_dtype)
+    base_key = jax.random.key(config.seed)
+    accum = int(config.grad_accum_steps)
+
+    def loss_fn(params, batch_stats, images, targets, rng):
+        # mixed precision: compute in compute_dtype from float32 master weights
+        variables = {'params': cast_floats(params, compute_dtype)}
+        if batch_stats:
+            variables['batch_stats'] = batch_stats
+            logits, updates = model.apply(variables, images.astype(compute_dtype), train=True,
+                                          rngs={'dropout': rng}, mutable=['batch_stats'])
+            batch_stats = updates['batch_stats']
+        else:
+            logits = model.apply(variables, images.astype(compute_dtype), train=True, rngs={'dropout': rng})
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+        return loss, batch_stats
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(base_key, state.step)
+        if axis_name:  # a different draw on each device, as each holds different examples
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        dropout_rng, mixup_rng = jax.random.split(rng)
+
+        images = batch['image']
+        targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), config.label_smoothing)
+        if config.mixup_alpha > 0:
+            images, targets = mixup(mixup_rng, images, targets, config.mixup_alpha)
+
+        if accum == 1:
+            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, images, targets, dropout_rng)
+        else:  # gradient accumulation over micro-batches, one optimiser update per step
+            def micro(x):
+                return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+
+            def body(carry, xs):
+                grads_sum, loss_sum, batch_stats = carry
+                (loss, batch_stats), grads = grad_fn(state.params, batch_stats, *xs)
+                return (jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss_sum + loss, batch_stats), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (grads, loss, batch_stats), _ = jax.lax.scan(
+                body, (zeros, jnp.zeros((), jnp.float32), state.batch_stats),
+                (micro(images), micro(targets), jax.random.split(dropout_rng, accum)))
+            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            loss = loss / accum
+
+        if axis_name:
+            grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, batch_stats=batch_stats)
+        metrics = {'train_loss': loss, 'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step)}
+        return new_state, metrics
+
+    def eval_step(state: TrainState, batch: dict):
+        variables = cast_floats(state.variables(), compute_dtype)
+        logits = model.apply(variables, batch['image'].astype(compute_dtype)).astype(jnp.float32)
+        mask = batch['mask']
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+        sums = {'loss_sum': (loss * mask).sum(), 'correct': ((logits.argmax(-1) == batch['label']) * mask).sum(),
+                'count': mask.sum()}
+        return jax.lax.psum(sums, axis_name) if axis_name else sums
+
+    return train_step, eval_step
+
+
+def jit_steps(model, tx, schedule, config, num_classes, state_shardings, batch_sharding: NamedSharding):
+    """The steps compiled for the mesh: sharded inputs, donated state, replicated metrics."""
+    train_step, eval_step = make_steps(model, tx, schedule, config, num_classes)
+    out = replicated(batch_sharding.mesh)
+    return (
+        jax.jit(train_step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, out),
+                donate_argnums=0),
+        jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding), out_shardings=out),
+    )
+
+
+PMAP_AXIS = 'batch'
+
+
+def pmap_steps(model, tx, schedule, config, num_classes):
+    """The steps for replicated state and batches split (devices, per-device batch, ...)."""
+    train_step, eval_step = make_steps(model, tx, schedule, config, num_classes, axis_name=PMAP_AXIS)
+    return (jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0),
+            jax.pmap(eval_step, axis_name=PMAP_AXIS))
+
+
+def split_for_pmap(batch: dict, devices: int) -> dict:
+    return jax.tree_util.tree_map(lambda x: x.reshape(devices, x.shape[0] // devices, *x.shape[1:]), batch)
+
+
+unreplicate = functools.partial(jax.tree_util.tree_map, lambda x: x[0])
