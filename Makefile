@@ -22,8 +22,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
 
+# the main job: train on the embedded digits, export to vit-pytorch, check the exported model
 demo: $(STAMP)
-	$(PY) -m vit_flax.demo --out demo_out
+	rm -rf demo_out/digits
+	$(PY) -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=demo_out/digits
+	$(PY) -m converters export --workdir=demo_out/digits --out=demo_out/digits.safetensors
+	$(PY) -m vit_flax.demo --weights=demo_out/digits.safetensors
 
 readme-table: $(STAMP)
 	$(PY) -m vit_flax.registry --write README.md

@@ -29,7 +29,7 @@ def export(workdir: Path, out: Path) -> Path:
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     model = build_model(config)
     variables = restore_variables(workdir)
-    return converters.save_torch(out, model, variables, input_spec=input_spec(data.dataset_info(config)))
+    return converters.save_torch(out, model, variables, input_spec=input_spec(config, data.dataset_info(config)))
 
 
 def import_(weights: Path, out: Path) -> Path:

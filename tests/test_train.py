@@ -63,7 +63,7 @@ LAYOUT_RUNS = {
     'jit1': (1, {}),
     'accum2': (1, {'grad_accum_steps': 2}),
     'pmap8': (8, {'parallelism': 'pmap'}),
-    'fsdp8': (8, {'mesh.data': 2, 'mesh.fsdp': 4}),
+    'fsdp8': (8, {'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.fsdp_min_size': 256}),
 }
 
 
@@ -79,6 +79,13 @@ def layout_losses(tmp_path_factory):
             from vit_flax.train import train_and_evaluate
             for name, overrides in {runs!r}.items():
                 train_and_evaluate(tiny_config(**overrides), {str(root)!r} + '/' + name)
+            if {devices} == 8:  # the FSDP run really splits its larger arrays over the 'fsdp' axis
+                import numpy as np
+                from vit_flax.train import Trainer, build_model
+                config = tiny_config(**{LAYOUT_RUNS['fsdp8'][1]!r})
+                trainer = Trainer(config, build_model(config), (np.zeros((1, 8, 8, 1), np.float32),), 10)
+                specs = [s.spec for s in jax.tree_util.tree_leaves(trainer.state_shardings.params)]
+                assert any('fsdp' in spec for spec in specs) and jax.sharding.PartitionSpec() in specs, specs
         """, devices=devices)
     return {name: losses(root / name) for name in LAYOUT_RUNS}
 

@@ -79,9 +79,10 @@ def check_workdir_config(workdir: Path, config):
         path.write_text(config.to_json(indent=2) + '\n')
 
 
-def input_spec(info: data.DatasetInfo) -> dict:
+def input_spec(config, info: data.DatasetInfo) -> dict:
     """How images reach the model: recorded in exported sidecars so PyTorch users can reproduce predictions."""
-    return {'layout_flax': 'NHWC', 'layout_torch': 'NCHW', 'size': list(info.image_size), 'channels': info.channels,
+    return {'dataset': config.dataset, 'layout_flax': 'NHWC', 'layout_torch': 'NCHW', 'size': list(info.image_size),
+            'channels': info.channels,
             'pixel_range': [0.0, 1.0], 'mean': list(info.mean), 'std': list(info.std),
             'normalisation': '(pixel - mean) / std per channel', 'class_names': list(info.class_names)}
 
@@ -95,7 +96,8 @@ class Trainer:
         self.mesh = sharding.make_mesh(config.mesh if config.parallelism == 'jit' else {'data': -1})
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.abstract = abstract_state(model, self.tx, example_inputs)
-        self.state_shardings = sharding.state_shardings(self.mesh, self.abstract)
+        self.state_shardings = sharding.state_shardings(self.mesh, self.abstract,
+                                                        config.mesh.get('fsdp_min_size', sharding.DEFAULT_FSDP_MIN_SIZE))
         self.pmap = config.parallelism == 'pmap'
         if self.pmap:
             self.devices = jax.local_devices()
@@ -106,19 +108,18 @@ class Trainer:
         self.model, self.example_inputs = model, example_inputs
 
     def init(self, rng):
-        state, _ = create_train_state(self.model, self.tx, self.example_inputs, rng, self.mesh)
+        state = create_train_state(self.model, self.tx, self.example_inputs, rng, self.state_shardings)
         return self.to_device_layout(state)
 
     def to_device_layout(self, state):
-        return jax.device_put_replicated(jax.device_get(state), self.devices) if self.pmap else state
+        return steps.replicate(state, self.devices) if self.pmap else state
 
     def to_checkpoint_layout(self, state):
         return steps.unreplicate(state) if self.pmap else state
 
     def batch(self, local_batch: dict):
         if self.pmap:
-            split = steps.split_for_pmap(local_batch, len(self.devices))
-            return jax.tree_util.tree_map(lambda x: jax.device_put_sharded(list(x), self.devices), split)
+            return steps.split_for_pmap(local_batch, self.devices)
         return sharding.global_batch(local_batch, self.batch_sharding)
 
     def metrics(self, metrics):

@@ -2,8 +2,8 @@
 
 Mesh axes ('data', 'fsdp'). Batches are split over both axes. Parameters (and the optimiser state that
 mirrors them) are replicated for data parallelism; with an 'fsdp' axis larger than 1 each array of at least
-`FSDP_MIN_SIZE` elements is split along its largest dimension that the axis size divides (ZeRO-3 style), and
-XLA inserts the gathers.
+`mesh.fsdp_min_size` elements is split along its largest dimension that the axis size divides (ZeRO-3 style),
+and XLA inserts the gathers. Small arrays stay replicated: gathering them costs more than storing them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = MESH_AXES
-FSDP_MIN_SIZE = 2**14
+DEFAULT_FSDP_MIN_SIZE = 2**14
 
 
 def make_mesh(mesh_config) -> Mesh:
@@ -46,9 +46,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
     """FSDP rule for one array: split its largest dimension divisible by the fsdp axis, if big enough."""
-    if fsdp_size == 1 or math.prod(shape) < FSDP_MIN_SIZE:
+    if fsdp_size == 1 or math.prod(shape) < min_size or not shape:
         return P()
     for axis in np.argsort(shape)[::-1]:
         if shape[axis] % fsdp_size == 0:
@@ -58,11 +58,11 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
     return P()
 
 
-def state_shardings(mesh: Mesh, abstract_state):
+def state_shardings(mesh: Mesh, abstract_state, fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE):
     """NamedShardings for every leaf of a (possibly abstract) train state."""
     fsdp_size = mesh.shape['fsdp']
-    return jax.tree_util.tree_map(lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size)),
-                                  abstract_state)
+    return jax.tree_util.tree_map(
+        lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, fsdp_min_size)), abstract_state)
 
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:

@@ -11,10 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh
 
 from vit_flax import registry
-from vit_flax.training.sharding import state_shardings
 
 
 class TrainState(struct.PyTreeNode):
@@ -39,8 +37,7 @@ def abstract_state(model, tx, example_inputs) -> TrainState:
     return jax.eval_shape(functools.partial(_init_state, model, tx, example_inputs), jax.random.key(0))
 
 
-def create_train_state(model, tx, example_inputs: tuple, rng, mesh: Mesh) -> tuple[TrainState, Any]:
-    """A fresh, sharded train state and its shardings."""
-    shardings = state_shardings(mesh, abstract_state(model, tx, example_inputs))
+def create_train_state(model, tx, example_inputs: tuple, rng, shardings) -> TrainState:
+    """A fresh train state, written straight into `shardings` (from `sharding.state_shardings`)."""
     init = jax.jit(functools.partial(_init_state, model, tx, example_inputs), out_shardings=shardings)
-    return init(rng), shardings
+    return init(rng)

@@ -10,7 +10,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vit_flax.training.sharding import replicated
 from vit_flax.training.state import TrainState
@@ -83,7 +84,7 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state, batch_stats=batch_stats)
-        metrics = {'train_loss': loss, 'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(state.step)}
+        metrics = {'train_loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
         return new_state, metrics
 
     def eval_step(state: TrainState, batch: dict):
@@ -119,8 +120,22 @@ def pmap_steps(model, tx, schedule, config, num_classes):
             jax.pmap(eval_step, axis_name=PMAP_AXIS))
 
 
-def split_for_pmap(batch: dict, devices: int) -> dict:
-    return jax.tree_util.tree_map(lambda x: x.reshape(devices, x.shape[0] // devices, *x.shape[1:]), batch)
+def _on_devices(tree, devices):
+    """Arrays with a leading device axis, one slice per device, as pmap takes them."""
+    sharding = NamedSharding(Mesh(np.array(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+    return jax.device_put(tree, sharding)
+
+
+def replicate(tree, devices):
+    """A copy of every array on every device (jax.device_put_replicated is deprecated)."""
+    copies = jax.tree_util.tree_map(lambda x: np.broadcast_to(x, (len(devices), *np.shape(x))), jax.device_get(tree))
+    return _on_devices(copies, devices)
+
+
+def split_for_pmap(batch: dict, devices) -> dict:
+    """(batch, ...) -> (devices, batch // devices, ...), each device holding its slice."""
+    n = len(devices)
+    return _on_devices(jax.tree_util.tree_map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch), devices)
 
 
 unreplicate = functools.partial(jax.tree_util.tree_map, lambda x: x[0])
