@@ -231,3 +231,47 @@ def test_init_from_another_model_is_refused(tmp_path):
     train_and_evaluate(tiny_config(), tmp_path / 'a')
     with pytest.raises(CheckpointError, match='holds variables for another model'):
         train_and_evaluate(tiny_config(init_from=str(tmp_path / 'a'), **{'model.dim': 24}), tmp_path / 'b')
+
+
+# options that change the step: one short run each, against the plain run
+
+
+@pytest.fixture(scope='module')
+def plain_losses(tmp_path_factory):
+    return losses_of(tiny_config(), tmp_path_factory.mktemp('plain'))
+
+
+def losses_of(config, workdir):
+    train_and_evaluate(config, workdir)
+    return np.array(losses(workdir))
+
+
+def test_bfloat16_compute_tracks_float32(tmp_path, plain_losses):
+    bf16 = losses_of(tiny_config(compute_dtype='bfloat16'), tmp_path)
+    assert np.isfinite(bf16).all() and not np.array_equal(bf16, plain_losses)
+    np.testing.assert_allclose(bf16, plain_losses, rtol=0.02)  # bf16 keeps ~3 significant digits
+
+
+def test_mixup_and_label_smoothing_change_the_targets(tmp_path, plain_losses):
+    mixed = losses_of(tiny_config(mixup_alpha=0.4), tmp_path / 'mixup')
+    unsmoothed = losses_of(tiny_config(label_smoothing=0.0), tmp_path / 'unsmoothed')
+    assert np.isfinite(mixed).all() and not np.allclose(mixed, plain_losses)
+    assert unsmoothed[0] < plain_losses[0]  # smoothed targets cost more at the same (near uniform) predictions
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for label, name in enumerate(('cats', 'dogs')):
+            folder = tmp_path / 'images' / split / name
+            folder.mkdir(parents=True)
+            for i in range(6):
+                pixels = rng.integers(0, 100, (12, 10, 3)) + 150 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i}.png')
+    config = tiny_config(dataset='image_folder', data_dir=str(tmp_path / 'images'), batch_size=4, eval_batch_size=4,
+                         **{'model.channels': 3, 'model.num_classes': 2})
+    metrics = train_and_evaluate(config, tmp_path / 'run')
+    assert 0.0 <= metrics['eval_accuracy'] <= 1.0 and np.isfinite(metrics['eval_loss'])
+    assert len(losses(tmp_path / 'run')) == 6
