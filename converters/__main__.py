@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import ml_collections
+from absl import logging
 
 import converters
 
@@ -55,6 +56,7 @@ def main(argv=None):
     import_parser.add_argument('--weights', type=Path, required=True)
     import_parser.add_argument('--out', type=Path, required=True)
     args = parser.parse_args(argv)
+    logging.set_verbosity(logging.WARNING)  # orbax narrates every restore at INFO
     try:
         if args.command == 'export':
             path = export(args.workdir, args.out)

@@ -91,7 +91,6 @@ class Trainer:
     """Holds the compiled steps for one parallelism mode and moves state and batches into its layout."""
 
     def __init__(self, config, model, example_inputs, num_classes):
-        self.config = config
         self.tx, self.schedule = make_optimizer(config)
         self.mesh = sharding.make_mesh(config.mesh if config.parallelism == 'jit' else {'data': -1})
         self.batch_sharding = sharding.batch_sharding(self.mesh)

@@ -10,8 +10,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # the model: a registry name and its vit-pytorch keywords. 4x4 patches: a LayerNorm over a 2x2 patch of one
-    # channel keeps only its shape, not its brightness (98.6% against 94.7% test accuracy with 2x2 patches)
+    # the model: a registry name and its vit-pytorch keywords. 4x4 patches: vit-pytorch's LayerNorm over a 2x2
+    # patch of one channel keeps only the patch's shape, not its brightness (--config.model.patch_size=2 ends
+    # near 95% test accuracy where 4x4 patches reach 98%)
     config.model_name = 'vit.ViT'
     config.model = ml_collections.ConfigDict(dict(
         image_size=8, patch_size=4, num_classes=10, channels=1,

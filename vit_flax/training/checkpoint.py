@@ -65,7 +65,7 @@ def restore_variables(directory: str | Path) -> dict:
     if (directory / 'checkpoints').is_dir():
         directory = directory / 'checkpoints'
     manager = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+                                    options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step()
     if step is None:
         raise CheckpointError(f'no checkpoint in {directory}')
