@@ -21,6 +21,7 @@ from typing import Callable
 
 import grain
 import numpy as np
+from scipy import ndimage
 
 DEFAULTS = {
     'random_crop_padding': 0,
@@ -45,22 +46,15 @@ def _signed(magnitude: float, rng: np.random.Generator) -> float:
 
 def _affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Output pixel p (relative to the image centre) takes the input at `matrix @ p`, bilinearly interpolated;
-    samples from outside the image read zeros, like torchvision's affine ops with fill=0."""
+    samples from outside the image read zeros, like torchvision's affine ops with fill=0. `matrix` is 2x3 in
+    (x, y) order; scipy works in (row, column) = (y, x)."""
     height, width, _ = image.shape
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    cy, cx = (height - 1) / 2, (width - 1) / 2
-    src_x = matrix[0, 0] * (xs - cx) + matrix[0, 1] * (ys - cy) + matrix[0, 2] + cx
-    src_y = matrix[1, 0] * (xs - cx) + matrix[1, 1] * (ys - cy) + matrix[1, 2] + cy
-    x0, y0 = np.floor(src_x).astype(np.int64), np.floor(src_y).astype(np.int64)
-    fx, fy = (src_x - x0)[..., None], (src_y - y0)[..., None]
-    # A one-pixel zero border, and indices clipped onto it, make every out-of-image sample read zero.
-    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
-
-    def at(y, x):
-        return padded[np.clip(y + 1, 0, height + 1), np.clip(x + 1, 0, width + 1)]
-
-    out = ((1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x0 + 1))
-           + fy * ((1 - fx) * at(y0 + 1, x0) + fx * at(y0 + 1, x0 + 1)))
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    linear = np.array([[matrix[1, 1], matrix[1, 0]], [matrix[0, 1], matrix[0, 0]]])
+    offset = centre + np.array([matrix[1, 2], matrix[0, 2]]) - linear @ centre
+    transform = np.eye(3)
+    transform[:2, :2] = linear  # channels map to themselves
+    out = ndimage.affine_transform(image, transform, offset=(*offset, 0.0), order=1, mode='grid-constant', cval=0.0)
     return out.astype(image.dtype)
 
 
