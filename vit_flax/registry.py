@@ -96,6 +96,7 @@ ENTRIES: tuple[Entry, ...] = (
         ),
         notes='fixed 2D sin-cos position embedding, mean pooling',
     ),
+    # new entries go above this line
 )
 
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}

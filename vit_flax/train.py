@@ -10,6 +10,7 @@ WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR/ten
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     writer = MetricsWriter(workdir, resume_step=start)
     eval_metrics = {}
     progress = tqdm(total=config.total_steps, initial=start, desc='train', unit='step', dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line every 10 s
                     disable=not config.progress_bar or jax.process_index() != 0)
     last_time, last_step = time.perf_counter(), start
     try:
