@@ -92,6 +92,11 @@ def to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def contiguous(array) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray would turn a 0-d array into shape (1,))."""
+    return np.require(array, requirements='C')
+
+
 def to_tensor(array: np.ndarray):
     """A torch tensor owning a contiguous copy of `array`, bf16 included."""
     import torch
@@ -153,7 +158,7 @@ def to_torch(
     for key in sorted(batchnorm_counter_keys(table)):
         # Flax keeps no step counter; 0 is what torch starts from and only matters for momentum=None
         state_dict[key] = np.zeros((), np.int64)
-    convert = np.ascontiguousarray if as_numpy else to_tensor
+    convert = contiguous if as_numpy else to_tensor
     return {key: convert(value) for key, value in state_dict.items()}
 
 
@@ -171,7 +176,7 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
     if path.suffix == '.safetensors':
         from safetensors.numpy import save_file
 
-        save_file({key: np.ascontiguousarray(to_numpy(value)) for key, value in state_dict.items()}, str(path))
+        save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(path))
     elif path.suffix == '.pt':
         import torch
 

@@ -73,6 +73,8 @@ class LeafRule:
 LEAF_RULES: tuple[LeafRule, ...] = (
     LeafRule('params', 'kernel', 'weight', (2,), np.transpose, np.transpose, 'Linear: (in, out) <-> (out, in)'),
     LeafRule('params', 'kernel', 'weight', (3, 4, 5), _conv_to_torch, _conv_from_torch, 'Conv: (*k, in, out) <-> (out, in, *k)'),
+    # a torch nn.Parameter named `scale` (CaiT's and XCiT's LayerScale) cannot keep its name: Flax norms own it
+    LeafRule('params', 'layer_scale', 'scale', None, what='LayerScale: torch nn.Parameter `scale`'),
     LeafRule('params', 'scale', 'weight', None, what='LayerNorm / BatchNorm / GroupNorm scale'),
     LeafRule('params', 'embedding', 'weight', (2,), what='Embedding table'),
     LeafRule('params', 'bias', 'bias', None, what='bias'),

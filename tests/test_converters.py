@@ -187,6 +187,19 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
         np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf))
 
 
+@pytest.mark.parametrize('entry', registry.ENTRIES, ids=lambda e: e.name)
+def test_every_architecture_round_trips_through_files(tmp_path, entry):
+    """Shapes survive the file formats too, 0-d parameters (learned temperatures) included."""
+    model = entry.build(0)
+    variables = init_variables(model)
+    for suffix in ('.safetensors', '.pt'):
+        _, loaded = converters.load_flax(converters.save_torch(tmp_path / f'model{suffix}', model, variables))
+        flat, flat_loaded = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(loaded)
+        assert flat.keys() == flat_loaded.keys()
+        for path, leaf in flat.items():
+            np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf), err_msg=f'{suffix} {path}')
+
+
 def test_bf16_safetensors_round_trip(tmp_path):
     model = tiny_vit()
     variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16),

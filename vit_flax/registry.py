@@ -15,9 +15,13 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vit_flax.cait import CaiT
+from vit_flax.deepvit import DeepViT
 from vit_flax.layers import pair
+from vit_flax.parallel_vit import ViT as ParallelViT
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
+from vit_flax import vit_for_small_dataset
 
 # example inputs
 
@@ -39,6 +43,21 @@ class Images:
     def to_torch_layout(self, args: tuple) -> tuple:
         (images,) = args
         return (np.ascontiguousarray(np.moveaxis(images, -1, 1)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchGridImages(Images):
+    """Images for a module with a `patch_size` but no `image_size` (a standalone patch tokenizer such as
+    vit_for_small_dataset.SPT): a `grid` of (rows, columns) patches, with the model's own `channels`."""
+
+    grid: tuple[int, int] = (2, 3)
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        patch_height, patch_width = pair(model.patch_size)
+        shape = (batch, self.grid[0] * patch_height, self.grid[1] * patch_width, model.channels)
+        if rng is None:
+            return (np.zeros(shape, np.float32),)
+        return (rng.standard_normal(shape, dtype=np.float32),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +114,80 @@ ENTRIES: tuple[Entry, ...] = (
                  channels=2),
         ),
         notes='fixed 2D sin-cos position embedding, mean pooling',
+    ),
+    Entry(
+        name='parallel_vit.ViT',
+        flax_class=ParallelViT,
+        paper='Three things everyone should know about Vision Transformers (Touvron et al., 2022)',
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(24, 40), patch_size=(8, 4), num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32,
+                 dim_head=12, channels=1, pool='mean', num_parallel_branches=3),
+            dict(image_size=16, patch_size=4, num_classes=3, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16,
+                 channels=2, num_parallel_branches=1),
+            dict(image_size=(16, 24), patch_size=(4, 8), num_classes=5, dim=20, depth=1, heads=5, mlp_dim=16,
+                 dim_head=4, num_parallel_branches=4),
+        ),
+        notes='parallel attention / feed-forward branches summed per layer; pool cls/mean',
+    ),
+    Entry(
+        name='deepvit.DeepViT',
+        flax_class=DeepViT,
+        paper='DeepViT: Towards Deeper Vision Transformer (Zhou et al., 2021)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=24, patch_size=8, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32, dim_head=12,
+                 channels=1, pool='mean'),
+            # heads=1 is tested in tests/test_deepvit.py: its reattn_weights gradient is zero, torch's is round-off
+            dict(image_size=16, patch_size=4, num_classes=3, dim=16, depth=3, heads=2, mlp_dim=32, dim_head=16,
+                 channels=2),
+            dict(image_size=12, patch_size=2, num_classes=5, dim=20, depth=2, heads=5, mlp_dim=16, dim_head=4,
+                 pool='mean'),
+        ),
+        notes='re-attention (learned head mixing + LayerNorm over heads); square int sizes; pool cls/mean',
+    ),
+    Entry(
+        name='vit_for_small_dataset.ViT',
+        flax_class=vit_for_small_dataset.ViT,
+        paper='Vision Transformer for Small-Size Datasets (Lee et al., 2021)',
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(24, 40), patch_size=8, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32,
+                 dim_head=12, channels=1, pool='mean'),
+            dict(image_size=16, patch_size=4, num_classes=3, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16,
+                 channels=2),
+            dict(image_size=(6, 10), patch_size=2, num_classes=5, dim=20, depth=1, heads=5, mlp_dim=16,
+                 dim_head=4, dropout=0.1, emb_dropout=0.1),
+        ),
+        notes='shifted patch tokens (SPT), locality self-attention (learned temperature, no self-attention); '
+              'int patch_size only; mean pooling includes the cls token',
+    ),
+    Entry(
+        name='vit_for_small_dataset.SPT',
+        flax_class=vit_for_small_dataset.SPT,
+        paper='Vision Transformer for Small-Size Datasets (Lee et al., 2021)',
+        configs=(
+            dict(dim=32, patch_size=4),
+            dict(dim=12, patch_size=3, channels=1),
+            dict(dim=20, patch_size=1, channels=2),
+        ),
+        inputs=PatchGridImages(),
+        notes='the shifted patch tokenizer alone: images (b, H, W, c) -> tokens (b, n, dim)',
+    ),
+    Entry(
+        name='cait.CaiT',
+        flax_class=CaiT,
+        paper='Going deeper with Image Transformers (Touvron et al., 2021)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32,
+                 dim_head=8),
+            dict(image_size=24, patch_size=8, num_classes=7, dim=24, depth=1, cls_depth=2, heads=3, mlp_dim=20,
+                 dim_head=5),
+            dict(image_size=12, patch_size=2, num_classes=3, dim=20, depth=3, cls_depth=1, heads=1, mlp_dim=16,
+                 dim_head=20),
+        ),
+        notes='LayerScale, talking heads, class attention; 3 channels, square sizes; '
+              "layer drop in training only (rng stream 'layer_dropout')",
     ),
     # new entries go above this line
 )
