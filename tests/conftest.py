@@ -53,6 +53,43 @@ def apply(model, variables, *inputs, train=False, rngs=None):
     return _compiled[key](variables, rngs, *inputs)
 
 
+def images(shape, seed=0):
+    """Random float32 images (or any array) of `shape`."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def randomised_torch_model(entry, config, seed=0):
+    """A vit-pytorch model in eval mode whose every weight and BatchNorm statistic is moved off its init.
+
+    LayerNorm scales of exactly 1 and biases of 0 would hide a swapped or misplaced norm.
+    """
+    torch.manual_seed(seed)
+    model = torch_class(entry)(**config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(0.1 * torch.randn_like(module.running_mean))
+                module.running_var.copy_(0.5 + torch.rand_like(module.running_var))
+    return model
+
+
+def converted_pair(entry, config, seed=0):
+    """(Flax model, its variables, the randomised vit-pytorch model they were converted from)."""
+    import converters
+
+    torch_model = randomised_torch_model(entry, config, seed)
+    model = entry.flax_class(**config)
+    return model, converters.from_torch(model, torch_model.state_dict()), torch_model
+
+
+def torch_forward(torch_model, x):
+    """vit-pytorch on channels-last images, without gradients."""
+    with torch.no_grad():
+        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
+
+
 def numpy_tree(tree):
     """Model outputs (arrays, tensors, or tuples of them) as a list of numpy arrays."""
     import converters

@@ -8,41 +8,25 @@ import pytest
 import torch
 
 import converters
-from converters import rules
-from tests.conftest import apply, assert_close_outputs
+from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from vit_flax import registry
 from vit_flax.cait import CaiT, LayerScale, layer_drop_draw, layers_to_keep
 from vit_flax.vit import FeedForward
 
+ENTRY = registry.BY_NAME['cait.CaiT']
 TOLERANCE = 2e-5
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32, dim_head=8)
 
-if rules.leaf_rule('params', 'layer_scale', 3).torch_leaf('layer_scale') != 'scale':
-    pytest.skip("converters/rules.py has no rule mapping the Flax leaf 'layer_scale' to torch's LayerScale `scale`",
-                allow_module_level=True)
 
 
 def torch_cait():
     return converters.import_vit_pytorch('vit_pytorch.cait')
 
 
-def images(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def converted_pair(config, seed=0):
-    torch.manual_seed(seed)
-    torch_model = torch_cait().CaiT(**config).eval()
-    with torch.no_grad():
-        for parameter in torch_model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model = CaiT(**config)
-    example = (np.zeros((1, config['image_size'], config['image_size'], 3), np.float32),)
-    return model, converters.from_torch(model, torch_model.state_dict(), example_inputs=example), torch_model
 
 
-def torch_forward(torch_model, x):
-    with torch.no_grad():
-        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
 
 
 class TorchReplayingDraws:
@@ -76,7 +60,7 @@ class TorchReplayingDraws:
 
 def test_layer_drop_replays_in_torch(monkeypatch):
     """Flax's draw from the 'layer_dropout' stream, fed to torch's own dropout_layers, drops the same layers."""
-    model, variables, torch_model = converted_pair({**TINY, 'depth': 3, 'cls_depth': 2, 'layer_dropout': 0.6})
+    model, variables, torch_model = converted_pair(ENTRY, {**TINY, 'depth': 3, 'cls_depth': 2, 'layer_dropout': 0.6})
     x = images((2, 16, 16, 3))
     module = torch_cait()
     run = jax.jit(lambda v, key: model.apply(v, x, train=True, rngs={'layer_dropout': key}, mutable=['intermediates']))
@@ -110,7 +94,7 @@ def test_layers_to_keep_follows_torch_rule():
 
 
 def test_layer_drop_only_in_training_and_reproducible():
-    model, variables, _ = converted_pair({**TINY, 'layer_dropout': 0.5})
+    model, variables, _ = converted_pair(ENTRY, {**TINY, 'layer_dropout': 0.5})
     x = images((2, 16, 16, 3))
     eval_out = apply(model, variables, x)
     np.testing.assert_array_equal(eval_out, apply(CaiT(**TINY), variables, x))
@@ -126,7 +110,7 @@ def test_layer_drop_only_in_training_and_reproducible():
 
 def test_dropout_only_in_training_and_reproducible():
     small = {**TINY, 'depth': 1}
-    model, variables, _ = converted_pair({**small, 'dropout': 0.3, 'emb_dropout': 0.3})
+    model, variables, _ = converted_pair(ENTRY, {**small, 'dropout': 0.3, 'emb_dropout': 0.3})
     x = images((2, 16, 16, 3))
     eval_out = apply(model, variables, x)
     np.testing.assert_array_equal(eval_out, apply(CaiT(**small), variables, x))
@@ -146,19 +130,19 @@ def test_layer_scale_init_follows_the_layer_index(depth):
 
 @pytest.mark.parametrize('size', [(8, 16), (16, 8), (4, 12), (8, 8)])
 def test_smaller_and_rectangular_inputs_slice_the_position_embedding(size):
-    model, variables, torch_model = converted_pair(TINY)
+    model, variables, torch_model = converted_pair(ENTRY, TINY)
     x = images((2, *size, 3))
     assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), TOLERANCE)
 
 
 def test_larger_input_is_refused_with_sizes():
-    model, variables, _ = converted_pair(TINY)
+    model, variables, _ = converted_pair(ENTRY, TINY)
     with pytest.raises(ValueError, match=r'input of size \(20, 16\) gives 20 patches, more than the 16'):
         model.apply(variables, images((1, 20, 16, 3)))
 
 
 def test_num_classes_zero_keeps_an_empty_head():
-    model, variables, torch_model = converted_pair({**TINY, 'num_classes': 0})
+    model, variables, torch_model = converted_pair(ENTRY, {**TINY, 'num_classes': 0})
     x = images((2, 16, 16, 3))
     out = apply(model, variables, x)
     assert out.shape == (2, 0) and variables['params']['mlp_head_1']['kernel'].shape == (16, 0)
@@ -222,7 +206,7 @@ def test_parity_on_random_configurations():
     rng = np.random.default_rng(2024)
     for _ in range(8):
         config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(config)
+        model, variables, torch_model = converted_pair(ENTRY, config)
         x = images((2, *size, 3), seed=int(rng.integers(1 << 30)))
         try:
             assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), TOLERANCE)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
+from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
 from vit_flax import registry
 from vit_flax.deepvit import Attention, DeepViT
 
@@ -15,23 +15,10 @@ ENTRY = registry.BY_NAME['deepvit.DeepViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-def images(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def converted_pair(config):
-    torch.manual_seed(0)
-    torch_model = torch_class(ENTRY)(**config).eval()
-    with torch.no_grad():
-        for parameter in torch_model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model = DeepViT(**config)
-    return model, converters.from_torch(model, torch_model.state_dict()), torch_model
 
 
-def torch_forward(torch_model, x):
-    with torch.no_grad():
-        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
 
 
 def test_parameter_tree_mirrors_torch():
@@ -47,19 +34,19 @@ def test_parameter_tree_mirrors_torch():
 
 @pytest.mark.parametrize('size', [(8, 8), (16, 8), (4, 12), (12, 16)])
 def test_smaller_and_non_square_inputs_slice_the_position_embedding(size):
-    model, variables, torch_model = converted_pair(TINY)
+    model, variables, torch_model = converted_pair(ENTRY, TINY)
     x = images((2, *size, 3))
     assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
 
 
 def test_larger_input_is_refused_with_sizes():
-    model, variables, _ = converted_pair(TINY)
+    model, variables, _ = converted_pair(ENTRY, TINY)
     with pytest.raises(ValueError, match=r'input of size \(20, 16\) gives 21 tokens, more than the 17'):
         model.apply(variables, images((1, 20, 16, 3)))
 
 
 def test_num_classes_zero_gives_empty_logits():
-    model, variables, torch_model = converted_pair({**TINY, 'num_classes': 0})
+    model, variables, torch_model = converted_pair(ENTRY, {**TINY, 'num_classes': 0})
     x = images((2, 16, 16, 3))
     out = apply(model, variables, x)
     assert out.shape == (2, 0) and variables['params']['mlp_head_1']['kernel'].shape == (32, 0)
@@ -68,7 +55,7 @@ def test_num_classes_zero_gives_empty_logits():
 
 def test_single_head_keeps_the_projection_and_ignores_queries_and_keys():
     """heads=1: the LayerNorm over one head returns its bias, so every map is constant and q, k drop out."""
-    model, variables, torch_model = converted_pair({**TINY, 'heads': 1, 'dim_head': 32})
+    model, variables, torch_model = converted_pair(ENTRY, {**TINY, 'heads': 1, 'dim_head': 32})
     layer = variables['params']['transformer']['layers_0_0']
     assert 'to_out_0' in layer
     x = images((2, 16, 16, 3))
@@ -89,7 +76,7 @@ def test_single_head_reattention_weights_get_no_gradient():
     This is why the registry's gradient test uses heads >= 2: there it would compare zero with noise.
     """
     config = {**TINY, 'heads': 1, 'dim_head': 16, 'depth': 1}
-    model, variables, torch_model = converted_pair(config)
+    model, variables, torch_model = converted_pair(ENTRY, config)
     x = images((2, 16, 16, 3))
     weights = images((2, 10), seed=7)
     torch_out = torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
@@ -182,7 +169,7 @@ def test_parity_on_random_configurations():
     rng = np.random.default_rng(2024)
     for _ in range(8):
         config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(config)
+        model, variables, torch_model = converted_pair(ENTRY, config)
         x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
         try:
             assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)

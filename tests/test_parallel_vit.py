@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, torch_class
+from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_class, torch_forward
 from vit_flax import registry
 from vit_flax.parallel_vit import ViT
 
@@ -15,23 +14,10 @@ ENTRY = registry.BY_NAME['parallel_vit.ViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8)
 
 
-def images(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def converted_pair(config):
-    torch.manual_seed(0)
-    torch_model = torch_class(ENTRY)(**config).eval()
-    with torch.no_grad():
-        for parameter in torch_model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model = ViT(**config)
-    return model, converters.from_torch(model, torch_model.state_dict()), torch_model
 
 
-def torch_forward(torch_model, x):
-    with torch.no_grad():
-        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
 
 
 def test_branches_are_named_like_torch():
@@ -47,20 +33,20 @@ def test_branches_are_named_like_torch():
 
 @pytest.mark.parametrize('size', [(8, 16), (16, 4), (12, 12)])
 def test_smaller_inputs_slice_the_position_embedding(size):
-    model, variables, torch_model = converted_pair(TINY)
+    model, variables, torch_model = converted_pair(ENTRY, TINY)
     x = images((2, *size, 3))
     assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
 
 
 def test_larger_input_is_refused_with_sizes():
-    model, variables, _ = converted_pair(TINY)
+    model, variables, _ = converted_pair(ENTRY, TINY)
     with pytest.raises(ValueError, match=r'input of size \(20, 16\) gives 21 tokens, more than the 17'):
         model.apply(variables, images((1, 20, 16, 3)))
 
 
 def test_no_branches_makes_every_layer_the_identity():
     config = {**TINY, 'num_parallel_branches': 0, 'depth': 2}
-    model, variables, torch_model = converted_pair(config)
+    model, variables, torch_model = converted_pair(ENTRY, config)
     assert 'transformer' not in variables['params']
     x = images((2, 16, 16, 3))
     out = apply(model, variables, x)
@@ -70,7 +56,7 @@ def test_no_branches_makes_every_layer_the_identity():
 
 
 def test_num_classes_zero_keeps_an_empty_head():
-    model, variables, torch_model = converted_pair({**TINY, 'num_classes': 0})
+    model, variables, torch_model = converted_pair(ENTRY, {**TINY, 'num_classes': 0})
     x = images((2, 16, 16, 3))
     out = apply(model, variables, x)
     assert out.shape == (2, 0) and variables['params']['mlp_head_1']['kernel'].shape == (16, 0)
@@ -80,7 +66,7 @@ def test_num_classes_zero_keeps_an_empty_head():
 def test_branches_are_summed():
     """Two branches with the same weights give the same layer as one branch counted twice."""
     one = {**TINY, 'num_parallel_branches': 1}
-    model1, variables1, _ = converted_pair(one)
+    model1, variables1, _ = converted_pair(ENTRY, one)
     model2 = ViT(**{**TINY, 'num_parallel_branches': 2})
     p1 = variables1['params']
     t1 = p1['transformer']
@@ -93,7 +79,7 @@ def test_branches_are_summed():
         return 2 * out
 
     # torch check of the same identity: one branch whose output is doubled
-    _, _, torch_one = converted_pair(one)
+    _, _, torch_one = converted_pair(ENTRY, one)
     for attns, ffs in torch_one.transformer.layers:
         attns.fns[0].register_forward_hook(double_branch)
         ffs.fns[0].register_forward_hook(double_branch)
@@ -104,7 +90,7 @@ def test_branches_are_summed():
 def test_dropout_only_in_training_and_reproducible():
     model = ViT(**{**TINY, 'dropout': 0.5, 'emb_dropout': 0.5})
     x = images((2, 16, 16, 3))
-    _, variables, _ = converted_pair(TINY)  # the same tree; converting skips compiling an init
+    _, variables, _ = converted_pair(ENTRY, TINY)  # the same tree; converting skips compiling an init
     eval_out = apply(model, variables, x)
     np.testing.assert_array_equal(eval_out, apply(ViT(**TINY), variables, x))
 
@@ -162,7 +148,7 @@ def test_parity_on_random_configurations():
     rng = np.random.default_rng(7)
     for _ in range(8):
         config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(config)
+        model, variables, torch_model = converted_pair(ENTRY, config)
         x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
         try:
             assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)

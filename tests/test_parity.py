@@ -15,7 +15,7 @@ import torch
 from flax import traverse_util
 
 import converters
-from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
+from tests.conftest import apply, assert_close_outputs, init_variables, randomised_torch_model, torch_class
 from vit_flax import registry
 
 CASES = [
@@ -25,21 +25,6 @@ CASES = [
 ]
 
 
-def randomised_torch_model(entry, index, seed=0):
-    """A vit-pytorch model in eval mode whose every weight and BatchNorm statistic is moved off its init.
-
-    LayerNorm scales of exactly 1 and biases of 0 would hide a swapped or misplaced norm.
-    """
-    torch.manual_seed(seed)
-    model = torch_class(entry)(**entry.configs[index]).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.copy_(0.1 * torch.randn_like(module.running_mean))
-                module.running_var.copy_(0.5 + torch.rand_like(module.running_var))
-    return model
 
 
 def randomised_flax_variables(model, seed=0):
@@ -62,7 +47,7 @@ def run_torch(entry, torch_model, inputs):
 
 @pytest.mark.parametrize('entry, index', CASES)
 def test_torch_to_flax(entry, index):
-    torch_model = randomised_torch_model(entry, index)
+    torch_model = randomised_torch_model(entry, entry.configs[index])
     model = entry.build(index)
     variables = converters.from_torch(model, torch_model.state_dict())
 
@@ -99,7 +84,7 @@ def test_round_trip_is_bit_exact(entry, index, dtype):
         np.testing.assert_array_equal(np.asarray(flat_back[path]), np.asarray(flat[path]), err_msg=str(path))
 
     # and torch -> Flax -> torch
-    torch_state = randomised_torch_model(entry, index).state_dict()
+    torch_state = randomised_torch_model(entry, entry.configs[index]).state_dict()
     again = converters.to_torch(model, converters.from_torch(model, torch_state))
     assert again.keys() == torch_state.keys()
     for key, tensor in torch_state.items():
@@ -110,7 +95,7 @@ def test_round_trip_is_bit_exact(entry, index, dtype):
 @pytest.mark.parametrize('entry, index', CASES)
 def test_gradients_match(entry, index):
     """d(sum(output * w)) / d(weights) on both sides, compared in torch's layout (relative 1e-4)."""
-    torch_model = randomised_torch_model(entry, index)
+    torch_model = randomised_torch_model(entry, entry.configs[index])
     model = entry.build(index)
     variables = converters.from_torch(model, torch_model.state_dict())
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))

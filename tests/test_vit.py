@@ -4,11 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
-import converters
 import vit_flax
-from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
+from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
 from vit_flax import registry
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -17,23 +15,10 @@ VIT, SIMPLE = registry.BY_NAME['vit.ViT'], registry.BY_NAME['simple_vit.SimpleVi
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-def images(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def converted_pair(entry, config):
-    torch.manual_seed(0)
-    torch_model = torch_class(entry)(**config).eval()
-    with torch.no_grad():
-        for parameter in torch_model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    model = entry.flax_class(**config)
-    return model, converters.from_torch(model, torch_model.state_dict()), torch_model
 
 
-def torch_forward(torch_model, x):
-    with torch.no_grad():
-        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
 
 
 def test_top_level_names():

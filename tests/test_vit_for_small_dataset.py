@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import converters
-from tests.conftest import apply, assert_close_outputs, init_variables, torch_class
+from tests.conftest import (apply, assert_close_outputs, converted_pair, images, init_variables, torch_class,
+                            torch_forward)
 from vit_flax import registry
 from vit_flax.vit_for_small_dataset import LSA, SPT, ViT, shift
 
@@ -17,8 +18,6 @@ SPT_ENTRY = registry.BY_NAME['vit_for_small_dataset.SPT']
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-def images(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
 def to_nchw(x):
@@ -32,16 +31,8 @@ def randomise(torch_model):
     return torch_model.eval()
 
 
-def converted_pair(entry, config):
-    torch.manual_seed(0)
-    torch_model = randomise(torch_class(entry)(**config))
-    model = entry.flax_class(**config)
-    return model, converters.from_torch(model, torch_model.state_dict()), torch_model
 
 
-def torch_forward(torch_model, x):
-    with torch.no_grad():
-        return torch_model(to_nchw(x))
 
 
 @pytest.mark.parametrize('size', [(1, 1), (1, 4), (3, 1), (5, 7)])

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 # helpers, as in vit-pytorch
 
@@ -49,6 +50,21 @@ def torch_uniform(fan_in: int):
 
 randn = nn.initializers.normal(stddev=1.0)  # torch.randn, used by nn.Parameter(torch.randn(...))
 
+
+def trunc_normal(std: float, a: float = -2.0, b: float = 2.0):
+    """torch.nn.init.trunc_normal_: N(0, std) truncated at the absolute bounds [a, b] (not in units of std)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return (jax.random.truncated_normal(key, a / std, b / std, shape, jnp.float32) * std).astype(dtype)
+
+    return init
+
+
+def kaiming_normal(key, shape, dtype=jnp.float32):
+    """torch.nn.init.kaiming_normal_ defaults (fan in, ReLU gain sqrt(2)) for a (..., in, out) kernel."""
+    fan_in = math.prod(shape[:-1])
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_in)
+
 # numerics
 
 # torch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
@@ -60,18 +76,23 @@ LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=Fals
 
 
 class Linear(nn.Module):
-    """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out). Torch's default init."""
+    """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out).
+
+    Torch's default init unless a module re-initialises its weights (`kernel_init`, `bias_init`).
+    """
 
     features: int
     use_bias: bool = True
+    kernel_init: Callable | None = None
+    bias_init: Callable | None = None
 
     @nn.compact
     def __call__(self, x):
         fan_in = x.shape[-1]
-        kernel = self.param('kernel', torch_uniform(fan_in), (fan_in, self.features))
+        kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), (fan_in, self.features))
         y = jnp.dot(x, kernel.astype(x.dtype))
         if self.use_bias:
-            bias = self.param('bias', torch_uniform(fan_in), (self.features,))
+            bias = self.param('bias', self.bias_init or torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(y.dtype)
         return y
 
@@ -100,6 +121,8 @@ class Conv(nn.Module):
     dilation: int | Sequence[int] = 1
     groups: int = 1
     use_bias: bool = True
+    kernel_init: Callable | None = None  # None: torch's default, as for Linear
+    bias_init: Callable | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -127,7 +150,8 @@ class Conv(nn.Module):
             padding = [(p, p) for p in _spatial_tuple(self.padding, n, 'padding')]
 
         fan_in = in_features // self.groups * math.prod(kernel_size)
-        kernel = self.param('kernel', torch_uniform(fan_in), (*kernel_size, in_features // self.groups, self.features))
+        kernel_shape = (*kernel_size, in_features // self.groups, self.features)
+        kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), kernel_shape)
         spatial = 'DHW'[-n:] if n > 1 else 'W'
         y = jax.lax.conv_general_dilated(
             x,
@@ -139,7 +163,7 @@ class Conv(nn.Module):
             feature_group_count=self.groups,
         )
         if self.use_bias:
-            bias = self.param('bias', torch_uniform(fan_in), (self.features,))
+            bias = self.param('bias', self.bias_init or torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(y.dtype)
         return y
 
@@ -191,6 +215,27 @@ class Embedding(nn.Module):
     def __call__(self, ids):
         table = self.param('embedding', randn, (self.num_embeddings, self.features))
         return jnp.take(table, ids, axis=0)
+
+
+def unfold(x, kernel_size: int, stride: int, padding: int):
+    """torch's `nn.Unfold` followed by `Rearrange('b c n -> b n c')`, on channels-last images.
+
+    (b, H, W, c) -> (b, oh * ow, c * k * k): windows in row-major order over the output grid, features in torch's
+    order `(c kh kw)`. Built from strided slices, so it is exact in every dtype on every backend (an identity
+    convolution such as `lax.conv_general_dilated_patches` goes through the matmul units, which round float32
+    to TF32 / bf16 at default precision on GPU and TPU).
+    """
+    _, height, width, _ = x.shape
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out_height = (height + 2 * padding - kernel_size) // stride + 1
+    out_width = (width + 2 * padding - kernel_size) // stride + 1
+    windows = [
+        x[:, i : i + stride * (out_height - 1) + 1 : stride, j : j + stride * (out_width - 1) + 1 : stride]
+        for i in range(kernel_size)
+        for j in range(kernel_size)
+    ]
+    patches = jnp.stack(windows, axis=-1)  # (b, oh, ow, c, kh * kw)
+    return rearrange(patches, 'b h w c k -> b (h w) (c k)')
 
 
 def attention_weights(q, k, scale: float, mask=None):

@@ -9,19 +9,22 @@ to get it tested.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from vit_flax.cait import CaiT
+from vit_flax.cct import CCT
 from vit_flax.deepvit import DeepViT
 from vit_flax.layers import pair
 from vit_flax.parallel_vit import ViT as ParallelViT
 from vit_flax.simple_vit import SimpleViT
+from vit_flax.t2t import T2TViT
 from vit_flax.vit import ViT
 from vit_flax import vit_for_small_dataset
+from vit_flax import vit_with_patch_merger
 
 # example inputs
 
@@ -58,6 +61,23 @@ class PatchGridImages(Images):
         if rng is None:
             return (np.zeros(shape, np.float32),)
         return (rng.standard_normal(shape, dtype=np.float32),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+    """Token sequences (batch, n, dim) at the model's own `dim`, for modules that take tokens, not images
+    (vit_with_patch_merger.PatchMerger). vit-pytorch takes the same layout."""
+
+    n: int = 6
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        shape = (batch, self.n, model.dim)
+        if rng is None:
+            return (np.zeros(shape, np.float32),)
+        return (rng.standard_normal(shape, dtype=np.float32),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        return tuple(args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +208,74 @@ ENTRIES: tuple[Entry, ...] = (
         ),
         notes='LayerScale, talking heads, class attention; 3 channels, square sizes; '
               "layer drop in training only (rng stream 'layer_dropout')",
+    ),
+    Entry(
+        name='vit_with_patch_merger.ViT',
+        flax_class=vit_with_patch_merger.ViT,
+        paper='Learning to Merge Tokens in Vision Transformers (Renggli et al., 2022)',
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8,
+                 patch_merge_num_tokens=4),
+            dict(image_size=(24, 40), patch_size=(8, 4), num_classes=7, dim=24, depth=3, heads=3, mlp_dim=32,
+                 dim_head=12, channels=1, patch_merge_layer=3, patch_merge_num_tokens=5),
+            # the merger never runs (patch_merge_layer=0) but owns parameters; no attention projection
+            dict(image_size=16, patch_size=4, num_classes=0, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16,
+                 channels=2, patch_merge_layer=0, patch_merge_num_tokens=3),
+            dict(image_size=(16, 24), patch_size=(4, 8), num_classes=5, dim=20, depth=1, heads=5, mlp_dim=16,
+                 dim_head=4, patch_merge_layer=1),
+        ),
+        notes='one PatchMerger after layer `patch_merge_layer` (default depth // 2; 0 never merges); mean pooling',
+    ),
+    Entry(
+        name='vit_with_patch_merger.PatchMerger',
+        flax_class=vit_with_patch_merger.PatchMerger,
+        paper='Learning to Merge Tokens in Vision Transformers (Renggli et al., 2022)',
+        configs=(
+            dict(dim=16, num_tokens_out=4),
+            dict(dim=24, num_tokens_out=1),
+            dict(dim=20, num_tokens_out=9),
+        ),
+        inputs=Tokens(),
+        notes='the token merger alone: tokens (b, n, dim) -> (b, num_tokens_out, dim)',
+    ),
+    Entry(
+        name='t2t.T2TViT',
+        flax_class=T2TViT,
+        paper='Tokens-to-Token ViT (Yuan et al., 2021)',
+        configs=(
+            dict(image_size=16, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8,
+                 t2t_layers=((3, 2), (3, 2))),
+            dict(image_size=32, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32, dim_head=5, channels=1,
+                 pool='mean'),  # the default t2t_layers ((7, 4), (3, 2), (3, 2))
+            dict(image_size=12, num_classes=3, dim=16, depth=2, heads=1, mlp_dim=32, dim_head=16, channels=2,
+                 t2t_layers=((4, 4),)),
+            dict(image_size=9, num_classes=5, dim=20, depth=1, heads=5, mlp_dim=16, dim_head=4, channels=1,
+                 pool='mean', dropout=0.1, emb_dropout=0.1, t2t_layers=((3, 1), (2, 2), (3, 1))),
+        ),
+        notes='soft split (nn.Unfold, `(c kh kw)` order) + one-head transformers; any t2t_layers; '
+              'external `transformer` module; single int image_size; pool cls/mean',
+    ),
+    Entry(
+        name='cct.CCT',
+        flax_class=CCT,
+        paper='Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021)',
+        # Each config tokenizes to ONE token: with two or more, the true gradient of `attention_pool.bias` (a
+        # shift of every softmax logit) is zero and both sides hold only round-off, which the per-tensor
+        # gradient tolerance cannot compare. Multi-token configs are tested in tests/test_cct.py.
+        configs=(
+            dict(img_size=4, embedding_dim=32, kernel_size=3, stride=2, padding=1, num_layers=2, num_heads=4,
+                 mlp_ratio=2, num_classes=10),
+            dict(img_size=(6, 10), embedding_dim=24, n_input_channels=1, kernel_size=5, stride=3, padding=2,
+                 pooling_kernel_size=4, pooling_stride=3, pooling_padding=1, num_layers=1, num_heads=3,
+                 mlp_ratio=1.5, num_classes=7, positional_embedding='learnable'),
+            dict(img_size=7, embedding_dim=20, n_input_channels=2, n_conv_layers=0, kernel_size=4, stride=3,
+                 padding=0, pooling_kernel_size=2, pooling_stride=2, pooling_padding=0, num_layers=3, num_heads=5,
+                 mlp_ratio=1, num_classes=3, positional_embedding='none'),
+            dict(img_size=16, embedding_dim=16, n_conv_layers=3, num_layers=2, num_heads=1, mlp_ratio=2,
+                 num_classes=5, dropout_rate=0.1, stochastic_depth_rate=0.3),
+        ),
+        notes='conv tokenizer (conv, ReLU, max pool), sequence pooling; sine / learnable / no position embedding; '
+              "stochastic depth in training only (rng stream 'drop_path'); presets cct_2 ... cct_16",
     ),
     # new entries go above this line
 )
