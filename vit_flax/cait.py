@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, exists, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, exists, randn
 from vit_flax.vit import FeedForward, patchify
 
 CHANNELS = 3  # vit-pytorch's CaiT hard-codes RGB input
@@ -199,17 +199,12 @@ class CaiT(nn.Module):
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)
         x = LayerNorm(name='to_patch_embedding_3')(x)
-        b, n, _ = x.shape
+        b = x.shape[0]
 
         pos_embedding = self.param('pos_embedding', randn, (1, num_patches, self.dim))
         cls_token = self.param('cls_token', randn, (1, 1, self.dim))
 
-        if n > num_patches:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {n} patches, more than the {num_patches} position '
-                f'embeddings of image_size={self.image_size}'
-            )
-        x = x + pos_embedding[:, :n].astype(x.dtype)
+        x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size, what='patches')
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         transformer = lambda depth, name: Transformer(self.dim, depth, self.heads, self.dim_head, self.mlp_dim,

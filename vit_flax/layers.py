@@ -238,6 +238,22 @@ def unfold(x, kernel_size: int, stride: int, padding: int):
     return rearrange(patches, 'b h w c k -> b (h w) (c k)')
 
 
+def add_position_embedding(x, pos_embedding, input_size, image_size, what: str = 'tokens'):
+    """x + the first n rows of a learned position embedding, (N, dim) or vit-pytorch's older (1, N, dim).
+
+    vit-pytorch slices the table for inputs smaller than `image_size`: only the token count has to fit, whatever
+    the input's height and width. A larger input is refused, naming the sizes.
+    """
+    n = x.shape[1]
+    table = pos_embedding.reshape(-1, pos_embedding.shape[-1])
+    if n > table.shape[0]:
+        raise ValueError(
+            f'input of size {tuple(input_size)} gives {n} {what}, more than the {table.shape[0]} position '
+            f'embeddings of image_size={image_size}'
+        )
+    return x + table[:n].astype(x.dtype)
+
+
 def attention_weights(q, k, scale: float, mask=None):
     """softmax(q k^T * scale) over the last axis, with q, k as (..., n, d). `mask` is True where allowed."""
     dots = jnp.einsum('...id,...jd->...ij', q, k) * scale

@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Linear, exists, randn, unfold
+from vit_flax.layers import Linear, add_position_embedding, exists, randn, unfold
 from vit_flax.vit import Transformer
 
 # helpers
@@ -172,19 +172,14 @@ class T2TViT(nn.Module):
                     name=f'to_patch_embedding_{4 * i + 3}',
                 )(x, train)
         x = Linear(self.dim, name=f'to_patch_embedding_{4 * len(t2t_layers)}')(x)
-        b, n, _ = x.shape
+        b = x.shape[0]
 
         pos_embedding = self.param('pos_embedding', randn, (1, output_image_size**2 + 1, self.dim))
         cls_token = self.param('cls_token', randn, (1, 1, self.dim))
 
         cls_tokens = repeat(cls_token, '() n d -> b n d', b=b)
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
-        if n + 1 > pos_embedding.shape[1]:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {n + 1} tokens, more than the {pos_embedding.shape[1]} '
-                f'position embeddings of image_size={self.image_size}'
-            )
-        x = x + pos_embedding[:, : n + 1].astype(x.dtype)
+        x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         if exists(self.transformer):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, gelu, pair, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, gelu, pair, randn
 
 
 class FeedForward(nn.Module):
@@ -142,13 +142,7 @@ class ViT(nn.Module):
         cls_tokens = repeat(cls_token, 'n d -> b n d', b=x.shape[0])
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
 
-        seq = x.shape[1]
-        if seq > pos_embedding.shape[0]:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {seq} tokens, more than the {pos_embedding.shape[0]} '
-                f'position embeddings of image_size={self.image_size}'
-            )
-        x = x + pos_embedding[:seq].astype(x.dtype)
+        x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer')(

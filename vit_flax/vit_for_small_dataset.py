@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, pair, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, pair, randn
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
@@ -149,19 +149,14 @@ class ViT(nn.Module):
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 
         x = SPT(dim=self.dim, patch_size=self.patch_size, channels=self.channels, name='to_patch_embedding')(img)
-        b, n, _ = x.shape
+        b = x.shape[0]
 
         pos_embedding = self.param('pos_embedding', randn, (1, num_patches + 1, self.dim))
         cls_token = self.param('cls_token', randn, (1, 1, self.dim))
 
         cls_tokens = repeat(cls_token, '() n d -> b n d', b=b)
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
-        if n + 1 > pos_embedding.shape[1]:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {n + 1} tokens, more than the {pos_embedding.shape[1]} '
-                f'position embeddings of image_size={self.image_size}'
-            )
-        x = x + pos_embedding[:, : n + 1].astype(x.dtype)
+        x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer')(

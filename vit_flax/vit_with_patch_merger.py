@@ -30,7 +30,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, default, pair, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, default, pair, randn
 from vit_flax.vit import Attention, FeedForward, check_image_config, patchify
 
 # patch merger class
@@ -125,13 +125,7 @@ class ViT(nn.Module):
         x = LayerNorm(name='to_patch_embedding_3')(x)
 
         pos_embedding = self.param('pos_embedding', randn, (1, num_patches + 1, self.dim))
-        n = x.shape[1]
-        if n > pos_embedding.shape[1]:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {n} tokens, more than the {pos_embedding.shape[1]} '
-                f'position embeddings of image_size={self.image_size}'
-            )
-        x = x + pos_embedding[:, :n].astype(x.dtype)
+        x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
