@@ -7,6 +7,10 @@ import torch
 
 # float32 parity needs exact matmuls (no TF32 / bf16 passes on accelerators)
 jax.config.update('jax_default_matmul_precision', 'highest')
+# Compiling dominates the suite's time and the tests run each program a few times at most: XLA's and LLVM's
+# optimisation passes cost more than they save here (about 30% of the suite). Numerics do not depend on them
+# (no fast-math either way); the training tests run in subprocesses with the default settings.
+jax.config.update('jax_disable_most_optimizations', True)
 torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 
 # The oracle is the real vit-pytorch package. Its __init__ imports torchvision (for Dino's augmentations),
@@ -53,6 +57,11 @@ def apply(model, variables, *inputs, train=False, rngs=None):
     return _compiled[key](variables, rngs, *inputs)
 
 
+def new_torch_model(entry, config):
+    """A freshly initialised vit-pytorch model for a registry config, in eval mode."""
+    return torch_class(entry)(**entry.torch_kwargs(config)).eval()
+
+
 def images(shape, seed=0):
     """Random float32 images (or any array) of `shape`."""
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
@@ -64,7 +73,7 @@ def randomised_torch_model(entry, config, seed=0):
     LayerNorm scales of exactly 1 and biases of 0 would hide a swapped or misplaced norm.
     """
     torch.manual_seed(seed)
-    model = torch_class(entry)(**config).eval()
+    model = new_torch_model(entry, config)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))

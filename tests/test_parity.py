@@ -15,7 +15,7 @@ import torch
 from flax import traverse_util
 
 import converters
-from tests.conftest import apply, assert_close_outputs, init_variables, randomised_torch_model, torch_class
+from tests.conftest import apply, assert_close_outputs, init_variables, new_torch_model, randomised_torch_model
 from vit_flax import registry
 
 CASES = [
@@ -23,8 +23,6 @@ CASES = [
     for entry in registry.ENTRIES
     for index in range(len(entry.configs))
 ]
-
-
 
 
 def randomised_flax_variables(model, seed=0):
@@ -59,7 +57,7 @@ def test_torch_to_flax(entry, index):
 def test_flax_to_torch_strict(entry, index):
     model = entry.build(index)
     variables = randomised_flax_variables(model, seed=index)
-    torch_model = torch_class(entry)(**entry.configs[index]).eval()
+    torch_model = new_torch_model(entry, entry.configs[index])
     torch_model.load_state_dict(converters.to_torch(model, variables), strict=True)
 
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
@@ -123,7 +121,7 @@ def test_gradients_match(entry, index):
 def test_init_follows_torch_distributions(entry):
     """Each Flax parameter is drawn like its vit-pytorch twin: same mean and spread (and range) per tensor."""
     torch.manual_seed(0)
-    torch_state = torch_class(entry)(**entry.configs[0]).state_dict()
+    torch_state = new_torch_model(entry, entry.configs[0]).state_dict()
     model = entry.build(0)
     variables = init_variables(model)
     flax_state = converters.to_torch(model, variables, as_numpy=True)

@@ -8,6 +8,7 @@ that training from scratch behaves like vit-pytorch.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -33,6 +34,16 @@ def pair(t):
 
 
 # initialisers
+
+
+def call_plugged_in(module: nn.Module, x, train: bool):
+    """Call a user-supplied module (vit-pytorch's `transformer=` arguments) with `train=` when it takes one.
+
+    A plain callable such as a Dense stack need not know about training; one with dropout does.
+    """
+    parameters = inspect.signature(module.__call__).parameters.values()
+    takes_train = any(p.name == 'train' or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    return module(x, train=train) if takes_train else module(x)
 
 
 def torch_uniform(fan_in: int):

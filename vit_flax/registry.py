@@ -9,7 +9,7 @@ to get it tested.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -89,6 +89,12 @@ class Entry:
     inputs: Any = Images()
     tolerance: float = 2e-5  # relative to max(1, max|y|); widen only with float64 evidence (see DESIGN.md)
     notes: str = ''
+    # vit-pytorch's keywords for a config where they are not the same values: a module argument such as
+    # efficient.ViT's `transformer` is a Flax module in the config and needs its torch twin
+    torch_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def torch_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
+        return self.torch_config(config) if self.torch_config else config
 
     @property
     def module(self) -> str:

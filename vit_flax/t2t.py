@@ -39,7 +39,6 @@ in its forward pass; here both are refused at construction, with the value in th
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Sequence
 
@@ -47,7 +46,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Linear, add_position_embedding, exists, randn, unfold
+from vit_flax.layers import Linear, add_position_embedding, call_plugged_in, exists, randn, unfold
 from vit_flax.vit import Transformer
 
 # helpers
@@ -67,11 +66,6 @@ def rearrange_image(x):
             f'between soft splits, so intermediate token grids must be square or nearly so)'
         )
     return rearrange(x, 'b (h w) c -> b h w c', h=rows)
-
-
-def _takes_train(module: nn.Module) -> bool:
-    parameters = inspect.signature(module.__call__).parameters.values()
-    return any(p.name == 'train' or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _as_pairs(t2t_layers):
@@ -184,7 +178,7 @@ class T2TViT(nn.Module):
 
         if exists(self.transformer):
             transformer = self.transformer  # adopted by Flax as the child 'transformer'
-            x = transformer(x, train=train) if _takes_train(transformer) else transformer(x)
+            x = call_plugged_in(transformer, x, train)
         else:
             x = Transformer(
                 self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
