@@ -18,15 +18,8 @@ TOLERANCE = 2e-5
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32, dim_head=8)
 
 
-
 def torch_cait():
     return converters.import_vit_pytorch('vit_pytorch.cait')
-
-
-
-
-
-
 
 
 class TorchReplayingDraws:

@@ -15,12 +15,6 @@ ENTRY = registry.BY_NAME['deepvit.DeepViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-
-
-
-
-
-
 def test_parameter_tree_mirrors_torch():
     variables = jax.eval_shape(DeepViT(**TINY).init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     params = variables['params']

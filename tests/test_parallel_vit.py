@@ -14,12 +14,6 @@ ENTRY = registry.BY_NAME['parallel_vit.ViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8)
 
 
-
-
-
-
-
-
 def test_branches_are_named_like_torch():
     config = {**TINY, 'num_parallel_branches': 3, 'pool': 'mean'}
     params = jax.eval_shape(ViT(**config).init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']

@@ -15,12 +15,6 @@ VIT, SIMPLE = registry.BY_NAME['vit.ViT'], registry.BY_NAME['simple_vit.SimpleVi
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-
-
-
-
-
-
 def test_top_level_names():
     assert vit_flax.ViT is ViT and vit_flax.SimpleViT is SimpleViT
 

@@ -18,8 +18,6 @@ SPT_ENTRY = registry.BY_NAME['vit_for_small_dataset.SPT']
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
-
-
 def to_nchw(x):
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
@@ -29,10 +27,6 @@ def randomise(torch_model):
         for parameter in torch_model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
     return torch_model.eval()
-
-
-
-
 
 
 @pytest.mark.parametrize('size', [(1, 1), (1, 4), (3, 1), (5, 7)])
