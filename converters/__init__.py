@@ -217,20 +217,68 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
     """
     path = Path(path)
     entry = registry.entry_for(model)
-    save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
     sidecar = {
         'format': SIDECAR_FORMAT,
         'weights': path.name,
         'module': entry.torch_module,
         'class': entry.class_name,
-        'kwargs': registry.torch_kwargs(model),
+        'kwargs': _sidecar_kwargs(model),
         'vit_pytorch_version': _version('vit-pytorch'),
         'vit_flax_class': f'vit_flax.{entry.name}',
     }
     if input_spec is not None:
         sidecar['input'] = input_spec
+    save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
     _sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + '\n')
     return path
+
+
+def _sidecar_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The module's vit-pytorch keywords for JSON. A keyword holding a module (T2TViT's or efficient.ViT's
+    `transformer`, Adapter's `vit`) is written as its vit-pytorch twin: {'module', 'class', 'kwargs'}."""
+
+    def encode(value, where):
+        if isinstance(value, nn.Module):
+            flax_module, name = type(value).__module__, type(value).__name__
+            torch_module = 'vit_pytorch.' + flax_module.removeprefix('vit_flax.')
+            twin = getattr(import_vit_pytorch(torch_module), name, None) if flax_module.startswith('vit_flax.') else None
+            if twin is None:
+                raise ValueError(
+                    f'{where} is a {flax_module}.{name}, which has no vit-pytorch twin ({torch_module}.{name}): '
+                    f'a PyTorch user could not build the model. Export the weights alone with '
+                    f'converters.save_state_dict(path, converters.to_torch(model, variables))'
+                )
+            return {'module': torch_module, 'class': name,
+                    'kwargs': {key: encode(v, f'{where}.{key}') for key, v in registry.torch_kwargs(value).items()}}
+        if isinstance(value, (tuple, list)):
+            return [encode(v, f'{where}[{i}]') for i, v in enumerate(value)]
+        return value
+
+    return {key: encode(value, key) for key, value in registry.torch_kwargs(model).items()}
+
+
+def _is_encoded_module(value) -> bool:
+    return isinstance(value, dict) and value.keys() == {'module', 'class', 'kwargs'}
+
+
+def _torch_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
+    def decode(value):
+        if _is_encoded_module(value):
+            torch_class = getattr(import_vit_pytorch(value['module']), value['class'])
+            return torch_class(**_torch_kwargs_from_sidecar(value['kwargs']))
+        return value
+
+    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
+
+
+def _flax_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
+    def decode(value):
+        if _is_encoded_module(value):
+            flax_module = importlib.import_module('vit_flax.' + value['module'].removeprefix('vit_pytorch.'))
+            return getattr(flax_module, value['class'])(**_flax_kwargs_from_sidecar(value['kwargs']))
+        return value
+
+    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
 
 
 def _version(package: str) -> str | None:
@@ -267,7 +315,7 @@ def load_torch(path: str | Path):
     path = Path(path)
     sidecar = _read_sidecar(path)
     torch_class = getattr(import_vit_pytorch(sidecar['module']), sidecar['class'])
-    torch_model = torch_class(**registry.tuples_from_json(sidecar['kwargs']))
+    torch_model = torch_class(**_torch_kwargs_from_sidecar(sidecar['kwargs']))
     state_dict = {key: value if _is_torch_tensor(value) else to_tensor(value)
                   for key, value in load_state_dict(path).items()}
     torch_model.load_state_dict(state_dict, strict=True)
@@ -278,5 +326,6 @@ def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
     """The Flax model and variables for a vit-pytorch state dict with a sidecar."""
     path = Path(path)
     sidecar = _read_sidecar(path)
-    model = registry.build(f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}", sidecar['kwargs'])
+    name = f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}"
+    model = registry.build(name, _flax_kwargs_from_sidecar(sidecar['kwargs']))
     return model, from_torch(model, load_state_dict(path))

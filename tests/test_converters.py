@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+import flax.linen as nn
 import torch
 from flax import traverse_util
 
@@ -198,6 +199,51 @@ def test_every_architecture_round_trips_through_files(tmp_path, entry):
         assert flat.keys() == flat_loaded.keys()
         for path, leaf in flat.items():
             np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf), err_msg=f'{suffix} {path}')
+
+
+def test_module_keywords_are_saved_as_their_vit_pytorch_twins(tmp_path):
+    """T2TViT(transformer=...) in the sidecar: the keyword becomes vit_pytorch.vit.Transformer and back."""
+    from vit_flax.t2t import T2TViT
+    from vit_flax.vit import Transformer
+
+    model = T2TViT(image_size=16, num_classes=4, dim=16, t2t_layers=((3, 2), (3, 2)),
+                   transformer=Transformer(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=24))
+    variables = init_variables(model)
+    path = converters.save_torch(tmp_path / 't2t.safetensors', model, variables)
+    sidecar = json.loads((tmp_path / 't2t.json').read_text())
+    assert sidecar['kwargs']['transformer'] == {
+        'module': 'vit_pytorch.vit', 'class': 'Transformer',
+        'kwargs': dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=24, dropout=0.0)}
+
+    torch_model = converters.load_torch(path)
+    assert type(torch_model.transformer).__module__ == 'vit_pytorch.vit'
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 3), dtype=np.float32)
+    with torch.no_grad():
+        torch_out = torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
+    assert_close_outputs(apply(model, variables, x), torch_out, 2e-5)
+
+    loaded_model, loaded = converters.load_flax(path)
+    assert loaded_model == model
+    assert_close_outputs(apply(loaded_model, loaded, x), torch_out, 2e-5)
+
+
+class Twinless(nn.Module):
+    """A transformer vit-pytorch does not have."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(x.shape[-1])(x)
+
+
+def test_module_keyword_without_a_vit_pytorch_twin_is_refused_by_name(tmp_path):
+    from vit_flax.t2t import T2TViT
+
+    model = T2TViT(image_size=16, num_classes=4, dim=16, t2t_layers=((3, 2), (3, 2)), transformer=Twinless())
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    with pytest.raises(ValueError, match=r'transformer is a tests\.test_converters\.Twinless, which has no '
+                                         r'vit-pytorch twin'):
+        converters.save_torch(tmp_path / 't2t.safetensors', model, variables)
+    assert not (tmp_path / 't2t.json').exists()
 
 
 def test_bf16_safetensors_round_trip(tmp_path):
