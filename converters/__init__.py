@@ -221,15 +221,16 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
         'format': SIDECAR_FORMAT,
         'weights': path.name,
         'module': entry.torch_module,
-        'class': entry.class_name,
+        'class': entry.torch_class_name,
         'kwargs': _sidecar_kwargs(model),
         'vit_pytorch_version': _version('vit-pytorch'),
         'vit_flax_class': f'vit_flax.{entry.name}',
     }
     if input_spec is not None:
         sidecar['input'] = input_spec
+    sidecar_text = json.dumps(sidecar, indent=2) + '\n'  # fails before anything is written
     save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
-    _sidecar_path(path).write_text(json.dumps(sidecar, indent=2) + '\n')
+    _sidecar_path(path).write_text(sidecar_text)
     return path
 
 
@@ -239,15 +240,13 @@ def _sidecar_kwargs(model: nn.Module) -> dict[str, Any]:
 
     def encode(value, where):
         if isinstance(value, nn.Module):
-            flax_module, name = type(value).__module__, type(value).__name__
-            torch_module = 'vit_pytorch.' + flax_module.removeprefix('vit_flax.')
-            twin = getattr(import_vit_pytorch(torch_module), name, None) if flax_module.startswith('vit_flax.') else None
-            if twin is None:
+            try:
+                torch_module, name = registry.torch_twin_name(value)
+            except ValueError as error:
                 raise ValueError(
-                    f'{where} is a {flax_module}.{name}, which has no vit-pytorch twin ({torch_module}.{name}): '
-                    f'a PyTorch user could not build the model. Export the weights alone with '
-                    f'converters.save_state_dict(path, converters.to_torch(model, variables))'
-                )
+                    f'{where}: {error}, so a PyTorch user could not build the model. Export the weights alone '
+                    f'with converters.save_state_dict(path, converters.to_torch(model, variables))'
+                ) from None
             return {'module': torch_module, 'class': name,
                     'kwargs': {key: encode(v, f'{where}.{key}') for key, v in registry.torch_kwargs(value).items()}}
         if isinstance(value, (tuple, list)):
@@ -326,6 +325,8 @@ def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
     """The Flax model and variables for a vit-pytorch state dict with a sidecar."""
     path = Path(path)
     sidecar = _read_sidecar(path)
-    name = f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}"
+    # the Flax class saved it (a DistillableT2TViT exports as vit-pytorch's T2TViT), else vit-pytorch's namesake
+    name = sidecar.get('vit_flax_class', '').removeprefix('vit_flax.') or (
+        f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}")
     model = registry.build(name, _flax_kwargs_from_sidecar(sidecar['kwargs']))
     return model, from_torch(model, load_state_dict(path))

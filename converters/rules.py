@@ -46,6 +46,11 @@ def _conv_from_torch(weight):
     return np.transpose(weight, (*range(2, weight.ndim), 1, 0))
 
 
+def _buffer_to_torch(buffer):
+    # torch index buffers are int64; JAX holds integers as int32 unless x64 is enabled
+    return buffer.astype(np.int64) if np.issubdtype(buffer.dtype, np.integer) else buffer
+
+
 @dataclasses.dataclass(frozen=True)
 class LeafRule:
     """How one kind of Flax leaf becomes one torch state-dict entry, and back."""
@@ -81,7 +86,8 @@ LEAF_RULES: tuple[LeafRule, ...] = (
     LeafRule('batch_stats', 'mean', 'running_mean', (1,), what='BatchNorm running mean'),
     LeafRule('batch_stats', 'var', 'running_var', (1,), what='BatchNorm running variance'),
     LeafRule('params', None, None, None, what='nn.Parameter, copied as is'),
-    LeafRule('buffers', None, None, None, what='persistent buffer (register_buffer), copied as is'),
+    LeafRule('buffers', None, None, None, _buffer_to_torch, _identity,
+             'persistent buffer (register_buffer); integers as int64, like torch index buffers'),
 )
 
 # torch's BatchNorm also saves a step counter that Flax does not keep: regenerated on export, dropped on import.

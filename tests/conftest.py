@@ -25,7 +25,7 @@ def torch_class(entry):
     """The vit-pytorch class an entry mirrors."""
     import converters
 
-    return getattr(converters.import_vit_pytorch(entry.torch_module), entry.class_name)
+    return getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)
 
 
 # Compiling is most of a tiny model's test time, so each pytest worker compiles a configuration's init and
@@ -59,7 +59,9 @@ def apply(model, variables, *inputs, train=False, rngs=None):
 
 def new_torch_model(entry, config):
     """A freshly initialised vit-pytorch model for a registry config, in eval mode."""
-    return torch_class(entry)(**entry.torch_kwargs(config)).eval()
+    from vit_flax import registry
+
+    return torch_class(entry)(**registry.torch_keywords(config)).eval()
 
 
 def images(shape, seed=0):

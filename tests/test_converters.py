@@ -240,8 +240,8 @@ def test_module_keyword_without_a_vit_pytorch_twin_is_refused_by_name(tmp_path):
 
     model = T2TViT(image_size=16, num_classes=4, dim=16, t2t_layers=((3, 2), (3, 2)), transformer=Twinless())
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    with pytest.raises(ValueError, match=r'transformer is a tests\.test_converters\.Twinless, which has no '
-                                         r'vit-pytorch twin'):
+    with pytest.raises(ValueError, match=r'transformer: tests\.test_converters\.Twinless is not a vit_flax module, '
+                                         r'so it has no vit-pytorch twin'):
         converters.save_torch(tmp_path / 't2t.safetensors', model, variables)
     assert not (tmp_path / 't2t.json').exists()
 

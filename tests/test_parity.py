@@ -7,6 +7,8 @@
 - initialisers draw from vit-pytorch's distributions.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,9 @@ def randomised_flax_variables(model, seed=0):
     flat = traverse_util.flatten_dict(init_variables(model, seed))
     noisy = {}
     for path, leaf in flat.items():
-        if path[0] == 'batch_stats' and path[-1] == 'var':
+        if path[0] == 'buffers':  # index tables and masks are structure, not weights
+            noisy[path] = leaf
+        elif path[0] == 'batch_stats' and path[-1] == 'var':
             noisy[path] = jnp.asarray(0.5 + rng.random(leaf.shape, np.float32))
         else:
             noisy[path] = leaf + jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
@@ -43,6 +47,14 @@ def run_torch(entry, torch_model, inputs):
         return torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
 
 
+def same_draws(entry, model, inputs):
+    """(Flax rngs, torch context) under which a model that is random in eval mode draws the same numbers on both
+    sides (the input spec's optional `randomness`, e.g. ats_vit); (None, a null context) for every other model."""
+    if hasattr(entry.inputs, 'randomness'):
+        return entry.inputs.randomness(model, inputs)
+    return None, contextlib.nullcontext()
+
+
 @pytest.mark.parametrize('entry, index', CASES)
 def test_torch_to_flax(entry, index):
     torch_model = randomised_torch_model(entry, entry.configs[index])
@@ -50,7 +62,10 @@ def test_torch_to_flax(entry, index):
     variables = converters.from_torch(model, torch_model.state_dict())
 
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
-    assert_close_outputs(apply(model, variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+    rngs, draws = same_draws(entry, model, inputs)
+    with draws:
+        torch_out = run_torch(entry, torch_model, inputs)
+    assert_close_outputs(apply(model, variables, *inputs, rngs=rngs), torch_out, entry.tolerance)
 
 
 @pytest.mark.parametrize('entry, index', CASES)
@@ -61,18 +76,22 @@ def test_flax_to_torch_strict(entry, index):
     torch_model.load_state_dict(converters.to_torch(model, variables), strict=True)
 
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
-    assert_close_outputs(apply(model, variables, *inputs), run_torch(entry, torch_model, inputs), entry.tolerance)
+    rngs, draws = same_draws(entry, model, inputs)
+    with draws:
+        torch_out = run_torch(entry, torch_model, inputs)
+    assert_close_outputs(apply(model, variables, *inputs, rngs=rngs), torch_out, entry.tolerance)
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize('entry, index', CASES)
 def test_round_trip_is_bit_exact(entry, index, dtype):
     model = entry.build(index)
-    variables = jax.tree_util.tree_map(lambda a: a.astype(dtype), randomised_flax_variables(model))
+    variables = jax.tree_util.tree_map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                                       randomised_flax_variables(model))
 
     state_dict = converters.to_torch(model, variables)
     expected_torch_dtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
-    assert {v.dtype for k, v in state_dict.items() if not k.endswith('num_batches_tracked')} == {expected_torch_dtype}
+    assert {v.dtype for v in state_dict.values() if v.is_floating_point()} == {expected_torch_dtype}
     back = converters.from_torch(model, state_dict)
 
     flat, flat_back = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(back)
@@ -98,14 +117,16 @@ def test_gradients_match(entry, index):
     variables = converters.from_torch(model, torch_model.state_dict())
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
 
-    torch_out = torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
+    rngs, draws = same_draws(entry, model, inputs)
+    with draws:
+        torch_out = torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
     torch_outs = torch_out if isinstance(torch_out, (tuple, list)) else (torch_out,)
     weights = [np.random.default_rng(7 + i).standard_normal(tuple(t.shape), dtype=np.float32)
                for i, t in enumerate(torch_outs)]
     sum(((t * torch.from_numpy(w)).sum() for t, w in zip(torch_outs, weights)), torch.zeros(())).backward()
 
     def loss(params):
-        out = model.apply({**variables, 'params': params}, *inputs)
+        out = model.apply({**variables, 'params': params}, *inputs, rngs=rngs)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         return sum((o * w).sum() for o, w in zip(outs, weights))
 

@@ -190,11 +190,12 @@ class BatchNorm(nn.Module):
 
     momentum: float = 0.1
     epsilon: float = 1e-5
+    scale_init: Callable = nn.initializers.ones  # LeViT starts some at zero
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         features = x.shape[-1]
-        scale = self.param('scale', nn.initializers.ones, (features,))
+        scale = self.param('scale', self.scale_init, (features,))
         bias = self.param('bias', nn.initializers.zeros, (features,))
         running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
         running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)

@@ -17,16 +17,29 @@ import numpy as np
 
 from vit_flax.cait import CaiT
 from vit_flax.cct import CCT
+from vit_flax.cvt import CvT
+from vit_flax.cross_vit import CrossViT
 from vit_flax.deepvit import DeepViT
 from vit_flax.layers import pair
+from vit_flax.levit import LeViT
 from vit_flax.parallel_vit import ViT as ParallelViT
+from vit_flax.pit import PiT
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.t2t import T2TViT
 from vit_flax.vit import ViT
+from vit_flax import distill, efficient, vit
 from vit_flax import vit_for_small_dataset
 from vit_flax import vit_with_patch_merger
+from vit_flax import mp3
+from vit_flax import ats_vit
+from vit_flax import learnable_memory_vit
 
 # example inputs
+
+
+def _draw(shape: tuple[int, ...], rng: np.random.Generator | None) -> np.ndarray:
+    """Zeros for shape inference (rng None), else standard normal float32."""
+    return np.zeros(shape, np.float32) if rng is None else rng.standard_normal(shape, dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +49,11 @@ class Images:
     vit-pytorch takes (batch, channels, height, width).
     """
 
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        return pair(model.image_size)
+
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
-        height, width = pair(model.image_size)
-        shape = (batch, height, width, model.channels)
-        if rng is None:
-            return (np.zeros(shape, np.float32),)
-        return (rng.standard_normal(shape, dtype=np.float32),)
+        return (_draw((batch, *self.size(model), model.channels), rng),)
 
     def to_torch_layout(self, args: tuple) -> tuple:
         (images,) = args
@@ -55,12 +67,20 @@ class PatchGridImages(Images):
 
     grid: tuple[int, int] = (2, 3)
 
-    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+    def size(self, model: nn.Module) -> tuple[int, int]:
         patch_height, patch_width = pair(model.patch_size)
-        shape = (batch, self.grid[0] * patch_height, self.grid[1] * patch_width, model.channels)
-        if rng is None:
-            return (np.zeros(shape, np.float32),)
-        return (rng.standard_normal(shape, dtype=np.float32),)
+        return self.grid[0] * patch_height, self.grid[1] * patch_width
+
+
+@dataclasses.dataclass(frozen=True)
+class SizedImages(Images):
+    """Images of a fixed `size` (height, width) with the model's own `channels`, for a model that takes any image
+    size and has no `image_size` (cvt.CvT)."""
+
+    fixed_size: tuple[int, int] = (32, 32)
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        return self.fixed_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +91,56 @@ class Tokens:
     n: int = 6
 
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
-        shape = (batch, self.n, model.dim)
-        if rng is None:
-            return (np.zeros(shape, np.float32),)
-        return (rng.standard_normal(shape, dtype=np.float32),)
+        return (_draw((batch, self.n, model.dim), rng),)
 
     def to_torch_layout(self, args: tuple) -> tuple:
         return tuple(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesAndLabels:
+    """(images, integer labels) for a training objective that takes both (distill.DistillWrapper): images at
+    the student's `image_size` and `channels`, labels in [0, student.num_classes). vit-pytorch takes
+    (batch, channels, height, width) images and int64 labels."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        (images,) = Images().example(model.student, batch, rng)
+        if rng is None:
+            return images, np.zeros((batch,), np.int32)
+        return images, rng.integers(0, model.student.num_classes, (batch,)).astype(np.int32)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        images, labels = args
+        return (*Images().to_torch_layout((images,)), np.asarray(labels, np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSampledImages(Images):
+    """Images for a model that draws random numbers even in eval mode (ats_vit.ViT: Gumbel noise to sample
+    tokens). `randomness(model, inputs, seed)` gives the Flax rngs for a call on `inputs` and a context manager
+    under which vit-pytorch's `sample_gumbel` returns the very noise Flax draws with them: Flax draws over fixed
+    token slots, torch asks a layer of budget k for (batch, k, n) and gets the first n columns."""
+
+    def randomness(self, model: nn.Module, inputs: tuple, seed: int = 0):
+        from unittest import mock
+
+        import torch
+
+        from converters import import_vit_pytorch
+
+        rngs = {ats_vit.TOKEN_SAMPLING: jax.random.key(seed)}
+        noise = model.apply({}, *inputs, rngs=rngs, method=type(model).token_sampling_noise)
+        by_budget = {}  # a budget's first layer is the only one that can sample
+        for layer_noise in noise:
+            if layer_noise is not None:
+                by_budget.setdefault(layer_noise.shape[1], np.asarray(layer_noise))
+
+        def sample_gumbel(shape, device, dtype, eps=1e-6):
+            batch, budget, n = shape
+            assert n <= by_budget[budget].shape[-1], (shape, by_budget[budget].shape)
+            return torch.from_numpy(by_budget[budget][:, :, :n].copy()).to(device=device, dtype=dtype)
+
+        return rngs, mock.patch.object(import_vit_pytorch('vit_pytorch.ats_vit'), 'sample_gumbel', sample_gumbel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +152,9 @@ class Entry:
     inputs: Any = Images()
     tolerance: float = 2e-5  # relative to max(1, max|y|); widen only with float64 evidence (see DESIGN.md)
     notes: str = ''
-    # vit-pytorch's keywords for a config where they are not the same values: a module argument such as
-    # efficient.ViT's `transformer` is a Flax module in the config and needs its torch twin
-    torch_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
-    def torch_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
-        return self.torch_config(config) if self.torch_config else config
+    # the vit-pytorch '<file>.<Class>' to compare with and export to, where the namesake cannot run (its forward
+    # is broken) but another class has the same state dict and the same outputs
+    torch_name: str | None = None
 
     @property
     def module(self) -> str:
@@ -106,7 +166,11 @@ class Entry:
 
     @property
     def torch_module(self) -> str:
-        return f'vit_pytorch.{self.module}'
+        return f"vit_pytorch.{(self.torch_name or self.name).rsplit('.', 1)[0]}"
+
+    @property
+    def torch_class_name(self) -> str:
+        return (self.torch_name or self.name).rsplit('.', 1)[1]
 
     def build(self, config_index: int = 0, **overrides) -> nn.Module:
         return self.flax_class(**{**self.configs[config_index], **overrides})
@@ -283,6 +347,231 @@ ENTRIES: tuple[Entry, ...] = (
         notes='conv tokenizer (conv, ReLU, max pool), sequence pooling; sine / learnable / no position embedding; '
               "stochastic depth in training only (rng stream 'drop_path'); presets cct_2 ... cct_16",
     ),
+    Entry(
+        name='mp3.ViT',
+        flax_class=mp3.ViT,
+        paper='Position Prediction as an Effective Pretraining Strategy (Zhai et al., 2022)',
+        configs=(
+            dict(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(num_classes=7, image_size=(24, 40), patch_size=(8, 4), dim=24, depth=1, heads=3, mlp_dim=32,
+                 dim_head=12, channels=1, dropout=0.1),
+            # one head with dim_head == dim: the output projection is kept, unlike vit.py
+            dict(num_classes=3, image_size=(12, 16), patch_size=(4, 2), dim=16, depth=3, heads=1, mlp_dim=24,
+                 dim_head=16, channels=2),
+        ),
+        notes="sin-cos position embedding from each input's patch grid; mean pooling; attention takes a `context` "
+              '(separate to_q / to_kv) for the MP3 objective',
+    ),
+    Entry(
+        name='cross_vit.CrossViT',
+        flax_class=CrossViT,
+        paper='CrossViT: Cross-Attention Multi-Scale Vision Transformer (Chen et al., 2021)',
+        configs=(
+            dict(image_size=16, num_classes=10, sm_dim=16, lg_dim=32, sm_patch_size=4, sm_enc_depth=1,
+                 sm_enc_heads=2, sm_enc_mlp_dim=32, sm_enc_dim_head=8, lg_patch_size=8, lg_enc_depth=1,
+                 lg_enc_heads=4, lg_enc_mlp_dim=32, lg_enc_dim_head=8, cross_attn_depth=1, cross_attn_heads=2,
+                 cross_attn_dim_head=8, depth=1),
+            dict(image_size=24, num_classes=7, sm_dim=24, lg_dim=20, sm_patch_size=4, sm_enc_depth=1,
+                 sm_enc_heads=3, sm_enc_mlp_dim=16, sm_enc_dim_head=5, lg_patch_size=12, lg_enc_depth=1,
+                 lg_enc_heads=1, lg_enc_mlp_dim=24, lg_enc_dim_head=20, cross_attn_depth=2, cross_attn_heads=5,
+                 cross_attn_dim_head=4, depth=1, channels=1),
+            # equal widths: no project_in / project_out; a branch transformer that is only its final LayerNorm;
+            # two multi-scale layers
+            dict(image_size=12, num_classes=3, sm_dim=16, lg_dim=16, sm_patch_size=2, sm_enc_depth=0,
+                 sm_enc_heads=2, sm_enc_mlp_dim=8, sm_enc_dim_head=4, lg_patch_size=6, lg_enc_depth=1,
+                 lg_enc_heads=3, lg_enc_mlp_dim=16, lg_enc_dim_head=6, cross_attn_depth=1, cross_attn_heads=1,
+                 cross_attn_dim_head=16, depth=2, channels=2),
+        ),
+        notes='two patch sizes, a transformer per branch, cls tokens cross-attending to the other branch; '
+              'int sizes; summed heads',
+    ),
+    Entry(
+        name='pit.PiT',
+        flax_class=PiT,
+        paper='Rethinking Spatial Dimensions of Vision Transformers (Heo et al., 2021)',
+        configs=(
+            dict(image_size=12, patch_size=4, num_classes=10, dim=16, depth=(1, 1), heads=2, mlp_dim=32, dim_head=8),
+            # patch 7, stride 3: torch's int() drops the last pixels (3 x 3 patches); an empty middle stage
+            dict(image_size=14, patch_size=7, num_classes=7, dim=12, depth=(1, 0, 1), heads=(3, 1, 5), mlp_dim=20,
+                 dim_head=5, channels=1, dropout=0.1, emb_dropout=0.1),
+            # stage 0 has one head of width dim_head == dim: no attention output projection
+            dict(image_size=15, patch_size=5, num_classes=3, dim=16, depth=(2, 1), heads=(1, 2), mlp_dim=24,
+                 dim_head=16, channels=2),
+        ),
+        notes='stages of transformers (`depth` tuple, per-stage `heads`) with depthwise-conv pooling between them; '
+              'overlapping patches (stride patch_size // 2); square int sizes; cls-token head',
+    ),
+    Entry(
+        name='efficient.ViT',
+        flax_class=efficient.ViT,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), any (efficient) transformer plugged in',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32,
+                 transformer=vit.Transformer(dim=32, depth=2, heads=4, dim_head=8, mlp_dim=64)),
+            dict(image_size=(16, 24), patch_size=8, num_classes=7, dim=24, channels=1, pool='mean',
+                 transformer=vit.Transformer(dim=24, depth=1, heads=3, dim_head=5, mlp_dim=32)),
+            dict(image_size=12, patch_size=4, num_classes=3, dim=16, channels=2,
+                 transformer=vit.Transformer(dim=16, depth=1, heads=1, dim_head=16, mlp_dim=16)),
+        ),
+        notes='external `transformer` module (any Flax module; vit.Transformer has a torch twin; '
+              'efficient.LinearTransformer is our own linear attention); int patch_size; pool cls/mean',
+    ),
+    Entry(
+        name='distill.DistillableViT',
+        flax_class=distill.DistillableViT,
+        paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(24, 16), patch_size=(8, 4), num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32,
+                 dim_head=5, channels=1, pool='mean'),
+            dict(image_size=16, patch_size=8, num_classes=3, dim=16, depth=1, heads=1, mlp_dim=16, dim_head=16,
+                 channels=2, emb_dropout=0.1),
+        ),
+        notes='vit.ViT with an optional distillation token (`distill_token=`); `to_vit()`; '
+              'DistillableT2TViT / DistillableEfficientViT (forward broken in vit-pytorch) tested in test_distill.py',
+    ),
+    Entry(
+        name='distill.DistillableT2TViT',
+        flax_class=distill.DistillableT2TViT,
+        paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
+        configs=(
+            dict(image_size=16, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8,
+                 t2t_layers=((3, 2), (3, 2))),
+            dict(image_size=12, num_classes=3, dim=24, depth=2, heads=3, mlp_dim=16, dim_head=5, channels=1,
+                 pool='mean', t2t_layers=((4, 4),)),
+        ),
+        torch_name='t2t.T2TViT',
+        notes="t2t.T2TViT with an optional distillation token; vit-pytorch's own DistillableT2TViT fails in every "
+              'forward (a 2-D `repeat` of its 3-D cls token), so parity is with T2TViT (same state dict) and the '
+              'token path is tested in test_distill.py',
+    ),
+    Entry(
+        name='distill.DistillableEfficientViT',
+        flax_class=distill.DistillableEfficientViT,
+        paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32,
+                 transformer=vit.Transformer(dim=32, depth=1, heads=4, dim_head=8, mlp_dim=64)),
+            dict(image_size=(16, 24), patch_size=8, num_classes=7, dim=24, channels=1, pool='mean',
+                 transformer=vit.Transformer(dim=24, depth=2, heads=3, dim_head=5, mlp_dim=32)),
+        ),
+        torch_name='efficient.ViT',
+        notes="efficient.ViT with an optional distillation token; vit-pytorch's own DistillableEfficientViT fails in "
+              'every forward, so parity is with efficient.ViT (same state dict) and the token path is tested in '
+              'test_distill.py',
+    ),
+    Entry(
+        name='distill.DistillWrapper',
+        flax_class=distill.DistillWrapper,
+        paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
+        configs=(
+            dict(teacher=ViT(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16,
+                             dim_head=8),
+                 student=distill.DistillableViT(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2,
+                                                mlp_dim=32, dim_head=8),
+                 temperature=2.0, alpha=0.3),
+            dict(teacher=ViT(image_size=(8, 12), patch_size=4, num_classes=4, dim=24, depth=1, heads=3, mlp_dim=16,
+                             dim_head=4, channels=1, pool='mean'),
+                 student=distill.DistillableViT(image_size=(8, 12), patch_size=(4, 2), num_classes=4, dim=16, depth=2,
+                                                heads=2, mlp_dim=16, dim_head=8, channels=1, pool='mean'),
+                 hard=True, mlp_layernorm=True),
+        ),
+        inputs=ImagesAndLabels(),
+        notes='DeiT loss from (images, labels): cross entropy + soft (KL, temperature) or hard distillation; '
+              'teacher a Flax module (no gradient) or any callable',
+    ),
+    Entry(
+        name='cvt.CvT',
+        flax_class=CvT,
+        paper='CvT: Introducing Convolutions to Vision Transformers (Wu et al., 2021)',
+        # no stage attends over a single key (its query projection's true gradient would be zero); tested in
+        # tests/test_cvt.py
+        configs=(
+            dict(num_classes=10, s1_emb_dim=16, s1_heads=1, s2_emb_dim=24, s2_heads=2, s2_depth=1, s3_emb_dim=32,
+                 s3_heads=1, s3_depth=1, s3_kv_proj_stride=1),
+            dict(num_classes=7, channels=1, dropout=0.1,
+                 s1_emb_dim=8, s1_emb_kernel=4, s1_emb_stride=2, s1_proj_kernel=5, s1_kv_proj_stride=3, s1_heads=2,
+                 s1_mlp_mult=1,
+                 s2_emb_dim=12, s2_emb_kernel=5, s2_emb_stride=3, s2_proj_kernel=1, s2_kv_proj_stride=1, s2_heads=1,
+                 s2_depth=1, s2_mlp_mult=2,
+                 s3_emb_dim=20, s3_emb_kernel=2, s3_emb_stride=1, s3_proj_kernel=3, s3_kv_proj_stride=2, s3_heads=3,
+                 s3_depth=1, s3_mlp_mult=3),
+            dict(num_classes=3, channels=2,
+                 s1_emb_dim=12, s1_emb_kernel=3, s1_emb_stride=3, s1_heads=1, s1_depth=2, s1_mlp_mult=2,
+                 s2_emb_dim=16, s2_heads=2, s2_depth=0,
+                 s3_emb_dim=24, s3_emb_kernel=1, s3_emb_stride=1, s3_depth=0),
+        ),
+        inputs=SizedImages(fixed_size=(24, 20)),
+        notes='three conv-embedded stages, depth-wise separable conv projections with BatchNorm, channel LayerNorm; '
+              "any image size; `method='layers'` gives the latents",
+    ),
+    Entry(
+        name='ats_vit.ViT',
+        flax_class=ats_vit.ViT,
+        paper='Adaptive Token Sampling For Efficient Vision Transformers (Fayyaz et al., 2021)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, max_tokens_per_depth=(8, 4), heads=4,
+                 mlp_dim=64, dim_head=8),
+            # a budget above the patch count: no layer samples
+            dict(image_size=(16, 8), patch_size=(4, 2), num_classes=3, dim=16, depth=1, max_tokens_per_depth=(20,),
+                 heads=1, mlp_dim=32, dim_head=16, channels=2),
+            # 9 patches; the second layer never samples (its budget equals the first's), the third only when the
+            # batch kept more than 4 tokens (tests/test_ats_vit.py checks both branches)
+            dict(image_size=(12, 6), patch_size=(4, 2), num_classes=5, dim=24, depth=3, max_tokens_per_depth=(6, 6, 4),
+                 heads=3, mlp_dim=16, dim_head=5, channels=1, dropout=0.1, emb_dropout=0.1),
+        ),
+        inputs=TokenSampledImages(),
+        notes="adaptive token sampling (Gumbel-max from the cls attention, rng stream 'token_sampling', even in "
+              'eval mode); fixed token slots + padding mask instead of per-batch padding; '
+              '`return_sampled_token_ids`',
+    ),
+    Entry(
+        name='learnable_memory_vit.ViT',
+        flax_class=learnable_memory_vit.ViT,
+        paper='Fine-tuning Image Transformers using Learnable Memory (Sandler et al., 2022)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(12, 20), patch_size=(4, 5), num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32,
+                 dim_head=12, channels=1, pool='mean'),
+            dict(image_size=8, patch_size=2, num_classes=3, dim=16, depth=3, heads=1, mlp_dim=16, dim_head=16,
+                 channels=2),
+        ),
+        notes='the backbone of learnable_memory_vit.Adapter; separate to_q / to_kv; always reads the cls token',
+    ),
+    Entry(
+        name='learnable_memory_vit.Adapter',
+        flax_class=learnable_memory_vit.Adapter,
+        paper='Fine-tuning Image Transformers using Learnable Memory (Sandler et al., 2022)',
+        configs=(
+            dict(vit=learnable_memory_vit.ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4,
+                                              mlp_dim=64, dim_head=8), num_memories_per_layer=3, num_classes=5),
+            dict(vit=learnable_memory_vit.ViT(image_size=(12, 20), patch_size=(4, 5), num_classes=7, dim=24, depth=1,
+                                              heads=3, mlp_dim=32, dim_head=12, channels=1, pool='mean')),
+            dict(vit=learnable_memory_vit.ViT(image_size=8, patch_size=2, num_classes=3, dim=16, depth=3, heads=1,
+                                              mlp_dim=16, dim_head=16, channels=2), num_memories_per_layer=1,
+                 num_classes=4),
+        ),
+        notes='learnable memories per layer + memory cls token + head on a frozen backbone `vit` (stop_gradient); '
+              "persistent `attn_mask` in the 'buffers' collection",
+    ),
+    Entry(
+        name='levit.LeViT',
+        flax_class=LeViT,
+        paper="LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference (Graham et al., 2021)",
+        # image_size=16: every attention sees one key. With more, the key BatchNorm's bias shifts each row of
+        # attention logits by a constant: its true gradient is zero and both sides hold round-off, which the
+        # per-tensor gradient test cannot compare. Multi-token maps are tested in tests/test_levit.py.
+        configs=(
+            dict(image_size=16, num_classes=10, dim=(16, 24), depth=(1, 2), heads=2, mlp_mult=2, stages=2, dim_key=8,
+                 dim_value=8),
+            dict(image_size=16, num_classes=7, dim=(16, 24, 32), depth=1, heads=(3, 1, 2), mlp_mult=1,
+                 dim_key=4, dim_value=6, num_distill_classes=5),
+            dict(image_size=16, num_classes=0, dim=20, depth=1, heads=5, mlp_mult=3, stages=1, dim_key=4, dim_value=4,
+                 dropout=0.1, num_distill_classes=0),
+        ),
+        notes='conv embedding; attention with BatchNorm and learned relative-position biases (`pos_indices` buffer); '
+              'downsampling attention between stages; int image_size, 3 channels; optional distillation head',
+    ),
     # new entries go above this line
 )
 
@@ -336,6 +625,40 @@ def torch_kwargs(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def torch_twin_name(module: nn.Module) -> tuple[str, str]:
+    """vit-pytorch's (file, class) for a vit_flax module: the class of the same name in the file of the same name
+    (vit_flax.vit.Transformer -> vit_pytorch.vit.Transformer). Raises ValueError naming the module if there is
+    none (a module of your own, such as efficient.LinearTransformer)."""
+    from converters import import_vit_pytorch
+
+    flax_module, name = type(module).__module__, type(module).__name__
+    if not flax_module.startswith('vit_flax.'):
+        raise ValueError(f'{flax_module}.{name} is not a vit_flax module, so it has no vit-pytorch twin')
+    torch_module = 'vit_pytorch.' + flax_module.removeprefix('vit_flax.')
+    try:
+        has_twin = hasattr(import_vit_pytorch(torch_module), name)
+    except ImportError:
+        has_twin = False
+    if not has_twin:
+        raise ValueError(f'{flax_module}.{name} has no vit-pytorch twin ({torch_module}.{name})')
+    return torch_module, name
+
+
+def torch_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """vit-pytorch's constructor keywords for Flax ones: a module-valued keyword (a plugged-in `transformer`,
+    Adapter's `vit`, DistillWrapper's `teacher` and `student`) becomes a new instance of its vit-pytorch twin
+    with the same keywords; its weights come from a state dict."""
+    from converters import import_vit_pytorch
+
+    def twin(value):
+        if not isinstance(value, nn.Module):
+            return value
+        torch_module, name = torch_twin_name(value)
+        return getattr(import_vit_pytorch(torch_module), name)(**torch_keywords(torch_kwargs(value)))
+
+    return {key: twin(value) for key, value in kwargs.items()}
+
+
 def markdown_table() -> str:
     """The README's architecture table."""
     rows = [
@@ -344,7 +667,7 @@ def markdown_table() -> str:
     ]
     for entry in ENTRIES:
         rows.append(
-            f'| `vit_flax.{entry.name}` | `{entry.torch_module}.{entry.class_name}` | {entry.paper} | '
+            f'| `vit_flax.{entry.name}` | `{entry.torch_module}.{entry.torch_class_name}` | {entry.paper} | '
             f'torch->Flax, Flax->torch (strict), round trip, gradients; {len(entry.configs)} configs | {entry.notes} |'
         )
     return '\n'.join(rows) + '\n'

@@ -1,0 +1,140 @@
+"""The ViT of MP3 ("Position Prediction as an Effective Pretraining Strategy", Zhai et al., 2022), mirroring
+vit_pytorch/mp3.py.
+
+A SimpleViT-like classifier (2D sin-cos position embedding, mean pooling) whose attention layers can attend to
+a `context` (cross-attention): MP3 runs `vit.transformer(tokens, context=unmasked_tokens)` and predicts each
+token's position. `ViT.to_patch_embedding` and `ViT.transformer` are exposed for that objective, as in torch.
+
+Parameter tree = vit-pytorch's module tree: `transformer.layers.0.0.to_kv.weight` lives at
+`params/transformer/layers_0_0/to_kv/kernel`.
+
+Quirks of vit-pytorch kept so weights transfer:
+- The position embedding is computed from each input's own patch grid, not from `image_size`: any input whose
+  sides are divisible by the patch size is accepted (larger, smaller, another aspect ratio). `image_size` only
+  has to be divisible by the patch size.
+- Attention has separate `to_q` and `to_kv` projections (no biases), and the context is normalised by the
+  same `norm` as the queries. The output projection `to_out` is always kept (even for one head with
+  `dim_head == dim`), unlike vit.py.
+- The transformer has no final LayerNorm; the head has its own (`linear_head.0`), then `linear_head.1`.
+- `num_classes=0` keeps a `linear_head.1` with no outputs, returning (batch, 0).
+- There is no `pool` or `emb_dropout` keyword; `dropout` applies to attention maps, projections and MLPs.
+- torch checks `dim % 4 == 0` only in the forward pass and returns NaN for `dim=4`; here `dim` must be a
+  multiple of 4 and at least 8 at construction.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from einops import rearrange
+
+from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, exists, pair, posemb_sincos_2d
+from vit_flax.vit import FeedForward, check_image_config, patchify  # mp3's FeedForward is vit.py's
+
+
+class Attention(nn.Module):
+    """Self-attention, or cross-attention to `context` (b, m, dim) when one is given."""
+
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, context=None, train: bool = False):
+        inner_dim = self.dim_head * self.heads
+        norm = LayerNorm(name='norm')
+
+        x = norm(x)
+        context = norm(context) if exists(context) else x
+
+        q = Linear(inner_dim, use_bias=False, name='to_q')(x)
+        k, v = jnp.split(Linear(inner_dim * 2, use_bias=False, name='to_kv')(context), 2, axis=-1)
+        q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in (q, k, v))
+
+        attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+
+        out = jnp.einsum('bhij,bhjd->bhid', attn, v)
+        out = rearrange(out, 'b h n d -> b n (h d)')
+        out = Linear(self.dim, name='to_out_0')(out)
+        return nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class Transformer(nn.Module):
+    """Pre-norm layers without a final LayerNorm; every attention layer attends to the same `context`."""
+
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, context=None, train: bool = False):
+        for i in range(self.depth):
+            attention = Attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')
+            x = attention(x, context=context, train=train) + x
+            x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
+        return x
+
+
+class ViT(nn.Module):
+    num_classes: int
+    image_size: int | tuple[int, int]
+    patch_size: int | tuple[int, int]
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    channels: int = 3
+    dim_head: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ('patch_size', 'image_size'):
+            if min(pair(getattr(self, name))) < 1:
+                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
+        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_sincos_dim(self.dim)
+        for name in ('heads', 'dim_head'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
+        if self.depth < 0:
+            raise ValueError(f'depth must not be negative, got depth={self.depth}')
+        if self.num_classes < 0:
+            raise ValueError(f'num_classes must be non-negative, got num_classes={self.num_classes}')
+        super().__post_init__()
+
+    @property
+    def num_patches(self) -> int:
+        """Patches of an `image_size` image, as torch's `vit.num_patches` (MP3's number of position classes)."""
+        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
+        return (image_height // patch_height) * (image_width // patch_width)
+
+    def setup(self):
+        self.to_patch_embedding_1 = LayerNorm()
+        self.to_patch_embedding_2 = Linear(self.dim)
+        self.to_patch_embedding_3 = LayerNorm()
+        self.transformer = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout)
+        self.linear_head_0 = LayerNorm()
+        self.linear_head_1 = Linear(self.num_classes)
+
+    def to_patch_embedding(self, img):
+        """(b, H, W, c) -> patch tokens on their grid, (b, H / p1, W / p2, dim), as torch's `to_patch_embedding`."""
+        patch_height, patch_width = pair(self.patch_size)
+        x = patchify(img, self.patch_size, self.channels)  # checks rank, channels and divisibility
+        x = rearrange(x, 'b (h w) d -> b h w d', h=img.shape[1] // patch_height, w=img.shape[2] // patch_width)
+        x = self.to_patch_embedding_1(x)
+        x = self.to_patch_embedding_2(x)
+        return self.to_patch_embedding_3(x)
+
+    def __call__(self, img, train: bool = False):
+        x = self.to_patch_embedding(img)
+        _, h, w, _ = x.shape
+        x = rearrange(x, 'b h w d -> b (h w) d') + jnp.asarray(posemb_sincos_2d(h, w, self.dim), dtype=x.dtype)
+
+        x = self.transformer(x, train=train)
+        x = x.mean(axis=1)
+        return self.linear_head_1(self.linear_head_0(x))
