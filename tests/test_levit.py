@@ -13,10 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import traverse_util
 
 import converters
-from tests import test_parity
 from tests.conftest import (
     apply,
     assert_close_outputs,
@@ -24,7 +22,6 @@ from tests.conftest import (
     images,
     init_variables,
     new_torch_model,
-    randomised_torch_model,
     torch_class,
     torch_forward,
 )

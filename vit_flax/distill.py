@@ -57,17 +57,16 @@ from vit_flax.layers import (
     call_plugged_in,
     default,
     exists,
-    pair,
     randn,
-    unfold,
 )
 
 # classes
 
 
 class DistillMixin:
-    """The shared forward pass of vit-pytorch's DistillMixin. A subclass supplies `_to_patch_embedding(img, train)`,
-    `_cls_and_pos_embedding()`, `_attend(x, train)` and `_mlp_head(x)`, creating its submodules with torch's names."""
+    """The shared forward pass of vit-pytorch's DistillMixin, from the plain class's pieces
+    (`_to_patch_embedding(img, train)`, `_cls_and_pos_embedding()`, `_attend(x, train)`, `_mlp_head(x)`), which
+    create the submodules with torch's names. DistillableEfficientViT's `_attend` has no embedding dropout."""
 
     def _distill_forward(self, img, distill_token, train):
         distilling = exists(distill_token)
@@ -109,29 +108,6 @@ class DistillMixin:
 class DistillableViT(DistillMixin, vit.ViT):
     _plain_class = vit.ViT
 
-    def _to_patch_embedding(self, img, train):
-        x = vit.patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        return LayerNorm(name='to_patch_embedding_3')(x)
-
-    def _cls_and_pos_embedding(self):
-        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
-        num_patches = (image_height // patch_height) * (image_width // patch_width)
-        num_cls_tokens = 1 if self.pool == 'cls' else 0
-        cls_token = self.param('cls_token', randn, (num_cls_tokens, self.dim))
-        pos_embedding = self.param('pos_embedding', randn, (num_patches + num_cls_tokens, self.dim))
-        return cls_token, pos_embedding
-
-    def _attend(self, x, train):
-        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
-        return vit.Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
-        )(x, train)
-
-    def _mlp_head(self, x):
-        return Linear(self.num_classes, name='mlp_head')(x)
-
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):
         if self.num_classes <= 0:
@@ -147,49 +123,6 @@ class DistillableT2TViT(DistillMixin, t2t.T2TViT):
 
     _plain_class = t2t.T2TViT
 
-    def _to_patch_embedding(self, img, train):
-        # t2t.T2TViT's to_patch_embedding: soft splits with small transformers, then the Linear
-        if img.ndim != 4:
-            raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {img.shape}')
-        if img.shape[-1] != self.channels:
-            raise ValueError(f'expected {self.channels} channels (channels-last input), got shape {img.shape}')
-        x = img
-        layer_dim = self.channels
-        for i, (kernel_size, stride) in enumerate(self.t2t_layers):
-            layer_dim *= kernel_size**2
-            if i > 0:
-                x = t2t.rearrange_image(x)
-            height, width = x.shape[1:3]
-            if min(height, width) + 2 * (stride // 2) < kernel_size:
-                raise ValueError(
-                    f'input of size {img.shape[1:3]} is too small: soft split {i} (kernel_size={kernel_size}, '
-                    f'stride={stride}) gets a grid of {(height, width)}'
-                )
-            x = unfold(x, kernel_size, stride, stride // 2)
-            if i < len(self.t2t_layers) - 1:
-                x = vit.Transformer(
-                    dim=layer_dim, depth=1, heads=1, dim_head=layer_dim, mlp_dim=layer_dim, dropout=self.dropout,
-                    name=f'to_patch_embedding_{4 * i + 3}',
-                )(x, train)
-        return Linear(self.dim, name=f'to_patch_embedding_{4 * len(self.t2t_layers)}')(x)
-
-    def _cls_and_pos_embedding(self):
-        output_image_size = t2t.check_t2t_layers(self.image_size, self.t2t_layers, self.channels)
-        pos_embedding = self.param('pos_embedding', randn, (1, output_image_size**2 + 1, self.dim))
-        cls_token = self.param('cls_token', randn, (1, 1, self.dim))
-        return cls_token, pos_embedding
-
-    def _attend(self, x, train):
-        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
-        if exists(self.transformer):
-            return call_plugged_in(self.transformer, x, train)
-        return vit.Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
-        )(x, train)
-
-    def _mlp_head(self, x):
-        return Linear(self.num_classes, name='mlp_head')(x)
-
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):
         return self._distill_forward(img, distill_token, train)
@@ -199,12 +132,6 @@ class DistillableEfficientViT(DistillMixin, efficient.ViT):
     """efficient.ViT with a distillation token. vit-pytorch's version cannot run a forward pass (see above)."""
 
     _plain_class = efficient.ViT
-
-    def _to_patch_embedding(self, img, train):
-        return efficient.ViT._to_patch_embedding(self, img)
-
-    def _attend(self, x, train):
-        return call_plugged_in(self.transformer, x, train)
 
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):

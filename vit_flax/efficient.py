@@ -75,7 +75,7 @@ class ViT(nn.Module):
         image_height, image_width = pair(self.image_size)
         return (image_height // self.patch_size) * (image_width // self.patch_size)
 
-    def _to_patch_embedding(self, img):
+    def _to_patch_embedding(self, img, train: bool):
         x = patchify(img, self.patch_size, self.channels)
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)
@@ -86,20 +86,23 @@ class ViT(nn.Module):
         cls_token = self.param('cls_token', randn, (1, 1, self.dim))
         return cls_token, pos_embedding
 
+    def _attend(self, x, train: bool):
+        return call_plugged_in(self.transformer, x, train)
+
     def _mlp_head(self, x):
         x = LayerNorm(name='mlp_head_0')(x)
         return Linear(self.num_classes, name='mlp_head_1')(x)
 
     @nn.compact
     def __call__(self, img, train: bool = False):
-        x = self._to_patch_embedding(img)
+        x = self._to_patch_embedding(img, train)
         b = x.shape[0]
 
         cls_token, pos_embedding = self._cls_and_pos_embedding()
         cls_tokens = repeat(cls_token, '() n d -> b n d', b=b)
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
         x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
-        x = call_plugged_in(self.transformer, x, train)
+        x = self._attend(x, train)
 
         x = x.mean(axis=1) if self.pool == 'mean' else x[:, 0]
         return self._mlp_head(x)

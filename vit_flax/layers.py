@@ -229,6 +229,11 @@ class Embedding(nn.Module):
         return jnp.take(table, ids, axis=0)
 
 
+def conv_output_size(image_size: int, kernel_size: int, stride: int, padding: int = 0) -> int:
+    """vit-pytorch's helper (t2t, pit): float division then int(), which floors like nn.Unfold and Conv2d."""
+    return int(((image_size - kernel_size + (2 * padding)) / stride) + 1)
+
+
 def unfold(x, kernel_size: int, stride: int, padding: int):
     """torch's `nn.Unfold` followed by `Rearrange('b c n -> b n c')`, on channels-last images.
 

@@ -52,7 +52,6 @@ Quirks of vit-pytorch kept so weights transfer:
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax

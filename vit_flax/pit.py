@@ -43,7 +43,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Conv, LayerNorm, Linear, add_position_embedding, randn, unfold
+from vit_flax.layers import Conv, LayerNorm, Linear, add_position_embedding, conv_output_size, randn, unfold
 from vit_flax.vit import Attention, FeedForward
 
 # helpers
@@ -51,10 +51,6 @@ from vit_flax.vit import Attention, FeedForward
 
 def cast_tuple(val, num):
     return val if isinstance(val, tuple) else (val,) * num
-
-
-def conv_output_size(image_size, kernel_size, stride, padding=0):
-    return int(((image_size - kernel_size + (2 * padding)) / stride) + 1)
 
 
 def _is_int(value) -> bool:

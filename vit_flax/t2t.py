@@ -46,14 +46,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Linear, add_position_embedding, call_plugged_in, exists, randn, unfold
+from vit_flax.layers import Linear, add_position_embedding, call_plugged_in, conv_output_size, exists, randn, unfold
 from vit_flax.vit import Transformer
 
 # helpers
-
-
-def conv_output_size(image_size, kernel_size, stride, padding):
-    return int(((image_size - kernel_size + (2 * padding)) / stride) + 1)
 
 
 def rearrange_image(x):
@@ -134,24 +130,20 @@ class T2TViT(nn.Module):
             raise ValueError(f'num_classes must not be negative, got num_classes={self.num_classes}')
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, img, train: bool = False):
+    # the pieces of the forward pass, shared with distill.DistillableT2TViT
+
+    def _to_patch_embedding(self, img, train: bool):
+        """Four torch modules per soft split (unfold, transformer, ...), then the Linear."""
         if img.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {img.shape}')
         if img.shape[-1] != self.channels:
             raise ValueError(f'expected {self.channels} channels (channels-last input), got shape {img.shape}')
 
-        t2t_layers = self.t2t_layers
-        output_image_size = check_t2t_layers(self.image_size, t2t_layers, self.channels)
-
-        # to_patch_embedding: four torch modules per soft split, then the Linear
         x = img
         layer_dim = self.channels
-        for i, (kernel_size, stride) in enumerate(t2t_layers):
+        for i, (kernel_size, stride) in enumerate(self.t2t_layers):
             layer_dim *= kernel_size**2
-            is_first = i == 0
-            is_last = i == len(t2t_layers) - 1
-            if not is_first:
+            if i > 0:
                 x = rearrange_image(x)
             height, width = x.shape[1:3]
             if min(height, width) + 2 * (stride // 2) < kernel_size:
@@ -160,30 +152,40 @@ class T2TViT(nn.Module):
                     f'stride={stride}) gets a grid of {(height, width)}'
                 )
             x = unfold(x, kernel_size, stride, stride // 2)
-            if not is_last:
+            if i < len(self.t2t_layers) - 1:  # the last split has no transformer
                 x = Transformer(
                     dim=layer_dim, depth=1, heads=1, dim_head=layer_dim, mlp_dim=layer_dim, dropout=self.dropout,
                     name=f'to_patch_embedding_{4 * i + 3}',
                 )(x, train)
-        x = Linear(self.dim, name=f'to_patch_embedding_{4 * len(t2t_layers)}')(x)
-        b = x.shape[0]
+        return Linear(self.dim, name=f'to_patch_embedding_{4 * len(self.t2t_layers)}')(x)
 
+    def _cls_and_pos_embedding(self):
+        output_image_size = check_t2t_layers(self.image_size, self.t2t_layers, self.channels)
         pos_embedding = self.param('pos_embedding', randn, (1, output_image_size**2 + 1, self.dim))
         cls_token = self.param('cls_token', randn, (1, 1, self.dim))
+        return cls_token, pos_embedding
 
-        cls_tokens = repeat(cls_token, '() n d -> b n d', b=b)
+    def _attend(self, x, train: bool):
+        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+        if exists(self.transformer):
+            return call_plugged_in(self.transformer, x, train)  # adopted by Flax as the child 'transformer'
+        transformer = Transformer(
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
+        )
+        return transformer(x, train)
+
+    def _mlp_head(self, x):
+        return Linear(self.num_classes, name='mlp_head')(x)
+
+    @nn.compact
+    def __call__(self, img, train: bool = False):
+        x = self._to_patch_embedding(img, train)
+        cls_token, pos_embedding = self._cls_and_pos_embedding()
+
+        cls_tokens = repeat(cls_token, '() n d -> b n d', b=x.shape[0])
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
         x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
-        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
-
-        if exists(self.transformer):
-            transformer = self.transformer  # adopted by Flax as the child 'transformer'
-            x = call_plugged_in(transformer, x, train)
-        else:
-            x = Transformer(
-                self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
-            )(x, train)
+        x = self._attend(x, train)
 
         x = x.mean(axis=1) if self.pool == 'mean' else x[:, 0]
-
-        return Linear(self.num_classes, name='mlp_head')(x)
+        return self._mlp_head(x)

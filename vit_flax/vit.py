@@ -125,32 +125,44 @@ class ViT(nn.Module):
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         super().__post_init__()
 
-    @nn.compact
-    def __call__(self, img, train: bool = False):
-        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
-        num_patches = (image_height // patch_height) * (image_width // patch_width)
-        num_cls_tokens = 1 if self.pool == 'cls' else 0
+    # the pieces of the forward pass, shared with distill.DistillableViT
 
+    def _to_patch_embedding(self, img, train: bool):
         x = patchify(img, self.patch_size, self.channels)
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        return LayerNorm(name='to_patch_embedding_3')(x)
 
+    def _cls_and_pos_embedding(self):
+        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
+        num_patches = (image_height // patch_height) * (image_width // patch_width)
+        num_cls_tokens = 1 if self.pool == 'cls' else 0
         cls_token = self.param('cls_token', randn, (num_cls_tokens, self.dim))
         pos_embedding = self.param('pos_embedding', randn, (num_patches + num_cls_tokens, self.dim))
+        return cls_token, pos_embedding
+
+    def _attend(self, x, train: bool):
+        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+        transformer = Transformer(
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
+        )
+        return transformer(x, train)
+
+    def _mlp_head(self, x):
+        return Linear(self.num_classes, name='mlp_head')(x)
+
+    @nn.compact
+    def __call__(self, img, train: bool = False):
+        x = self._to_patch_embedding(img, train)
+        cls_token, pos_embedding = self._cls_and_pos_embedding()
 
         cls_tokens = repeat(cls_token, 'n d -> b n d', b=x.shape[0])
         x = jnp.concatenate((cls_tokens.astype(x.dtype), x), axis=1)
-
         x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
-        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
-
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer')(
-            x, train
-        )
+        x = self._attend(x, train)
 
         if self.num_classes <= 0:
             return x
 
         x = x.mean(axis=1) if self.pool == 'mean' else x[:, 0]
-        return Linear(self.num_classes, name='mlp_head')(x)
+        return self._mlp_head(x)
