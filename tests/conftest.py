@@ -49,11 +49,12 @@ def init_variables(model, seed=0):
     return _compiled[key](registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
 
 
-def apply(model, variables, *inputs, train=False, rngs=None):
-    """model.apply under jit, as users run it."""
-    key = (*_model_key(model), 'apply', train)
+def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
+    """model.apply under jit, as users run it. `mutable=['batch_stats']` returns (outputs, updated statistics)."""
+    mutable = tuple(mutable) if isinstance(mutable, (list, tuple)) else mutable
+    key = (*_model_key(model), 'apply', train, mutable)
     if key not in _compiled:
-        _compiled[key] = jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r))
+        _compiled[key] = jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r, mutable=mutable))
     return _compiled[key](variables, rngs, *inputs)
 
 

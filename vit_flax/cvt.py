@@ -48,7 +48,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import BatchNorm, Conv, Linear, attention_weights, gelu
+from vit_flax.layers import BatchNorm, ChanLayerNorm, Conv, Linear, attention_weights, gelu
 
 # helper methods
 
@@ -71,20 +71,6 @@ def group_by_key_prefix_and_remove_prefix(prefix, d):
 # classes
 
 
-class LayerNorm(nn.Module):  # layernorm, but done in the channel dimension (the last one here)
-    dim: int
-    eps: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x):
-        g = self.param('g', nn.initializers.ones, (1, self.dim, 1, 1))
-        b = self.param('b', nn.initializers.zeros, (1, self.dim, 1, 1))
-        var = jnp.var(x, axis=-1, keepdims=True)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        g, b = g.reshape(self.dim).astype(x.dtype), b.reshape(self.dim).astype(x.dtype)
-        return (x - mean) / jnp.sqrt(var + self.eps) * g + b
-
-
 class FeedForward(nn.Module):
     dim: int
     mult: int = 4
@@ -92,7 +78,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = LayerNorm(self.dim, name='net_0')(x)
+        x = ChanLayerNorm(self.dim, name='net_0')(x)
         x = Conv(self.dim * self.mult, 1, name='net_1')(x)
         x = gelu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -130,7 +116,7 @@ class Attention(nn.Module):
         padding = self.proj_kernel // 2
         y, h = x.shape[2], self.heads  # torch's `y` is the map's width
 
-        x = LayerNorm(self.dim, name='norm')(x)
+        x = ChanLayerNorm(self.dim, name='norm')(x)
         q = DepthWiseConv2d(self.dim, inner_dim, self.proj_kernel, padding=padding, stride=1, bias=False,
                             name='to_q')(x, train)
         kv = DepthWiseConv2d(self.dim, inner_dim * 2, self.proj_kernel, padding=padding, stride=self.kv_proj_stride,
@@ -237,7 +223,7 @@ class CvT(nn.Module):
         for i, config in enumerate(self.stage_configs()):
             setattr(self, f'layers_{i}_0', Conv(config['emb_dim'], config['emb_kernel'],
                                                 padding=config['emb_kernel'] // 2, stride=config['emb_stride']))
-            setattr(self, f'layers_{i}_1', LayerNorm(config['emb_dim']))
+            setattr(self, f'layers_{i}_1', ChanLayerNorm(config['emb_dim']))
             setattr(self, f'layers_{i}_2', Transformer(
                 dim=config['emb_dim'], proj_kernel=config['proj_kernel'], kv_proj_stride=config['kv_proj_stride'],
                 depth=config['depth'], heads=config['heads'], mlp_mult=config['mlp_mult'], dropout=self.dropout))

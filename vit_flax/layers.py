@@ -217,6 +217,24 @@ class BatchNorm(nn.Module):
         return y * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
+class ChanLayerNorm(nn.Module):
+    """vit-pytorch's LayerNorm "done in the channel dimension" (cvt, twins_svt, nest, crossformer, regionvit,
+    scalable_vit, sep_vit: named LayerNorm or ChanLayerNorm there): raw parameters `g` and `b` of torch's shape
+    (1, dim, 1, 1), biased variance, `(x - mean) / sqrt(var + eps) * g + b` over the last (channel) axis."""
+
+    dim: int
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        g = self.param('g', nn.initializers.ones, (1, self.dim, 1, 1))
+        b = self.param('b', nn.initializers.zeros, (1, self.dim, 1, 1))
+        var = jnp.var(x, axis=-1, keepdims=True)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        g, b = g.reshape(self.dim).astype(x.dtype), b.reshape(self.dim).astype(x.dtype)
+        return (x - mean) / jnp.sqrt(var + self.eps) * g + b
+
+
 class Embedding(nn.Module):
     """torch.nn.Embedding: `embedding` is torch's `weight`, initialised N(0, 1) like torch."""
 
