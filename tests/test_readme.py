@@ -33,3 +33,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace['preds'].shape == (1, 1000)
     assert np.isfinite(np.asarray(namespace['preds'])).all()
     assert type(namespace['torch_model']).__name__ == 'ViT'
+    # distillation, plug-in transformer, adapter
+    assert np.isfinite(float(namespace['loss']))
+    assert namespace['student_preds'].shape == (2, 10)
+    assert namespace['efficient_preds'].shape == (1, 10)
+    assert namespace['adapter_preds'].shape == (2, 2)
