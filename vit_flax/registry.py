@@ -33,6 +33,15 @@ from vit_flax import vit_with_patch_merger
 from vit_flax import mp3
 from vit_flax import ats_vit
 from vit_flax import learnable_memory_vit
+from vit_flax import mobile_vit
+from vit_flax import sep_vit
+from vit_flax import max_vit
+from vit_flax import twins_svt
+from vit_flax import scalable_vit
+from vit_flax import xcit
+from vit_flax import regionvit
+from vit_flax import crossformer
+from vit_flax import nest
 
 # example inputs
 
@@ -81,6 +90,25 @@ class SizedImages(Images):
 
     def size(self, model: nn.Module) -> tuple[int, int]:
         return self.fixed_size
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedImages(SizedImages):
+    """Images for a model with no `image_size` whose stages each halve the feature map and need its sides divisible
+    by a window (sep_vit.SepViT): `fixed_size` for one stage (`len(model.depth) == 1`), doubled per further stage."""
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        scale = 2 ** max(len(model.depth) - 1, 0)
+        return self.fixed_size[0] * scale, self.fixed_size[1] * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class RGBImages(Images):
+    """3-channel images at the model's `image_size`, for a model whose `channels` keyword is not the input's channel
+    count (mobile_vit.MobileViT: its stage widths; the stem conv always takes 3 channels)."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.size(model), 3), rng),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +256,7 @@ ENTRIES: tuple[Entry, ...] = (
             dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
             dict(image_size=24, patch_size=8, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32, dim_head=12,
                  channels=1, pool='mean'),
-            # heads=1 is tested in tests/test_deepvit.py: its reattn_weights gradient is zero, torch's is round-off
+            # heads=1 (reattn_weights then gets no gradient) is tested in tests/test_deepvit.py
             dict(image_size=16, patch_size=4, num_classes=3, dim=16, depth=3, heads=2, mlp_dim=32, dim_head=16,
                  channels=2),
             dict(image_size=12, patch_size=2, num_classes=5, dim=20, depth=2, heads=5, mlp_dim=16, dim_head=4,
@@ -329,9 +357,8 @@ ENTRIES: tuple[Entry, ...] = (
         name='cct.CCT',
         flax_class=CCT,
         paper='Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021)',
-        # Each config tokenizes to ONE token: with two or more, the true gradient of `attention_pool.bias` (a
-        # shift of every softmax logit) is zero and both sides hold only round-off, which the per-tensor
-        # gradient tolerance cannot compare. Multi-token configs are tested in tests/test_cct.py.
+        # one token per config; multi-token configs (where `attention_pool.bias` gets no gradient) are tested in
+        # tests/test_cct.py
         configs=(
             dict(img_size=4, embedding_dim=32, kernel_size=3, stride=2, padding=1, num_layers=2, num_heads=4,
                  mlp_ratio=2, num_classes=10),
@@ -484,8 +511,7 @@ ENTRIES: tuple[Entry, ...] = (
         name='cvt.CvT',
         flax_class=CvT,
         paper='CvT: Introducing Convolutions to Vision Transformers (Wu et al., 2021)',
-        # no stage attends over a single key (its query projection's true gradient would be zero); tested in
-        # tests/test_cvt.py
+        # single-key attention (its query projection then gets no gradient) is tested in tests/test_cvt.py
         configs=(
             dict(num_classes=10, s1_emb_dim=16, s1_heads=1, s2_emb_dim=24, s2_heads=2, s2_depth=1, s3_emb_dim=32,
                  s3_heads=1, s3_depth=1, s3_kv_proj_stride=1),
@@ -558,9 +584,8 @@ ENTRIES: tuple[Entry, ...] = (
         name='levit.LeViT',
         flax_class=LeViT,
         paper="LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference (Graham et al., 2021)",
-        # image_size=16: every attention sees one key. With more, the key BatchNorm's bias shifts each row of
-        # attention logits by a constant: its true gradient is zero and both sides hold round-off, which the
-        # per-tensor gradient test cannot compare. Multi-token maps are tested in tests/test_levit.py.
+        # image_size=16: every attention sees one key; multi-token maps (where the key BatchNorm's bias gets no
+        # gradient) are tested in tests/test_levit.py
         configs=(
             dict(image_size=16, num_classes=10, dim=(16, 24), depth=(1, 2), heads=2, mlp_mult=2, stages=2, dim_key=8,
                  dim_value=8),
@@ -571,6 +596,173 @@ ENTRIES: tuple[Entry, ...] = (
         ),
         notes='conv embedding; attention with BatchNorm and learned relative-position biases (`pos_indices` buffer); '
               'downsampling attention between stages; int image_size, 3 channels; optional distillation head',
+    ),
+    Entry(
+        name='scalable_vit.ScalableViT',
+        flax_class=scalable_vit.ScalableViT,
+        paper='ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer (Yang et al., 2022)',
+        # every attention sees at least two keys; a single key is tested in tests/test_scalable_vit.py
+        configs=(
+            dict(num_classes=10, dim=16, depth=(1, 1), heads=2, reduction_factor=2, window_size=(2, None),
+                 iwsa_dim_key=8, iwsa_dim_value=8, ssa_dim_key=8, ssa_dim_value=8, ff_expansion_factor=2),
+            dict(num_classes=7, dim=8, depth=(1, 0), heads=(3, 1), reduction_factor=(2, 1),
+                 iwsa_dim_key=5, iwsa_dim_value=3, ssa_dim_key=4, ssa_dim_value=6, ff_expansion_factor=1,
+                 channels=1, dropout=0.1),
+            dict(num_classes=3, dim=12, depth=(2,), heads=3, reduction_factor=4, window_size=2, iwsa_dim_key=4,
+                 iwsa_dim_value=4, ssa_dim_key=4, ssa_dim_value=4, ff_expansion_factor=1, channels=2),
+        ),
+        inputs=SizedImages(fixed_size=(32, 24)),
+        notes='conv stem; stages of scalable self-attention (strided keys / values), PEG, interactive windowed '
+              'attention with a local conv (`window_size=None`: whole map); any image size',
+    ),
+    Entry(
+        name='sep_vit.SepViT',
+        flax_class=sep_vit.SepViT,
+        paper='SepViT: Separable Vision Transformer (Li et al., 2022)',
+        # vit-pytorch's DSSA always uses 7 x 7 windows: 28 x 28 per stage gives one window in the last stage and
+        # 2 x 2, 4 x 4 ... windows before it, so both the early return and the point-wise attention are compared
+        configs=(
+            dict(num_classes=10, dim=16, depth=(1, 1), heads=(1, 2)),
+            dict(num_classes=5, dim=24, depth=(2,), heads=3, channels=1, ff_mult=2, dim_head=16, window_size=4),
+            dict(num_classes=3, dim=8, depth=(1, 0, 1), heads=(2, 1, 1), ff_mult=1.5, dropout=0.1,
+                 window_size=(7, 5, 3)),
+        ),
+        inputs=StagedImages(fixed_size=(28, 28)),
+        notes='overlapping conv patch embedding + PEG per stage; depth-wise (windowed, with window tokens) then '
+              'point-wise (among windows) attention; always 7 x 7 windows and dim_head 32 (`window_size` and '
+              '`dim_head` are ignored, as in vit-pytorch); `depth` is a tuple',
+    ),
+    Entry(
+        name='twins_svt.TwinsSVT',
+        flax_class=twins_svt.TwinsSVT,
+        paper='Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., 2021)',
+        # every local window and every global attention sees at least two keys; one key is tested in
+        # tests/test_twins_svt.py
+        configs=(
+            dict(num_classes=10, s1_emb_dim=16, s1_patch_size=2, s1_local_patch_size=2, s1_global_k=2, s1_depth=0,
+                 s2_emb_dim=16, s2_patch_size=1, s2_local_patch_size=2, s2_global_k=2, s2_depth=0,
+                 s3_emb_dim=24, s3_patch_size=1, s3_local_patch_size=2, s3_global_k=2, s3_depth=0,
+                 s4_emb_dim=32, s4_patch_size=2, s4_global_k=1, s4_depth=0),
+            # s1_global_k=3 on a 4 x 6 map: the key / value conv drops the last row; s4_local_patch_size is ignored
+            dict(num_classes=7, dropout=0.1, peg_kernel_size=5,
+                 s1_emb_dim=12, s1_patch_size=2, s1_local_patch_size=2, s1_global_k=3, s1_depth=0,
+                 s2_emb_dim=16, s2_patch_size=1, s2_local_patch_size=2, s2_global_k=1, s2_depth=0,
+                 s3_emb_dim=20, s3_patch_size=1, s3_local_patch_size=2, s3_global_k=2, s3_depth=0,
+                 s4_emb_dim=24, s4_patch_size=2, s4_local_patch_size=5, s4_global_k=1, s4_depth=1),
+            dict(num_classes=3, peg_kernel_size=1,
+                 s1_emb_dim=16, s1_patch_size=1, s1_local_patch_size=4, s1_global_k=4, s1_depth=0,
+                 s2_emb_dim=20, s2_patch_size=2, s2_local_patch_size=2, s2_global_k=2, s2_depth=0,
+                 s3_emb_dim=16, s3_patch_size=1, s3_local_patch_size=2, s3_global_k=1, s3_depth=0,
+                 s4_emb_dim=16, s4_patch_size=2, s4_global_k=1, s4_depth=0),
+        ),
+        inputs=SizedImages(fixed_size=(8, 12)),
+        notes='locally-grouped + global sub-sampled attention (strided conv keys / values), PEG, four stages; '
+              'heads=8, dim_head=64 fixed; 3 channels; any image size the stages divide',
+    ),
+    Entry(
+        name='max_vit.MaxViT',
+        flax_class=max_vit.MaxViT,
+        paper='MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022)',
+        # (32, 64) -> stem 16 x 32 -> stages 8 x 16, 4 x 8; windows of one pixel (no gradient for the queries,
+        # keys and position bias), three stages and other sizes are tested in tests/test_max_vit.py
+        configs=(
+            dict(num_classes=10, dim=16, depth=(1, 1), dim_head=8, window_size=2, dropout=0.0),
+            dict(num_classes=7, dim=24, depth=(2,), dim_head=8, window_size=4, dim_conv_stem=12,
+                 mbconv_expansion_rate=2, mbconv_shrinkage_rate=0.5, channels=1),
+            dict(num_classes=3, dim=16, depth=(1,), dim_head=16, window_size=8, mbconv_expansion_rate=1.5,
+                 channels=2),
+        ),
+        inputs=SizedImages(fixed_size=(32, 64)),
+        notes='conv stem; MBConv (BatchNorm, depth-wise conv, squeeze-excitation) + block and grid window attention '
+              'with relative position bias per block; any image size whose feature maps the window size divides',
+    ),
+    Entry(
+        name='xcit.XCiT',
+        flax_class=xcit.XCiT,
+        paper='XCiT: Cross-Covariance Image Transformers (El-Nouby et al., 2021)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32,
+                 dim_head=8),
+            dict(image_size=24, patch_size=8, num_classes=7, dim=24, depth=1, cls_depth=2, heads=3, mlp_dim=20,
+                 dim_head=5, local_patch_kernel_size=5),
+            dict(image_size=12, patch_size=2, num_classes=3, dim=20, depth=1, cls_depth=1, heads=1, mlp_dim=16,
+                 dim_head=20, local_patch_kernel_size=1),
+        ),
+        notes='cross-covariance attention (learned temperature), local patch interaction (depthwise convs + '
+              "BatchNorm), class attention, LayerScale; 3 channels, square sizes; layer drop in training only "
+              "(rng stream 'layer_dropout')",
+    ),
+    Entry(
+        name='mobile_vit.MobileViT',
+        flax_class=mobile_vit.MobileViT,
+        paper='MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer (Mehta & Rastegari, 2021)',
+        # the last MobileViT block sees a 1/32 map: every config keeps >= 2 tokens per patch position there
+        configs=(
+            dict(image_size=(64, 64), dims=(8, 12, 16), channels=(4, 4, 8, 8, 8, 8, 12, 12, 16, 16, 24),
+                 num_classes=5, expansion=2, patch_size=(1, 1), depths=(1, 1, 1)),
+            dict(image_size=(64, 128), dims=(12, 8, 20), channels=(8, 8, 6, 6, 8, 8, 10, 10, 12, 12, 16),
+                 num_classes=3, expansion=1, depths=(1, 2, 1)),
+            dict(image_size=(128, 32), dims=(16, 8, 12), channels=(4, 6, 6, 6, 8, 8, 8, 8, 12, 12, 20),
+                 num_classes=7, expansion=1.5, patch_size=(2, 1), depths=(2, 1, 1)),
+        ),
+        inputs=RGBImages(),
+        notes='MobileNetV2 blocks (BatchNorm, SiLU, depth-wise convs) + unfold / transformer / fold blocks; '
+              '`channels` are stage widths, input is always RGB; 4 heads of 8 dims fixed',
+    ),
+    Entry(
+        name='crossformer.CrossFormer',
+        flax_class=crossformer.CrossFormer,
+        paper='CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention (Wang et al., 2021)',
+        # every window is 1 x 1; windowed attention (parity, gradients) is tested in tests/test_crossformer.py
+        configs=(
+            dict(dim=32, depth=(1, 0, 0, 0), global_window_size=1, local_window_size=1,
+                 cross_embed_kernel_sizes=((4, 8), (1, 3), (2, 4), (1, 3)), cross_embed_strides=(4, 1, 2, 1),
+                 num_classes=10),
+            dict(dim=(48, 40, 16, 64), depth=(0, 1, 0, 0), global_window_size=1, local_window_size=1,
+                 cross_embed_kernel_sizes=((4, 6, 8, 12), (2, 4), (3, 5), (1, 3)), cross_embed_strides=(4, 2, 1, 1),
+                 num_classes=7, channels=1, attn_dropout=0.1, ff_dropout=0.1),
+            dict(dim=32, depth=(0, 0, 1, 0), global_window_size=1, local_window_size=1,
+                 cross_embed_kernel_sizes=((4, 8, 16, 32), (2, 4), (2, 4), (1, 3)), cross_embed_strides=(4, 2, 2, 1),
+                 num_classes=0, channels=2),
+        ),
+        inputs=SizedImages(fixed_size=(32, 16)),
+        notes='cross-scale conv embeddings, short / long distance windowed attention with a dynamic position bias '
+              '(MLP), conv feed-forward, channel LayerNorm; dim_head fixed at 32; any image size the windows divide',
+    ),
+    Entry(
+        name='regionvit.RegionViT',
+        flax_class=regionvit.RegionViT,
+        paper='RegionViT: Regional-to-Local Attention for Vision Transformers (Chen et al., 2021)',
+        # 16 x 32 images: local maps 4 x 8 at stage 1, windows shrink in later stages; depths kept small (compile
+        # time); two-layer stages and oversized windows are tested in tests/test_regionvit.py
+        configs=(
+            # windows of 1 x 2 (stage 3)
+            dict(dim=16, depth=(0, 0, 1, 0), window_size=2, num_classes=10),
+            # windows of 2 x 4 (stage 2)
+            dict(dim=(16, 24, 32, 16), depth=(0, 1, 0, 0), window_size=4, tokenize_local_3_conv=True, use_peg=True,
+                 num_classes=7),
+            # windows of 4 x 4 in a table for window_size 8 (local_patch_size 2)
+            dict(dim=(8, 16, 12, 24), depth=(1, 0, 0, 0), window_size=8, local_patch_size=2, use_peg=True,
+                 attn_dropout=0.1, ff_dropout=0.1, num_classes=3),
+        ),
+        inputs=SizedImages(fixed_size=(16, 32)),
+        notes='regional and local tokens, R2L attention with a local relative position bias; 4 stages sharing one '
+              'downsampling conv per stage for both maps; `tokenize_local_3_conv`, `use_peg`; 4 heads of 32 fixed; '
+              'any image size divisible by the region patch',
+    ),
+    Entry(
+        name='nest.NesT',
+        flax_class=nest.NesT,
+        paper='Nested Hierarchical Transformer (Zhang et al., 2021)',
+        configs=(
+            dict(image_size=16, patch_size=4, num_classes=10, dim=16, heads=2, num_hierarchies=2, block_repeats=1),
+            dict(image_size=16, patch_size=2, num_classes=7, dim=12, heads=3, num_hierarchies=3,
+                 block_repeats=(1, 2, 1), mlp_mult=2, channels=1, dim_head=5),
+            dict(image_size=8, patch_size=2, num_classes=3, dim=20, heads=3, num_hierarchies=1, block_repeats=2,
+                 channels=2, dropout=0.1),
+        ),
+        notes='hierarchies of local transformers over blocks, block aggregation (conv, channel LayerNorm, max pool); '
+              '`dim_head` ignored (dim // heads); int image_size',
     ),
     # new entries go above this line
 )
