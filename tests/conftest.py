@@ -1,5 +1,7 @@
 """Shared test set-up: exact float32 matmuls, one torch thread per pytest worker, vit-pytorch importable."""
 
+import gc
+
 import jax
 import numpy as np
 import pytest
@@ -30,7 +32,30 @@ def torch_class(entry):
 
 # Compiling is most of a tiny model's test time, so each pytest worker compiles a configuration's init and
 # apply once and the parity tests share them (`--dist loadgroup` keeps a configuration's tests on one worker).
+# The cache is bounded: compiled programs are large, and a worker's memory would grow with every configuration
+# of every test module (XLA has crashed compiling when it ran short).
 _compiled = {}
+_CACHE_SIZE = 24
+
+
+def _cached(key, make):
+    if key not in _compiled:
+        if len(_compiled) >= _CACHE_SIZE:
+            _forget_compiled()
+        _compiled[key] = make()
+    return _compiled[key]
+
+
+def _forget_compiled():
+    _compiled.clear()
+    jax.clear_caches()
+    gc.collect()
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fresh_compile_cache_per_module():
+    yield
+    _forget_compiled()
 
 
 def _model_key(model):
@@ -43,19 +68,16 @@ def init_variables(model, seed=0):
     """Random Flax variables for a registered model (jitted: one compile instead of one per operation)."""
     from vit_flax import registry
 
-    key = (*_model_key(model), 'init')
-    if key not in _compiled:
-        _compiled[key] = jax.jit(model.init)
-    return _compiled[key](registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
+    init = _cached((*_model_key(model), 'init'), lambda: jax.jit(model.init))
+    return init(registry.init_rngs(jax.random.key(seed)), *registry.example_inputs(model))
 
 
 def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
     """model.apply under jit, as users run it. `mutable=['batch_stats']` returns (outputs, updated statistics)."""
     mutable = tuple(mutable) if isinstance(mutable, (list, tuple)) else mutable
-    key = (*_model_key(model), 'apply', train, mutable)
-    if key not in _compiled:
-        _compiled[key] = jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r, mutable=mutable))
-    return _compiled[key](variables, rngs, *inputs)
+    run = _cached((*_model_key(model), 'apply', train, mutable),
+                  lambda: jax.jit(lambda v, r, *xs: model.apply(v, *xs, train=train, rngs=r, mutable=mutable)))
+    return run(variables, rngs, *inputs)
 
 
 def new_torch_model(entry, config):

@@ -46,6 +46,26 @@ def call_plugged_in(module: nn.Module, x, train: bool):
     return module(x, train=train) if takes_train else module(x)
 
 
+def group_by_key_prefix_and_remove_prefix(prefix: str, d: dict) -> tuple[dict, dict]:
+    """vit-pytorch's helper for per-stage keywords (cvt, twins_svt): ({'emb_dim': ..} from {'s1_emb_dim': ..}
+    for the keys that start with `prefix`, the other keys)."""
+    with_prefix = {key[len(prefix):]: value for key, value in d.items() if key.startswith(prefix)}
+    return with_prefix, {key: value for key, value in d.items() if not key.startswith(prefix)}
+
+
+def check_square_image_config(model: str, image_size, patch_size):
+    """The checks of models that take one int for the image and patch sides (CaiT, XCiT)."""
+    for name, value in (('image_size', image_size), ('patch_size', patch_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f'{model} takes a single int {name} (square images and patches), got {name}={value!r}')
+    if patch_size < 1:
+        raise ValueError(f'patch_size must be positive, got patch_size={patch_size}')
+    if image_size % patch_size:
+        raise ValueError(
+            f'Image dimensions must be divisible by the patch size: image_size={image_size}, patch_size={patch_size}'
+        )
+
+
 def torch_uniform(fan_in: int):
     """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default for Linear and Conv weights and biases.
 

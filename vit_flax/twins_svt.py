@@ -48,27 +48,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, gelu
+from vit_flax.layers import (ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, gelu,
+                             group_by_key_prefix_and_remove_prefix)
 
 LayerNorm = ChanLayerNorm  # vit-pytorch's name for the channel LayerNorm in this file
-
-# helper methods
-
-
-def group_dict_by_key(cond, d):
-    return_val = [dict(), dict()]
-    for key in d.keys():
-        match = bool(cond(key))
-        ind = int(not match)
-        return_val[ind][key] = d[key]
-    return (*return_val,)
-
-
-def group_by_key_prefix_and_remove_prefix(prefix, d):
-    kwargs_with_prefix, kwargs = group_dict_by_key(lambda x: x.startswith(prefix), d)
-    kwargs_without_prefix = dict(map(lambda x: (x[0][len(prefix):], x[1]), tuple(kwargs_with_prefix.items())))
-    return kwargs_without_prefix, kwargs
-
 
 # classes
 

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.cait import layer_drop_draw, layers_to_keep
-from vit_flax.layers import (BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights, exists,
-                             gelu, randn)
+from vit_flax.layers import (BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights,
+                             check_square_image_config, exists, gelu, randn)
 from vit_flax.vit import FeedForward, patchify
 
 CHANNELS = 3  # vit-pytorch's XCiT hard-codes RGB input
@@ -273,17 +273,7 @@ class XCiT(nn.Module):
     channels = CHANNELS  # not a field (vit-pytorch has no such keyword): what the registry's Images reads
 
     def __post_init__(self):
-        for name in ('image_size', 'patch_size'):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f'XCiT takes a single int {name} (square images and patches), got {name}={value!r}')
-        if self.patch_size < 1:
-            raise ValueError(f'patch_size must be positive, got patch_size={self.patch_size}')
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f'Image dimensions must be divisible by the patch size: image_size={self.image_size}, '
-                f'patch_size={self.patch_size}'
-            )
+        check_square_image_config('XCiT', self.image_size, self.patch_size)
         if self.depth < 0 or self.cls_depth < 0:
             raise ValueError(f'depth and cls_depth must not be negative, got depth={self.depth}, '
                              f'cls_depth={self.cls_depth}')
