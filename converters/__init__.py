@@ -69,8 +69,19 @@ def _variable_shapes(model: nn.Module, example_inputs: tuple | None) -> dict[tup
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()}
 
 
+_TABLES: dict = {}  # tracing a big model's init is slow in Python: one trace per configuration and input shapes
+
+
 def _table(model, example_inputs) -> dict[str, Slot]:
-    return slots(_variable_shapes(model, example_inputs))
+    if example_inputs is None:
+        example_inputs = registry.example_inputs(model)
+    key = (type(model), repr(sorted(registry.torch_kwargs(model).items())),
+           tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in example_inputs))
+    if key not in _TABLES:
+        if len(_TABLES) >= 256:
+            _TABLES.clear()
+        _TABLES[key] = slots(_variable_shapes(model, example_inputs))
+    return _TABLES[key]
 
 
 # arrays between torch, numpy and jax
