@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: test demo readme-table clean
+.PHONY: test test-slow demo readme-table clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q
+
+# random-configuration sweeps of every architecture against vit-pytorch, and the multi-device training runs
+test-slow: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
 
 # the main job: train on the embedded digits, export to vit-pytorch, check the exported model
 demo: $(STAMP)
