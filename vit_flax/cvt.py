@@ -55,14 +55,17 @@ from vit_flax.layers import (BatchNorm, ChanLayerNorm, Conv, Linear, attention_w
 
 
 class FeedForward(nn.Module):
+    """The channel-first feed-forward that cvt, twins_svt and sep_vit each define alike (sep_vit's `mult` may be a
+    float: the hidden width is int(dim * mult))."""
+
     dim: int
-    mult: int = 4
+    mult: float = 4
     dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = ChanLayerNorm(self.dim, name='net_0')(x)
-        x = Conv(self.dim * self.mult, 1, name='net_1')(x)
+        x = Conv(int(self.dim * self.mult), 1, name='net_1')(x)
         x = gelu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = Conv(self.dim, 1, name='net_4')(x)

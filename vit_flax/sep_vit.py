@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import ChanLayerNorm, Conv, LayerNorm, Linear, gelu, randn
+from vit_flax.cvt import FeedForward  # the same channel-first feed-forward as cvt
 
 # helpers
 
@@ -74,22 +75,6 @@ class PEG(nn.Module):
 
 
 # feedforward
-
-
-class FeedForward(nn.Module):
-    dim: int
-    mult: float = 4
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        inner_dim = int(self.dim * self.mult)
-        x = ChanLayerNorm(self.dim, name='net_0')(x)
-        x = Conv(inner_dim, 1, name='net_1')(x)
-        x = gelu(x)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = Conv(self.dim, 1, name='net_4')(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 # attention

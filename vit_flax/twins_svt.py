@@ -48,8 +48,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import (ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, gelu,
-                             group_by_key_prefix_and_remove_prefix)
+from vit_flax.layers import (ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, group_by_key_prefix_and_remove_prefix)
+from vit_flax.cvt import FeedForward  # the same channel-first feed-forward as cvt
 
 LayerNorm = ChanLayerNorm  # vit-pytorch's name for the channel LayerNorm in this file
 
@@ -63,21 +63,6 @@ class Residual(nn.Module):
 
     def __call__(self, x, train: bool = False):
         return call_plugged_in(self.fn, x, train) + x
-
-
-class FeedForward(nn.Module):
-    dim: int
-    mult: int = 4
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = ChanLayerNorm(self.dim, name='net_0')(x)
-        x = Conv(self.dim * self.mult, 1, name='net_1')(x)
-        x = gelu(x)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = Conv(self.dim, 1, name='net_4')(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class PatchEmbedding(nn.Module):
