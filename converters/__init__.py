@@ -72,11 +72,17 @@ def _variable_shapes(model: nn.Module, example_inputs: tuple | None) -> dict[tup
 _TABLES: dict = {}  # tracing a big model's init is slow in Python: one trace per configuration and input shapes
 
 
+def _input_signature(example_inputs: tuple) -> tuple:
+    """Shapes and dtypes of the example inputs, nested lists included (NaViT takes lists of images)."""
+    leaves, structure = jax.tree_util.tree_flatten(example_inputs)
+    return str(structure), tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in leaves)
+
+
 def _table(model, example_inputs) -> dict[str, Slot]:
     if example_inputs is None:
         example_inputs = registry.example_inputs(model)
     key = (type(model), repr(sorted(registry.torch_kwargs(model).items())),
-           tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in example_inputs))
+           _input_signature(example_inputs))
     if key not in _TABLES:
         if len(_TABLES) >= 256:
             _TABLES.clear()

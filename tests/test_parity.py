@@ -43,9 +43,24 @@ def randomised_flax_variables(model, seed=0):
     return traverse_util.unflatten_dict(noisy)
 
 
+def torch_inputs(entry, inputs, dtype=None):
+    """The example inputs as vit-pytorch takes them: tensors, or lists of tensors (NaViT); floats cast to `dtype`."""
+    def convert(a):
+        if isinstance(a, (list, tuple)):
+            return [convert(item) for item in a]
+        t = torch.from_numpy(a)
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    return [convert(a) for a in entry.inputs.to_torch_layout(inputs)]
+
+
+def torch_context(entry):
+    return entry.torch_context() if entry.torch_context else contextlib.nullcontext()
+
+
 def run_torch(entry, torch_model, inputs):
-    with torch.no_grad():
-        return torch_model(*[torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)])
+    with torch.no_grad(), torch_context(entry):
+        return torch_model(*torch_inputs(entry, inputs))
 
 
 def same_draws(entry, model, inputs):
@@ -113,9 +128,8 @@ def test_round_trip_is_bit_exact(entry, index, dtype):
 def torch_gradients(entry, torch_model, inputs, draws, dtype):
     """vit-pytorch's gradients of sum(output * w) in `dtype` (a copy of the model), and the output weights w."""
     torch_model = copy.deepcopy(torch_model).to(dtype)
-    tensors = [torch.from_numpy(a) for a in entry.inputs.to_torch_layout(inputs)]
-    with draws:
-        out = torch_model(*[t.to(dtype) if t.is_floating_point() else t for t in tensors])
+    with draws, torch_context(entry):
+        out = torch_model(*torch_inputs(entry, inputs, dtype))
     outs = out if isinstance(out, (tuple, list)) else (out,)
     weights = [np.random.default_rng(7 + i).standard_normal(tuple(t.shape), dtype=np.float32)
                for i, t in enumerate(outs)]

@@ -334,3 +334,25 @@ def posemb_sincos_2d(h: int, w: int, dim: int, temperature: int = 10000) -> np.n
     y = y.reshape(-1)[:, None] * omega[None, :]
     x = x.reshape(-1)[:, None] * omega[None, :]
     return np.concatenate((np.sin(x), np.cos(x), np.sin(y), np.cos(y)), axis=1).astype(np.float32)
+
+
+def check_sincos_3d_dim(dim: int):
+    # torch divides by (dim // 6 - 1) = 0 for 6 <= dim < 12 and fills the embedding with NaN; below 6 it has no
+    # frequencies at all and pads to an all-zero embedding, which computes, so it is allowed as vit-pytorch does
+    if 6 <= dim < 12:
+        raise ValueError(f'the 3D sin-cos embedding needs dim >= 12 (or dim < 6, an all-zero embedding), got dim={dim}')
+
+
+def posemb_sincos_3d(f: int, h: int, w: int, dim: int, temperature: int = 10000) -> np.ndarray:
+    """The fixed 3D sin-cos position embedding of simple_vit_3d, (f * h * w, dim) in token order (f h w), computed in
+    float32 as torch does: dim // 6 frequencies per (sin, cos) of x, y, z, zero-padded to `dim`."""
+    check_sincos_3d_dim(dim)
+    z, y, x = np.meshgrid(
+        np.arange(f, dtype=np.float32), np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing='ij'
+    )
+    fourier_dim = dim // 6
+    omega = np.arange(fourier_dim, dtype=np.float32) / np.float32(fourier_dim - 1)
+    omega = np.float32(1.0) / (np.float32(temperature) ** omega)
+    z, y, x = (t.reshape(-1)[:, None] * omega[None, :] for t in (z, y, x))
+    pe = np.concatenate((np.sin(x), np.cos(x), np.sin(y), np.cos(y), np.sin(z), np.cos(z)), axis=1)
+    return np.pad(pe, ((0, 0), (0, dim - fourier_dim * 6))).astype(np.float32)

@@ -9,7 +9,7 @@ to get it tested.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -42,6 +42,10 @@ from vit_flax import xcit
 from vit_flax import regionvit
 from vit_flax import crossformer
 from vit_flax import nest
+from vit_flax import simple_vit_3d, vit_3d
+from vit_flax import cct_3d
+from vit_flax import vivit
+from vit_flax import na_vit, na_vit_nested_tensor
 
 # example inputs
 
@@ -109,6 +113,47 @@ class RGBImages(Images):
 
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
         return (_draw((batch, *self.size(model), 3), rng),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Videos(Images):
+    """Videos or volumes (batch, frames, height, width, channels) at the model's own `frames`, `image_size` and
+    `channels`. vit-pytorch takes (batch, channels, frames, height, width): the same move of the last axis to the
+    second as for images."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, model.frames, *self.size(model), model.channels), rng),)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedResolutionImages:
+    """Images of mixed sizes and aspect ratios for a native-resolution model (na_vit.NaViT), each a multiple of the
+    model's `patch_size` and at most its `image_size`: `batch` lists of one to three images, each list packed into
+    one sequence (rows hold different numbers of images); with `grouped=False` one flat list of `batch` + 1 images
+    (na_vit_nested_tensor.NaViT). vit-pytorch takes the same lists of (channels, height, width) tensors."""
+
+    grouped: bool = True
+
+    def _sizes(self, model: nn.Module, count: int) -> list[tuple[int, int]]:
+        p = model.patch_size
+        rows, columns = (side // p for side in pair(model.image_size))
+        grids = [(rows, columns), (max(1, rows // 2), columns), (1, max(1, columns - 1)), (rows, 1),
+                 (max(1, rows - 1), max(1, columns // 2))]
+        return [(grids[i % len(grids)][0] * p, grids[i % len(grids)][1] * p) for i in range(count)]
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        if not self.grouped:
+            return ([_draw((*size, model.channels), rng) for size in self._sizes(model, batch + 1)],)
+        counts = [(2, 1, 3)[i % 3] for i in range(batch)]
+        sizes = iter(self._sizes(model, sum(counts)))
+        return ([[_draw((*next(sizes), model.channels), rng) for _ in range(count)] for count in counts],)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        (images,) = args
+        channels_first = lambda image: np.ascontiguousarray(np.moveaxis(image, -1, 0))
+        if not self.grouped:
+            return ([channels_first(image) for image in images],)
+        return ([[channels_first(image) for image in group] for group in images],)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +228,9 @@ class Entry:
     # the vit-pytorch '<file>.<Class>' to compare with and export to, where the namesake cannot run (its forward
     # is broken) but another class has the same state dict and the same outputs
     torch_name: str | None = None
+    # a context manager factory the parity tests run vit-pytorch under, where its forward needs a fix to be a fair
+    # reference (na_vit_nested_tensor: keep autograd through its nested tensors)
+    torch_context: Callable[[], Any] | None = None
 
     @property
     def module(self) -> str:
@@ -763,6 +811,119 @@ ENTRIES: tuple[Entry, ...] = (
         ),
         notes='hierarchies of local transformers over blocks, block aggregation (conv, channel LayerNorm, max pool); '
               '`dim_head` ignored (dim // heads); int image_size',
+    ),
+    Entry(
+        name='vit_3d.ViT',
+        flax_class=vit_3d.ViT,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), on video / volume patches',
+        configs=(
+            dict(image_size=16, image_patch_size=8, frames=4, frame_patch_size=2, num_classes=10, dim=32, depth=2,
+                 heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(8, 12), image_patch_size=(4, 6), frames=3, frame_patch_size=1, num_classes=7, dim=24,
+                 depth=1, heads=2, mlp_dim=32, dim_head=12, channels=1, pool='mean'),
+            # a single head with dim_head == dim: no attention output projection
+            dict(image_size=8, image_patch_size=4, frames=4, frame_patch_size=4, num_classes=3, dim=16, depth=2,
+                 heads=1, mlp_dim=32, dim_head=16, channels=2, dropout=0.1, emb_dropout=0.1),
+        ),
+        inputs=Videos(),
+        notes='tokens (f h w), patches (pf p1 p2 c); always a cls token (averaged in by pool="mean"); '
+              'LayerNorm in the head, not the transformer; smaller inputs slice the position embedding',
+    ),
+    Entry(
+        name='simple_vit_3d.SimpleViT',
+        flax_class=simple_vit_3d.SimpleViT,
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), on video / volume patches',
+        configs=(
+            dict(image_size=16, image_patch_size=8, frames=4, frame_patch_size=2, num_classes=10, dim=24, depth=2,
+                 heads=4, mlp_dim=64, dim_head=8),
+            # dim 32: dim // 6 = 5 frequencies per axis and 2 zero-padded features
+            dict(image_size=(8, 12), image_patch_size=(4, 6), frames=3, frame_patch_size=3, num_classes=5, dim=32,
+                 depth=1, heads=2, mlp_dim=32, dim_head=12, channels=1),
+            dict(image_size=(4, 8), image_patch_size=(2, 4), frames=2, frame_patch_size=1, num_classes=3, dim=12,
+                 depth=2, heads=1, mlp_dim=16, dim_head=12, channels=2),
+        ),
+        inputs=Videos(),
+        notes='fixed 3D sin-cos position embedding from the input\'s own patch grid (any divisible size), '
+              'mean pooling',
+    ),
+    Entry(
+        name='cct_3d.CCT',
+        flax_class=cct_3d.CCT,
+        paper='Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021)',
+        # one token per config; multi-token configs (where `attention_pool.bias` gets no gradient) are tested in
+        # tests/test_cct_3d.py
+        configs=(
+            dict(img_size=4, num_frames=2, embedding_dim=32, kernel_size=3, stride=2, padding=1, frame_stride=2,
+                 num_layers=2, num_heads=4, mlp_ratio=2, num_classes=10),
+            dict(img_size=(6, 10), num_frames=3, n_input_channels=1, frame_kernel_size=2, frame_padding=0,
+                 frame_pooling_kernel_size=2, frame_pooling_stride=2, frame_pooling_padding=0, kernel_size=5,
+                 stride=3, padding=2, pooling_kernel_size=4, pooling_stride=3, pooling_padding=1, embedding_dim=24,
+                 num_layers=1, num_heads=3, mlp_ratio=1.5, num_classes=7, positional_embedding='learnable'),
+            dict(img_size=5, num_frames=4, n_input_channels=2, n_conv_layers=0, frame_kernel_size=1, frame_stride=4,
+                 kernel_size=4, stride=3, padding=0, pooling_kernel_size=1, pooling_stride=1, pooling_padding=0,
+                 embedding_dim=20, num_layers=3, num_heads=5, mlp_ratio=1, num_classes=3,
+                 positional_embedding='none', stochastic_depth_rate=0.3),
+        ),
+        inputs=Videos(),
+        notes='3-D conv tokenizer (Conv3d, ReLU, MaxPool3d), sequence pooling; sine (a buffer) / learnable / no '
+              "position embedding; stochastic depth in training only (rng stream 'drop_path'); fixed "
+              'dropout 0 and attention dropout 0.1; presets cct_2 ... cct_16',
+    ),
+    Entry(
+        name='vivit.ViT',
+        flax_class=vivit.ViT,
+        paper='ViViT: A Video Vision Transformer (Arnab et al., 2021)',
+        # both variants x both pools; every temporal attention sees >= 2 frame patches. Masks, fully masked videos
+        # and the flash / explicit attention paths are tested in tests/test_vivit.py
+        configs=(
+            dict(image_size=8, image_patch_size=4, frames=4, frame_patch_size=2, num_classes=10, dim=16,
+                 spatial_depth=1, temporal_depth=1, heads=2, mlp_dim=32, dim_head=8),
+            dict(image_size=(8, 12), image_patch_size=(4, 6), frames=3, frame_patch_size=1, num_classes=7, dim=24,
+                 spatial_depth=2, temporal_depth=2, heads=3, mlp_dim=16, dim_head=8, channels=1, pool='mean',
+                 variant='factorized_self_attention'),
+            # one head with dim_head == dim: no output projection; vit-pytorch's flash path drops attention
+            # weights even in eval mode, so dropout is compared on the explicit path
+            dict(image_size=(6, 4), image_patch_size=2, frames=4, frame_patch_size=1, num_classes=5, dim=12,
+                 spatial_depth=1, temporal_depth=2, heads=1, mlp_dim=20, dim_head=12, channels=2, pool='mean',
+                 dropout=0.1, emb_dropout=0.1, use_flash_attn=False),
+            dict(image_size=8, image_patch_size=(2, 4), frames=6, frame_patch_size=3, num_classes=3, dim=20,
+                 spatial_depth=1, temporal_depth=1, heads=4, mlp_dim=24, dim_head=5,
+                 variant='factorized_self_attention'),
+        ),
+        inputs=Videos(),
+        torch_name='vivit.ViViT',
+        notes="factorised encoder (spatial then temporal transformer) or factorised self-attention; pool cls/mean; "
+              "per-frame `mask`; vit-pytorch 1.26's class is ViViT, `ViT` is its README's (older) name",
+    ),
+    Entry(
+        name='na_vit.NaViT',
+        flax_class=na_vit.NaViT,
+        paper="Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution (Dehghani et al., 2023)",
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(12, 20), patch_size=4, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32, dim_head=12,
+                 channels=1, dropout=0.1, emb_dropout=0.1, token_dropout_prob=0.25),
+            dict(image_size=(8, 16), patch_size=2, num_classes=3, dim=16, depth=1, heads=1, mlp_dim=16, dim_head=16,
+                 channels=2),
+        ),
+        inputs=MixedResolutionImages(),
+        notes='lists of mixed-resolution images packed into sequences (attention masked per image, attention '
+              "pooling per image) or fixed-shape `PackedBatch`es from the grain packer; token dropout (rng stream "
+              "'token_dropout'); q/k RMSNorm",
+    ),
+    Entry(
+        name='na_vit_nested_tensor.NaViT',
+        flax_class=na_vit_nested_tensor.NaViT,
+        paper="Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution (Dehghani et al., 2023)",
+        configs=(
+            dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
+            dict(image_size=(12, 20), patch_size=4, num_classes=7, dim=24, depth=1, heads=3, mlp_dim=32, dim_head=12,
+                 channels=1, dropout=0.1, emb_dropout=0.1, token_dropout_prob=0.25, qk_rmsnorm=False),
+        ),
+        inputs=MixedResolutionImages(grouped=False),
+        torch_context=lambda: na_vit_nested_tensor.torch_keeps_gradients(),
+        notes="vit-pytorch's nested-tensor NaViT (one image per jagged sequence; here packed and masked): q/k "
+              'LayerNorm, no pooling residual; also takes `PackedBatch`es',
     ),
     # new entries go above this line
 )

@@ -1,0 +1,162 @@
+"""NaViT with qk normalisation, mirroring vit_pytorch/na_vit_nested_tensor.py.
+
+vit-pytorch runs this variant on jagged nested tensors: every image is its own sequence, with no padding. JAX has
+no ragged arrays, so the Flax twin packs the images like na_vit.NaViT does and masks attention to each image;
+within an image the arithmetic is the same. `model.apply(variables, images)` takes a flat list of (height, width,
+channels) images of any sizes (one row per image) and returns (len(images), num_classes); a `PackedBatch` from
+`na_vit.pack` / `na_vit.packed_dataset` (several images per row) returns (rows, max_images, num_classes).
+
+Differences from na_vit.py, all vit-pytorch's:
+- torch's own LayerNorm without bias (`weight` only) before attention and feed-forward, and on the head; the
+  patch embedding's first LayerNorm has a bias.
+- separate `to_queries` / `to_keys` / `to_values`; `qk_rmsnorm` is a LayerNorm without bias over each head's
+  features (not an RMSNorm, despite the name), then the usual dim_head ** -0.5 scale.
+- the attention pool has no residual: the pooled token is the attention output itself.
+- token dropout takes a constant `token_dropout_prob` only and keeps `max(1, int((1 - p) * n))` tokens, the product
+  rounded in float32 as torch's tensor arithmetic does. With `token_dropout_prob=None` training keeps every token
+  (vit-pytorch raises a TypeError comparing None with 0).
+
+Not mirrored: vit-pytorch builds its jagged tensors with `torch.nested.nested_tensor`, which copies without autograd
+history, so its patch embedding, position embeddings and pooling queries get no gradient and never train. Here
+every parameter trains. The parity tests run vit-pytorch under `torch_keeps_gradients()` (`as_nested_tensor`,
+which keeps the history) to compare all gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange, repeat
+
+from vit_flax import na_vit
+from vit_flax.layers import LayerNorm, Linear, attention_weights, default, gelu, pair, randn
+from vit_flax.na_vit import PackedBatch
+
+NoBiasLayerNorm = functools.partial(LayerNorm, use_bias=False)
+
+
+def torch_keeps_gradients():
+    """A context under which vit-pytorch's nested-tensor NaViT passes gradients to every parameter."""
+    from unittest import mock
+
+    import torch
+
+    from converters import import_vit_pytorch
+
+    module = import_vit_pytorch('vit_pytorch.na_vit_nested_tensor')
+    return mock.patch.object(module, 'nested_tensor', torch.nested.as_nested_tensor)
+
+
+class FeedForward(nn.Module):
+    """vit-pytorch's `FeedForward` is an nn.Sequential: submodules are named by their index."""
+
+    dim: int
+    hidden_dim: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = NoBiasLayerNorm(name='0')(x)
+        x = gelu(Linear(self.hidden_dim, name='1')(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Linear(self.dim, name='4')(x)
+        return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class Attention(nn.Module):
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    dropout: float = 0.0
+    qk_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x, context=None, mask=None, train: bool = False):
+        dim_inner = self.heads * self.dim_head
+        x = NoBiasLayerNorm(name='norm')(x)
+        context = default(context, x)
+
+        split_heads = lambda t: rearrange(t, 'b n (h d) -> b n h d', h=self.heads)
+        query = split_heads(Linear(dim_inner, use_bias=False, name='to_queries')(x))
+        key = split_heads(Linear(dim_inner, use_bias=False, name='to_keys')(context))
+        value = split_heads(Linear(dim_inner, use_bias=False, name='to_values')(context))
+        if self.qk_norm:
+            query = NoBiasLayerNorm(name='query_norm')(query)
+            key = NoBiasLayerNorm(name='key_norm')(key)
+        query, key, value = (rearrange(t, 'b n h d -> b h n d') for t in (query, key, value))
+
+        attn = attention_weights(query, key, scale=self.dim_head**-0.5, mask=mask)
+        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+        out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, value), 'b h n d -> b n (h d)')
+        return Linear(self.dim, use_bias=False, name='to_out')(out)
+
+
+class Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+    qk_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask=None, train: bool = False):
+        for i in range(self.depth):
+            attention = Attention(self.dim, self.heads, self.dim_head, self.dropout, self.qk_norm, name=f'layers_{i}_0')
+            x = attention(x, mask=mask, train=train) + x
+            x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
+        return NoBiasLayerNorm(name='norm')(x)
+
+
+class NaViT(na_vit.NaViT):
+    qk_rmsnorm: bool = True
+    token_dropout_prob: float | None = None
+
+    def __post_init__(self):
+        if callable(self.token_dropout_prob):
+            raise ValueError('this NaViT takes a constant token_dropout_prob (vit-pytorch na_vit_nested_tensor), '
+                             f'got {self.token_dropout_prob!r}')
+        super().__post_init__()
+
+    def kept_tokens(self, num_tokens: int, height: int, width: int) -> int | None:
+        if not self.token_dropout_prob:
+            return None
+        return max(1, int(np.float32(1.0 - self.token_dropout_prob) * np.float32(num_tokens)))
+
+    @nn.compact
+    def _logits_per_slot(self, batch: PackedBatch, train: bool):
+        image_height, image_width = pair(self.image_size)
+        x = LayerNorm(name='to_patch_embedding_0')(batch.patches)
+        x = Linear(self.dim, name='to_patch_embedding_1')(x)
+        x = LayerNorm(name='to_patch_embedding_2')(x)
+
+        pos_embed_height = self.param('pos_embed_height', randn, (image_height // self.patch_size, self.dim))
+        pos_embed_width = self.param('pos_embed_width', randn, (image_width // self.patch_size, self.dim))
+        x = x + pos_embed_height[batch.positions[..., 0]] + pos_embed_width[batch.positions[..., 1]]
+        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+
+        ids, token_mask = batch.image_ids, batch.token_mask
+        attn_mask = (ids[:, :, None] == ids[:, None, :]) & token_mask[:, None, :]
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.qk_rmsnorm,
+                        name='transformer')(x, mask=attn_mask[:, None], train=train)
+
+        queries = repeat(self.param('attn_pool_queries', randn, (self.dim,)), 'd -> b n d', b=x.shape[0],
+                         n=batch.max_images).astype(x.dtype)
+        pool_mask = (jnp.arange(batch.max_images)[None, :, None] == ids[:, None, :]) & token_mask[:, None, :]
+        x = Attention(self.dim, self.heads, self.dim_head, name='attn_pool')(
+            queries, context=x, mask=pool_mask[:, None], train=train)
+
+        x = NoBiasLayerNorm(name='mlp_head_0')(x)
+        return Linear(self.num_classes, use_bias=False, name='mlp_head_1')(x)
+
+    def __call__(self, images, train: bool = False):
+        if isinstance(images, PackedBatch):
+            return self._logits_per_slot(images, train)
+        if na_vit.is_image(images) or not len(images) or not all(na_vit.is_image(image) for image in images):
+            raise ValueError('this NaViT takes a flat list of (height, width, channels) images or a PackedBatch')
+        # one image per row: vit-pytorch's jagged batch, padded
+        return super().__call__([[image] for image in images], train=train)
