@@ -37,6 +37,7 @@ Quirks of vit-pytorch kept so weights transfer:
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 
 import flax.linen as nn
@@ -53,40 +54,27 @@ from vit_flax.layers import LayerNorm, attention_weights, default, exists, gelu,
 __all__ = ['cct_2', 'cct_4', 'cct_6', 'cct_7', 'cct_8', 'cct_14', 'cct_16']
 
 
-def cct_2(*args, **kwargs):
-    return _cct(num_layers=2, num_heads=2, mlp_ratio=1, embedding_dim=128, *args, **kwargs)
+# (num_layers, num_heads, mlp_ratio, embedding_dim) of each preset; cct_3d's presets are the same
+PRESETS = {
+    'cct_2': (2, 2, 1, 128), 'cct_4': (4, 2, 1, 128), 'cct_6': (6, 4, 2, 256), 'cct_7': (7, 4, 2, 256),
+    'cct_8': (8, 4, 2, 256), 'cct_14': (14, 6, 3, 384), 'cct_16': (16, 6, 3, 384),
+}
 
 
-def cct_4(*args, **kwargs):
-    return _cct(num_layers=4, num_heads=2, mlp_ratio=1, embedding_dim=128, *args, **kwargs)
+def preset(name: str, model_class: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """vit-pytorch's `cct_N(**kwargs)`: the preset's sizes, kernel_size 3 unless given, and stride / padding
+    derived from the kernel size unless given. (torch's `*args` cannot work: they collide with the keywords.)"""
+    num_layers, num_heads, mlp_ratio, embedding_dim = PRESETS[name]
 
+    def build(kernel_size=3, stride=None, padding=None, **kwargs):
+        stride = default(stride, max(1, (kernel_size // 2) - 1))
+        padding = default(padding, max(1, (kernel_size // 2)))
+        return model_class(num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                           embedding_dim=embedding_dim, kernel_size=kernel_size, stride=stride, padding=padding,
+                           **kwargs)
 
-def cct_6(*args, **kwargs):
-    return _cct(num_layers=6, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_7(*args, **kwargs):
-    return _cct(num_layers=7, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_8(*args, **kwargs):
-    return _cct(num_layers=8, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_14(*args, **kwargs):
-    return _cct(num_layers=14, num_heads=6, mlp_ratio=3, embedding_dim=384, *args, **kwargs)
-
-
-def cct_16(*args, **kwargs):
-    return _cct(num_layers=16, num_heads=6, mlp_ratio=3, embedding_dim=384, *args, **kwargs)
-
-
-def _cct(num_layers, num_heads, mlp_ratio, embedding_dim, kernel_size=3, stride=None, padding=None, *args, **kwargs):
-    stride = default(stride, max(1, (kernel_size // 2) - 1))
-    padding = default(padding, max(1, (kernel_size // 2)))
-
-    return CCT(num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, embedding_dim=embedding_dim,
-               kernel_size=kernel_size, stride=stride, padding=padding, *args, **kwargs)
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
 # torch's init_weight: Linear weights trunc_normal(0.02) with zero biases, conv kernels kaiming_normal
@@ -265,6 +253,15 @@ class TransformerClassifier(nn.Module):
     positional_embedding: str = 'sine'
     sequence_length: int | None = None
 
+    # what the error messages call an input of the configured size (cct_3d: videos of num_frames x img_size)
+    full_size_input = 'images of img_size'
+
+    def sine_position_embedding(self, sequence_length: int):
+        """torch's frozen sine table: an nn.Parameter with requires_grad=False (cct_3d keeps a buffer instead)."""
+        embedding = sinusoidal_embedding(sequence_length, self.embedding_dim)
+        table = self.param('positional_emb', lambda key, shape: jnp.asarray(embedding), embedding.shape)
+        return jax.lax.stop_gradient(table)
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         b = x.shape[0]
@@ -285,14 +282,12 @@ class TransformerClassifier(nn.Module):
                 # torch pads with `self.n_channels`, an attribute it never sets: AttributeError
                 raise ValueError(
                     f'with positional_embedding="none" vit-pytorch fails on fewer tokens ({x.shape[1]}) than '
-                    f'sequence_length={self.sequence_length}: give images of at least img_size'
+                    f'sequence_length={self.sequence_length}: give {self.full_size_input} or larger'
                 )
         elif self.positional_embedding == 'learnable':
             positional_emb = self.param('positional_emb', layers.trunc_normal(0.2), (1, sequence_length, self.embedding_dim))
         else:
-            embedding = sinusoidal_embedding(sequence_length, self.embedding_dim)
-            positional_emb = self.param('positional_emb', lambda key, shape: jnp.asarray(embedding), embedding.shape)
-            positional_emb = jax.lax.stop_gradient(positional_emb)  # torch: requires_grad=False
+            positional_emb = self.sine_position_embedding(sequence_length)
 
         if not self.seq_pool:
             x = jnp.concatenate((jnp.broadcast_to(class_emb.astype(x.dtype), (b, 1, self.embedding_dim)), x), axis=1)
@@ -300,8 +295,8 @@ class TransformerClassifier(nn.Module):
         if exists(positional_emb):
             if positional_emb.shape[1] not in (1, x.shape[1]):
                 raise ValueError(
-                    f'the input gives {x.shape[1]} tokens, but the positional embedding of img_size has '
-                    f'{positional_emb.shape[1]}: give images of img_size'
+                    f'the input gives {x.shape[1]} tokens, but the positional embedding for '
+                    f'{self.full_size_input} has {positional_emb.shape[1]}: give {self.full_size_input}'
                 )
             x = x + positional_emb.astype(x.dtype)
 
@@ -405,3 +400,6 @@ class CCT(nn.Module):
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             num_classes=self.num_classes, positional_embedding=self.positional_embedding, name='classifier',
         )(x, train)
+
+
+cct_2, cct_4, cct_6, cct_7, cct_8, cct_14, cct_16 = (preset(name, CCT) for name in __all__)

@@ -31,53 +31,16 @@ Quirks of vit-pytorch kept so weights transfer (besides cct.py's, listed there):
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax import cct, layers
-from vit_flax.cct import Conv, Linear, TransformerEncoderLayer, sinusoidal_embedding, torch_linspace
-from vit_flax.layers import LayerNorm, default, exists, pair
+from vit_flax import cct
+from vit_flax.cct import Conv, sinusoidal_embedding
+from vit_flax.layers import default, exists, pair
 
-# CCT Models
+# CCT Models (defined at the end of the file, from cct.py's presets)
 
 __all__ = ['cct_2', 'cct_4', 'cct_6', 'cct_7', 'cct_8', 'cct_14', 'cct_16']
-
-
-def cct_2(*args, **kwargs):
-    return _cct(num_layers=2, num_heads=2, mlp_ratio=1, embedding_dim=128, *args, **kwargs)
-
-
-def cct_4(*args, **kwargs):
-    return _cct(num_layers=4, num_heads=2, mlp_ratio=1, embedding_dim=128, *args, **kwargs)
-
-
-def cct_6(*args, **kwargs):
-    return _cct(num_layers=6, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_7(*args, **kwargs):
-    return _cct(num_layers=7, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_8(*args, **kwargs):
-    return _cct(num_layers=8, num_heads=4, mlp_ratio=2, embedding_dim=256, *args, **kwargs)
-
-
-def cct_14(*args, **kwargs):
-    return _cct(num_layers=14, num_heads=6, mlp_ratio=3, embedding_dim=384, *args, **kwargs)
-
-
-def cct_16(*args, **kwargs):
-    return _cct(num_layers=16, num_heads=6, mlp_ratio=3, embedding_dim=384, *args, **kwargs)
-
-
-def _cct(num_layers, num_heads, mlp_ratio, embedding_dim, kernel_size=3, stride=None, padding=None, *args, **kwargs):
-    stride = default(stride, max(1, (kernel_size // 2) - 1))
-    padding = default(padding, max(1, (kernel_size // 2)))
-
-    return CCT(num_layers=num_layers, num_heads=num_heads, mlp_ratio=mlp_ratio, embedding_dim=embedding_dim,
-               kernel_size=kernel_size, stride=stride, padding=padding, *args, **kwargs)
 
 
 # modules
@@ -172,64 +135,11 @@ class Tokenizer(nn.Module):
 class TransformerClassifier(cct.TransformerClassifier):
     """cct.py's classifier (same keywords), except that the sine table is a persistent buffer ('buffers')."""
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        b = x.shape[0]
-        dim_feedforward = int(self.embedding_dim * self.mlp_ratio)
-        sequence_length = self.sequence_length
+    full_size_input = 'videos of num_frames x img_size'
 
-        if not exists(self.sequence_length) and self.positional_embedding != 'none':
-            raise ValueError(f'Positional embedding is set to {self.positional_embedding} and the sequence length '
-                             f'was not specified.')
-
-        if not self.seq_pool:
-            sequence_length += 1
-            class_emb = self.param('class_emb', nn.initializers.zeros, (1, 1, self.embedding_dim))
-
-        if self.positional_embedding == 'none':
-            positional_emb = None
-            if x.shape[1] < self.sequence_length:
-                # torch pads with `self.n_channels`, an attribute it never sets: AttributeError
-                raise ValueError(
-                    f'with positional_embedding="none" vit-pytorch fails on fewer tokens ({x.shape[1]}) than '
-                    f'sequence_length={self.sequence_length}: give videos of at least num_frames x img_size'
-                )
-        elif self.positional_embedding == 'learnable':
-            positional_emb = self.param('positional_emb', layers.trunc_normal(0.2),
-                                        (1, sequence_length, self.embedding_dim))
-        else:
-            positional_emb = self.variable(
-                'buffers', 'positional_emb', lambda: jnp.asarray(sinusoidal_embedding(sequence_length,
-                                                                                      self.embedding_dim))
-            ).value
-
-        if not self.seq_pool:
-            x = jnp.concatenate((jnp.broadcast_to(class_emb.astype(x.dtype), (b, 1, self.embedding_dim)), x), axis=1)
-
-        if exists(positional_emb):
-            if positional_emb.shape[1] not in (1, x.shape[1]):  # torch's in-place add broadcasts one row only
-                raise ValueError(
-                    f'the input gives {x.shape[1]} tokens, but the positional embedding of num_frames x img_size '
-                    f'has {positional_emb.shape[1]}: give videos of num_frames x img_size'
-                )
-            x = x + positional_emb.astype(x.dtype)
-
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-
-        for i, layer_dpr in enumerate(torch_linspace(0, self.stochastic_depth_rate, self.num_layers)
-                                      if self.num_layers > 0 else []):
-            x = TransformerEncoderLayer(self.embedding_dim, self.num_heads, dim_feedforward, self.dropout_rate,
-                                        self.attention_dropout, layer_dpr, name=f'blocks_{i}')(x, train)
-
-        x = LayerNorm(name='norm')(x)
-
-        if self.seq_pool:
-            attn_weights = rearrange(Linear(1, name='attention_pool')(x), 'b n 1 -> b n')
-            x = jnp.einsum('bn,bnd->bd', jax.nn.softmax(attn_weights, axis=1), x)
-        else:
-            x = x[:, 0]
-
-        return Linear(self.num_classes, name='fc')(x)
+    def sine_position_embedding(self, sequence_length: int):
+        return self.variable('buffers', 'positional_emb',
+                             lambda: jnp.asarray(sinusoidal_embedding(sequence_length, self.embedding_dim))).value
 
 
 # CCT Main model
@@ -336,3 +246,6 @@ class CCT(nn.Module):
             num_layers=self.num_layers, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             num_classes=self.num_classes, positional_embedding=self.positional_embedding, name='classifier',
         )(x, train)
+
+
+cct_2, cct_4, cct_6, cct_7, cct_8, cct_14, cct_16 = (cct.preset(name, CCT) for name in __all__)

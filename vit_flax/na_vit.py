@@ -314,15 +314,17 @@ class RMSNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """vit-pytorch's `FeedForward` is an nn.Sequential: submodules are named by their index."""
+    """vit-pytorch's `FeedForward` is an nn.Sequential: submodules are named by their index. `norm` is the
+    LayerNorm flavour (na_vit_nested_tensor uses torch's own without bias)."""
 
     dim: int
     hidden_dim: int
     dropout: float = 0.0
+    norm: Callable[..., nn.Module] = NoBiasLayerNorm
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = NoBiasLayerNorm(name='0')(x)
+        x = self.norm(name='0')(x)
         x = gelu(Linear(self.hidden_dim, name='1')(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = Linear(self.dim, name='4')(x)
@@ -459,32 +461,52 @@ class NaViT(nn.Module):
             max_images=int(num_images.max()),
         ), num_images
 
-    # the model
+    # the model; na_vit_nested_tensor.NaViT swaps the blocks
+
+    pool_residual = True  # the pooled token is queries + attention (vit-pytorch's na_vit), or the attention alone
+
+    @nn.nowrap
+    def patch_embedding_norm(self, name: str) -> nn.Module:
+        return NoBiasLayerNorm(name=name)
+
+    @nn.nowrap
+    def norm(self, name: str) -> nn.Module:
+        return NoBiasLayerNorm(name=name)
+
+    @nn.nowrap
+    def transformer(self) -> nn.Module:
+        return Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
+                           name='transformer')
+
+    @nn.nowrap
+    def attention_pool(self) -> nn.Module:
+        return Attention(self.dim, self.heads, self.dim_head, name='attn_pool')
 
     @nn.compact
     def _logits_per_slot(self, batch: PackedBatch, train: bool):
         image_height, image_width = pair(self.image_size)
-        x = NoBiasLayerNorm(name='to_patch_embedding_0')(batch.patches)
+        x = self.patch_embedding_norm(name='to_patch_embedding_0')(batch.patches)
         x = Linear(self.dim, name='to_patch_embedding_1')(x)
-        x = NoBiasLayerNorm(name='to_patch_embedding_2')(x)
+        x = self.patch_embedding_norm(name='to_patch_embedding_2')(x)
 
         pos_embed_height = self.param('pos_embed_height', randn, (image_height // self.patch_size, self.dim))
         pos_embed_width = self.param('pos_embed_width', randn, (image_width // self.patch_size, self.dim))
         x = x + pos_embed_height[batch.positions[..., 0]] + pos_embed_width[batch.positions[..., 1]]
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
+        # each token sees the tokens of its own image; padding is seen by none
         ids, token_mask = batch.image_ids, batch.token_mask
         attn_mask = (ids[:, :, None] == ids[:, None, :]) & token_mask[:, None, :]
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
-                        name='transformer')(x, mask=attn_mask[:, None], train=train)
+        x = self.transformer()(x, mask=attn_mask[:, None], train=train)
 
+        # one query per image slot, attending to that image's tokens
         queries = repeat(self.param('attn_pool_queries', randn, (self.dim,)), 'd -> b n d', b=x.shape[0],
                          n=batch.max_images).astype(x.dtype)
         pool_mask = (jnp.arange(batch.max_images)[None, :, None] == ids[:, None, :]) & token_mask[:, None, :]
-        x = Attention(self.dim, self.heads, self.dim_head, name='attn_pool')(
-            queries, context=x, mask=pool_mask[:, None], train=train) + queries
+        pooled = self.attention_pool()(queries, context=x, mask=pool_mask[:, None], train=train)
+        x = pooled + queries if self.pool_residual else pooled
 
-        x = NoBiasLayerNorm(name='mlp_head_0')(x)
+        x = self.norm(name='mlp_head_0')(x)
         return Linear(self.num_classes, use_bias=False, name='mlp_head_1')(x)
 
     def __call__(self, batched_images, group_images: bool = False, group_max_seq_len: int = 2048,

@@ -29,10 +29,10 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from einops import rearrange, repeat
+from einops import rearrange
 
 from vit_flax import na_vit
-from vit_flax.layers import LayerNorm, Linear, attention_weights, default, gelu, pair, randn
+from vit_flax.layers import LayerNorm, Linear, attention_weights, default
 from vit_flax.na_vit import PackedBatch
 
 NoBiasLayerNorm = functools.partial(LayerNorm, use_bias=False)
@@ -50,20 +50,7 @@ def torch_keeps_gradients():
     return mock.patch.object(module, 'nested_tensor', torch.nested.as_nested_tensor)
 
 
-class FeedForward(nn.Module):
-    """vit-pytorch's `FeedForward` is an nn.Sequential: submodules are named by their index."""
-
-    dim: int
-    hidden_dim: int
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = NoBiasLayerNorm(name='0')(x)
-        x = gelu(Linear(self.hidden_dim, name='1')(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = Linear(self.dim, name='4')(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
+FeedForward = functools.partial(na_vit.FeedForward, norm=NoBiasLayerNorm)
 
 
 class Attention(nn.Module):
@@ -127,31 +114,24 @@ class NaViT(na_vit.NaViT):
             return None
         return max(1, int(np.float32(1.0 - self.token_dropout_prob) * np.float32(num_tokens)))
 
-    @nn.compact
-    def _logits_per_slot(self, batch: PackedBatch, train: bool):
-        image_height, image_width = pair(self.image_size)
-        x = LayerNorm(name='to_patch_embedding_0')(batch.patches)
-        x = Linear(self.dim, name='to_patch_embedding_1')(x)
-        x = LayerNorm(name='to_patch_embedding_2')(x)
+    pool_residual = False
 
-        pos_embed_height = self.param('pos_embed_height', randn, (image_height // self.patch_size, self.dim))
-        pos_embed_width = self.param('pos_embed_width', randn, (image_width // self.patch_size, self.dim))
-        x = x + pos_embed_height[batch.positions[..., 0]] + pos_embed_width[batch.positions[..., 1]]
-        x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+    @nn.nowrap
+    def patch_embedding_norm(self, name: str) -> nn.Module:
+        return LayerNorm(name=name)
 
-        ids, token_mask = batch.image_ids, batch.token_mask
-        attn_mask = (ids[:, :, None] == ids[:, None, :]) & token_mask[:, None, :]
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.qk_rmsnorm,
-                        name='transformer')(x, mask=attn_mask[:, None], train=train)
+    @nn.nowrap
+    def norm(self, name: str) -> nn.Module:
+        return NoBiasLayerNorm(name=name)
 
-        queries = repeat(self.param('attn_pool_queries', randn, (self.dim,)), 'd -> b n d', b=x.shape[0],
-                         n=batch.max_images).astype(x.dtype)
-        pool_mask = (jnp.arange(batch.max_images)[None, :, None] == ids[:, None, :]) & token_mask[:, None, :]
-        x = Attention(self.dim, self.heads, self.dim_head, name='attn_pool')(
-            queries, context=x, mask=pool_mask[:, None], train=train)
+    @nn.nowrap
+    def transformer(self) -> nn.Module:
+        return Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
+                           self.qk_rmsnorm, name='transformer')
 
-        x = NoBiasLayerNorm(name='mlp_head_0')(x)
-        return Linear(self.num_classes, use_bias=False, name='mlp_head_1')(x)
+    @nn.nowrap
+    def attention_pool(self) -> nn.Module:
+        return Attention(self.dim, self.heads, self.dim_head, name='attn_pool')
 
     def __call__(self, images, train: bool = False):
         if isinstance(images, PackedBatch):
