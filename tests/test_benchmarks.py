@@ -10,7 +10,7 @@ def test_na_vit_packing_benchmark(tmp_path, capsys):
     results = na_vit_packing.main([
         '--num-images', '48', '--image-size', '32', '--patch-size', '8', '--dim', '16', '--depth', '1',
         '--heads', '2', '--dim-head', '8', '--mlp-dim', '16', '--max-seq-len', '32', '--rows', '4',
-        '--max-images-per-seq', '8', '--no-progress', '--json', str(path)])
+        '--max-images-per-seq', '8', '--repeats', '1', '--no-progress', '--json', str(path)])
 
     assert {'packed', 'padded', 'ratio_forward', 'ratio_train', 'max_abs_logit_diff', 'stream', 'args', 'machine',
             'date', 'command'} <= results.keys()

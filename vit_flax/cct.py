@@ -173,10 +173,6 @@ class TransformerEncoderLayer(nn.Module):
         return src + drop_path(src2, train)
 
 
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 class Tokenizer(nn.Module):
     kernel_size: int
     stride: int
@@ -206,9 +202,9 @@ class Tokenizer(nn.Module):
                     f'conv kernel_size={self.kernel_size} is larger than its padded input '
                     f'{(height + 2 * self.padding, width + 2 * self.padding)} (padding={self.padding})'
                 )
-            height, width = (_conv_output_size(s, self.kernel_size, self.stride, self.padding) for s in (height, width))
+            height, width = (layers.conv_output_size(s, self.kernel_size, self.stride, self.padding) for s in (height, width))
             if self.max_pool:
-                pooled = tuple(_conv_output_size(s, self.pooling_kernel_size, self.pooling_stride,
+                pooled = tuple(layers.conv_output_size(s, self.pooling_kernel_size, self.pooling_stride,
                                                  self.pooling_padding) for s in (height, width))
                 if min(pooled) < 1:
                     raise ValueError(

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax import cct
+from vit_flax import cct, layers
 from vit_flax.cct import Conv, sinusoidal_embedding
 from vit_flax.layers import default, exists, pair
 
@@ -44,10 +44,6 @@ __all__ = ['cct_2', 'cct_4', 'cct_6', 'cct_7', 'cct_8', 'cct_14', 'cct_16']
 
 
 # modules
-
-
-def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 class Tokenizer(nn.Module):
@@ -103,9 +99,9 @@ class Tokenizer(nn.Module):
             if any(p < k for p, k in zip(padded, kernel)):
                 raise ValueError(f'conv kernel {kernel} (frame_kernel_size, kernel_size, kernel_size) is larger '
                                  f'than its padded input {padded} (padding {padding})')
-            size = tuple(map(_output_size, size, kernel, stride, padding))
+            size = tuple(map(layers.conv_output_size, size, kernel, stride, padding))
             if self.max_pool:
-                pooled = tuple(map(_output_size, size, pool_kernel, pool_stride, pool_padding))
+                pooled = tuple(map(layers.conv_output_size, size, pool_kernel, pool_stride, pool_padding))
                 if min(pooled) < 1:
                     raise ValueError(f'max pool of kernel {pool_kernel}, stride {pool_stride}, padding {pool_padding} '
                                      f'on a {size} feature map gives an empty output {pooled}')
