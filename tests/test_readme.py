@@ -38,3 +38,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace['student_preds'].shape == (2, 10)
     assert namespace['efficient_preds'].shape == (1, 10)
     assert namespace['adapter_preds'].shape == (2, 2)
+    # video, NaViT (lists, auto-grouped, packed)
+    assert namespace['video_preds'].shape == (2, 10)
+    assert namespace['navit_preds'].shape == namespace['grouped_preds'].shape == (5, 10)
+    np.testing.assert_allclose(namespace['packed_preds'], namespace['navit_preds'], atol=1e-5)
