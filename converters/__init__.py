@@ -124,6 +124,37 @@ def to_tensor(array: np.ndarray):
     return torch.from_numpy(array)
 
 
+# parameters a vit-pytorch module holds twice
+
+
+def shared_keys(model: nn.Module, table: dict[str, Slot]) -> dict[str, str]:
+    """Alias key -> key, for parameters that vit-pytorch's state dict lists under two names because one module is
+    an attribute of two parents (mpp.MPP's `patch_to_emb = nn.Sequential(transformer.to_patch_embedding[1:])`).
+    Flax holds each once; the model names the aliases with a `torch_aliases()` method, {alias prefix: prefix}."""
+    prefixes = model.torch_aliases() if hasattr(type(model), 'torch_aliases') else {}
+    keys = [*table, *sorted(batchnorm_counter_keys(table))]  # BatchNorm step counters are repeated too
+    return {alias + key[len(prefix):]: key
+            for alias, prefix in prefixes.items() for key in keys if key.startswith(prefix)}
+
+
+def _drop_shared_keys(model: nn.Module, table: dict[str, Slot], arrays: dict) -> dict:
+    """`arrays` without the aliases of shared parameters, after checking each equals its original."""
+    shared = shared_keys(model, table)
+    differing = [
+        f'{alias} {tuple(arrays[alias].shape)} and {key} {tuple(arrays[key].shape)}'
+        for alias, key in shared.items()
+        if alias in arrays and key in arrays
+        and (arrays[alias].shape != arrays[key].shape or not np.array_equal(arrays[alias], arrays[key]))
+    ]
+    if differing:
+        raise ValueError(
+            f'state dict for {type(model).__name__}: these keys name one shared vit-pytorch parameter but hold '
+            f'different values: ' + '; '.join(differing)
+        )
+    # aliases are optional on import: their values are their originals'
+    return {key: value for key, value in arrays.items() if key not in shared}
+
+
 # the two directions
 
 
@@ -133,6 +164,7 @@ def from_torch(model: nn.Module, state_dict: Mapping[str, Any], *, example_input
     arrays = legacy.migrate(model, arrays)
     table = _table(model, example_inputs)
     optional = batchnorm_counter_keys(table)
+    arrays = _drop_shared_keys(model, table, arrays)
 
     missing = [key for key in table if key not in arrays]
     unexpected = [key for key in arrays if key not in table and key not in optional]
@@ -175,6 +207,8 @@ def to_torch(
     for key in sorted(batchnorm_counter_keys(table)):
         # Flax keeps no step counter; 0 is what torch starts from and only matters for momentum=None
         state_dict[key] = np.zeros((), np.int64)
+    for alias, key in shared_keys(model, table).items():
+        state_dict[alias] = state_dict[key]
     convert = contiguous if as_numpy else to_tensor
     return {key: convert(value) for key, value in state_dict.items()}
 

@@ -19,9 +19,11 @@ import converters
 
 
 def export(workdir: Path, out: Path) -> Path:
-    """The latest checkpoint of a training workdir as a vit-pytorch state dict with its sidecar."""
+    """The latest checkpoint of a training workdir as a vit-pytorch state dict with its sidecar: the configured
+    model's, also after self-supervised pretraining or distillation (the objective's own parts stay behind)."""
     from vit_flax import data
     from vit_flax.train import build_model, input_spec
+    from vit_flax.training import objectives
     from vit_flax.training.checkpoint import restore_variables
 
     config_path = workdir / 'config.json'
@@ -29,7 +31,7 @@ def export(workdir: Path, out: Path) -> Path:
         raise FileNotFoundError(f'{workdir} has no config.json: is it a `python -m vit_flax.train` workdir?')
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     model = build_model(config)
-    variables = restore_variables(workdir)
+    variables = objectives.encoder_variables(config.get('objective', objectives.SUPERVISED), restore_variables(workdir))
     return converters.save_torch(out, model, variables, input_spec=input_spec(config, data.dataset_info(config)))
 
 

@@ -81,10 +81,15 @@ def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
 
 
 def new_torch_model(entry, config):
-    """A freshly initialised vit-pytorch model for a registry config, in eval mode."""
+    """A freshly initialised vit-pytorch model for a registry config, in eval mode (built under the input spec's
+    `torch_construction()` context where it has one: vit-pytorch's Dino runs torchvision transforms in __init__)."""
+    import contextlib
+
     from vit_flax import registry
 
-    return torch_class(entry)(**registry.torch_keywords(config)).eval()
+    construction = getattr(entry.inputs, 'torch_construction', contextlib.nullcontext)
+    with construction():
+        return torch_class(entry)(**registry.torch_keywords(config)).eval()
 
 
 def images(shape, seed=0):

@@ -179,7 +179,7 @@ def test_nan_loss_stops_with_a_message(tmp_path):
     ({'model.num_classes': 7}, 'config.model.num_classes=7 but dataset .digits. has 10'),
     ({'model.image_size': 16}, r'config.model.image_size=16 but dataset images are \(8, 8\)'),
     ({'batch_size': 30, 'grad_accum_steps': 4}, 'batch_size=30 must be divisible by devices x grad_accum_steps'),
-    ({'objective': 'mae'}, "objective='mae'"),
+    ({'objective': 'byol'}, "objective='byol': this trainer knows \\('supervised', 'mae'"),
     ({'parallelism': 'tpu'}, "parallelism='tpu'"),
 ])
 def test_bad_configs_are_named(tmp_path, overrides, message):

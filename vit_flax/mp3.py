@@ -20,16 +20,46 @@ Quirks of vit-pytorch kept so weights transfer:
 - There is no `pool` or `emb_dropout` keyword; `dropout` applies to attention maps, projections and MLPs.
 - torch checks `dim % 4 == 0` only in the forward pass and returns NaN for `dim=4`; here `dim` must be a
   multiple of 4 and at least 8 at construction.
+
+MP3, the objective: `MP3(vit=ViT(...), masking_ratio=0.75)(img)` returns the scalar loss, as torch's forward.
+The patch tokens get no position embedding; a random `int(masking_ratio * n)` of the n tokens are masked and
+every token attends (in every layer) only to the unmasked ones, as context; the head `mlp_head` (LayerNorm +
+Linear to `vit.num_patches` classes) predicts each token's own index in the (h w) token order, cross entropy
+averaged over batch and tokens.
+
+Randomness: the masking draws uniform noise (batch, n) from the rng stream 'masking' even in eval mode, as
+torch draws `torch.rand(batch, n)` in every forward, and argsorts it; the last `n - num_masked` of the order are
+the context. `MP3.masking_noise` returns the noise a call draws with the same rngs (no parameters needed):
+vit-pytorch given that tensor as its `torch.rand` computes the same loss. During `init` without that stream
+Flax falls back on 'params'. Dropout (the vit's) uses 'dropout' in training only.
+
+Parameter tree = torch's MP3: `params['vit']` is exactly a plain `ViT`'s params (its `linear_head` included,
+which the objective never uses, so it gets zero gradients, as in torch), `params['mlp_head_0']` and
+`params['mlp_head_1']`; `params['vit']` exports to vit_pytorch.mp3.ViT as is.
+
+Quirks of vit-pytorch's MP3 mirrored:
+- The masking is a permutation of the input's own tokens and the labels are the token indices of the input's
+  own (h w) grid: an input smaller than `image_size` works, its labels being row-major indices of its own
+  grid, not positions in the full grid. An input with more patches than `vit.num_patches` has labels beyond
+  the head's classes (torch fails in `cross_entropy`): a ValueError naming the shape here.
+- `num_masked` may be 0 (a small ratio on few tokens): every token is then context.
+- Only the unmasked set matters (attention over the context is order-free), so the loss is the same whatever
+  order the context tokens are in.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
-from einops import rearrange
+from einops import rearrange, repeat
 
 from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, exists, pair, posemb_sincos_2d
+from vit_flax.distill import cross_entropy
 from vit_flax.vit import FeedForward, check_image_config, patchify  # mp3's FeedForward is vit.py's
+
+MASKING = 'masking'  # the rng stream of the masking permutation
+RNG_STREAMS = (MASKING,)
 
 
 class Attention(nn.Module):
@@ -138,3 +168,70 @@ class ViT(nn.Module):
         x = self.transformer(x, train=train)
         x = x.mean(axis=1)
         return self.linear_head_1(self.linear_head_0(x))
+
+
+# Masked Position Prediction Pre-Training
+
+
+class MP3(nn.Module):
+    vit: ViT
+    masking_ratio: float
+
+    def __post_init__(self):
+        if not isinstance(self.vit, ViT):
+            raise ValueError(
+                f'vit must be a vit_flax.mp3.ViT, got vit={type(self.vit).__module__}.{type(self.vit).__name__}'
+            )
+        if not 0 < self.masking_ratio < 1:
+            raise ValueError(f'masking ratio must be kept between 0 and 1, got masking_ratio={self.masking_ratio}')
+        super().__post_init__()
+
+    @property
+    def image_size(self):
+        return self.vit.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.vit.channels
+
+    def _num_tokens(self, img) -> int:
+        """The input's patch count (checking its rank, channels and divisibility), at most `vit.num_patches`."""
+        num_patches = patchify(img, self.vit.patch_size, self.vit.channels).shape[1]
+        if num_patches > self.vit.num_patches:
+            raise ValueError(
+                f'input of shape {img.shape} has {num_patches} patches, more than the {self.vit.num_patches} '
+                f'positions the head predicts (vit.num_patches, from image_size={self.vit.image_size})'
+            )
+        return num_patches
+
+    def masking_noise(self, img):
+        """The uniform noise (batch, n) whose argsort is a call's masking permutation (torch's `torch.rand`).
+
+        With the same rngs, `model.apply({}, img, rngs=rngs, method=MP3.masking_noise)` returns the noise that
+        `model.apply(variables, img, rngs=rngs)` uses.
+        """
+        return jax.random.uniform(self.make_rng(MASKING), (img.shape[0], self._num_tokens(img)))
+
+    @nn.compact
+    def __call__(self, img, train: bool = False):
+        vit = self.vit
+        noise = self.masking_noise(img)
+        if self.is_initializing():
+            vit(img)  # creates the encoder's own head, which torch's MP3 state dict holds too
+
+        tokens = rearrange(vit.to_patch_embedding(img), 'b h w d -> b (h w) d')
+        batch, num_patches = tokens.shape[:2]
+
+        # masking
+        num_masked = int(self.masking_ratio * num_patches)
+        rand_indices = jnp.argsort(noise, axis=-1)
+        unmasked_indices = rand_indices[:, num_masked:]
+        tokens_unmasked = jnp.take_along_axis(tokens, unmasked_indices[..., None], axis=1)
+
+        attended_tokens = vit.transformer(tokens, tokens_unmasked, train=train)
+        x = LayerNorm(name='mlp_head_0')(attended_tokens)
+        logits = rearrange(Linear(vit.num_patches, name='mlp_head_1')(x), 'b n d -> (b n) d')
+
+        # every token's label is its own index
+        labels = repeat(jnp.arange(num_patches), 'n -> (b n)', b=batch)
+        return cross_entropy(logits, labels)

@@ -46,6 +46,9 @@ from vit_flax import simple_vit_3d, vit_3d
 from vit_flax import cct_3d
 from vit_flax import vivit
 from vit_flax import na_vit, na_vit_nested_tensor
+from vit_flax import mae, simmim
+from vit_flax import mpp
+from vit_flax import dino
 
 # example inputs
 
@@ -214,6 +217,76 @@ class TokenSampledImages(Images):
             return torch.from_numpy(by_budget[budget][:, :, :n].copy()).to(device=device, dtype=dtype)
 
         return rngs, mock.patch.object(import_vit_pytorch('vit_pytorch.ats_vit'), 'sample_gumbel', sample_gumbel)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedPositionImages(Images):
+    """Images for mp3.MP3, which draws its masking permutation in every call: `randomness(model, inputs, seed)`
+    gives the Flax rngs for a call on `inputs` and a context manager under which vit-pytorch's `torch.rand`
+    (batch, n) returns the very uniform noise whose argsort is the Flax permutation."""
+
+    def randomness(self, model: nn.Module, inputs: tuple, seed: int = 0):
+        from unittest import mock
+
+        import torch
+
+        rngs = {mp3.MASKING: jax.random.key(seed)}
+        noise = np.asarray(model.apply({}, *inputs, rngs=rngs, method=type(model).masking_noise))
+
+        def rand(*shape, device=None, **kwargs):
+            shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+            assert shape == noise.shape, (shape, noise.shape)
+            return torch.from_numpy(noise.copy()).to(device=device)
+
+        return rngs, mock.patch.object(torch, 'rand', rand)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedImages(Images):
+    """Images for a masked-image-modelling objective (mae.MAE, simmim.SimMIM), which masks patches in every call:
+    `randomness(model, inputs, seed)` gives the Flax rngs for a call on `inputs` and a context manager under which
+    vit-pytorch's `torch.rand(batch, num_patches)` returns the very noise that masks the Flax call."""
+
+    def randomness(self, model: nn.Module, inputs: tuple, seed: int = 0):
+        rngs = {mae.MASKING: jax.random.key(seed)}
+        noise = np.asarray(model.apply({}, *inputs, rngs=rngs, method=type(model).masking_noise))
+        return rngs, mae.torch_draws(noise)
+
+
+@dataclasses.dataclass(frozen=True)
+class CorruptedPatchImages(Images):
+    """Images for mpp.MPP, which chooses and corrupts patches in every call: `randomness(model, inputs, seed)` gives
+    the Flax rngs for a call on `inputs` and a context manager under which vit-pytorch's MPP makes the very draws
+    of the Flax call (`MPP.masking_draws`: chosen patches, random-patch decisions and indices, mask-token
+    decisions)."""
+
+    def randomness(self, model: nn.Module, inputs: tuple, seed: int = 0):
+        rngs = {mpp.MASKING: jax.random.key(seed)}
+        draws = model.apply({}, *inputs, rngs=rngs, method=type(model).masking_draws)
+        return rngs, model.torch_draws(draws)
+
+
+@dataclasses.dataclass(frozen=True)
+class CroppedImages(Images):
+    """Images for dino.Dino, which crops (and augments) in every call: square images at the learner's
+    `image_size` with its encoder's channels. `randomness(model, inputs, seed)` gives the Flax rngs for a call on
+    `inputs` and a context manager under which vit-pytorch's crops (a torchvision stand-in, `dino.torch_transforms`)
+    cut the very boxes of the Flax call; `torch_construction()` is the stand-in alone, for vit-pytorch's
+    constructor. Parity needs identity augmentations on both sides (the registry's `RandomApply(L2Norm(), p=0.)`)."""
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        return model.image_size, model.image_size
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.size(model), getattr(model.net, 'channels', 3)), rng),)
+
+    def randomness(self, model: nn.Module, inputs: tuple, seed: int = 0):
+        rngs = dict(zip(dino.RNG_STREAMS, jax.random.split(jax.random.key(seed), len(dino.RNG_STREAMS))))
+        boxes = model.apply({}, *inputs, rngs=rngs, method=type(model).crop_boxes)
+        return rngs, dino.torch_transforms(np.asarray(boxes))
+
+    def torch_construction(self):
+        return dino.torch_transforms()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -924,6 +997,106 @@ ENTRIES: tuple[Entry, ...] = (
         torch_context=lambda: na_vit_nested_tensor.torch_keeps_gradients(),
         notes="vit-pytorch's nested-tensor NaViT (one image per jagged sequence; here packed and masked): q/k "
               'LayerNorm, no pooling residual; also takes `PackedBatch`es',
+    ),
+    Entry(
+        name='mp3.MP3',
+        flax_class=mp3.MP3,
+        paper='Position Prediction as an Effective Pretraining Strategy (Zhai et al., 2022)',
+        configs=(
+            dict(vit=mp3.ViT(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64,
+                             dim_head=8), masking_ratio=0.5),
+            dict(vit=mp3.ViT(num_classes=3, image_size=(12, 16), patch_size=(4, 2), dim=16, depth=1, heads=1,
+                             mlp_dim=24, dim_head=16, channels=2, dropout=0.1), masking_ratio=0.75),
+        ),
+        inputs=MaskedPositionImages(),
+        notes="masked position prediction loss: tokens without position embedding attend to the unmasked ones "
+              "(rng stream 'masking', even in eval mode) and predict their own index; `params['vit']` is a "
+              "plain mp3.ViT's",
+    ),
+    Entry(
+        name='mae.MAE',
+        flax_class=mae.MAE,
+        paper='Masked Autoencoders Are Scalable Vision Learners (He et al., 2021)',
+        configs=(
+            dict(encoder=ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=1, heads=2, mlp_dim=32,
+                             dim_head=8), decoder_dim=16, decoder_heads=2, decoder_dim_head=8),
+            # mean pool, no head, decoder_dim == dim (no enc_to_dec), non-square patches
+            dict(encoder=ViT(image_size=(12, 8), patch_size=(4, 2), num_classes=0, dim=16, depth=2, heads=1, mlp_dim=24,
+                             dim_head=16, channels=2, pool='mean'), decoder_dim=16, masking_ratio=0.5,
+                 decoder_depth=2, decoder_heads=2, decoder_dim_head=4),
+        ),
+        inputs=MaskedImages(),
+        torch_context=lambda: mae.torch_runs_on_2d_pos_embedding(),
+        notes="masked autoencoder loss (rng stream 'masking', even in eval mode): the encoder's transformer sees the "
+              "visible patches, a transformer decoder predicts the masked pixels; `params['encoder']` is a plain "
+              "vit.ViT's; `MAE.reconstruct`; vit-pytorch's pool='cls' fails on its 2-D pos_embedding (fixed here)",
+    ),
+    Entry(
+        name='simmim.SimMIM',
+        flax_class=simmim.SimMIM,
+        paper='SimMIM: A Simple Framework for Masked Image Modeling (Xie et al., 2021)',
+        configs=(
+            dict(encoder=ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=1, heads=2, mlp_dim=32,
+                             dim_head=8)),
+            dict(encoder=ViT(image_size=(12, 8), patch_size=(4, 2), num_classes=0, dim=16, depth=2, heads=1, mlp_dim=24,
+                             dim_head=16, channels=2, pool='mean'), masking_ratio=0.75),
+        ),
+        inputs=MaskedImages(),
+        torch_context=lambda: simmim.torch_runs_on_2d_pos_embedding(),
+        notes="masked image modelling loss (rng stream 'masking', even in eval mode): mask tokens in place of the "
+              "masked patches, a linear head predicts their pixels (L1 / num_masked); `params['encoder']` is a plain "
+              "vit.ViT's; vit-pytorch fails on its 2-D pos_embedding (fixed here)",
+    ),
+    Entry(
+        name='mpp.MPP',
+        flax_class=mpp.MPP,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), masked patch prediction (appendix B.1.2)',
+        configs=(
+            dict(transformer=ViT(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16,
+                                 dim_head=8), patch_size=4, dim=16),
+            # mean pool (no cls token), no head, one channel, un-normalised targets
+            dict(transformer=ViT(image_size=(8, 12), patch_size=4, num_classes=0, dim=12, depth=2, heads=3,
+                                 mlp_dim=24, dim_head=4, channels=1, pool='mean'),
+                 patch_size=4, dim=12, channels=1, output_channel_bits=2, max_pixel_val=2.0, mask_prob=0.5,
+                 replace_prob=0.3, random_patch_prob=0.4, mean=(0.5,), std=(0.25,)),
+            # no random patches: every chosen patch becomes the mask token
+            dict(transformer=ViT(image_size=12, patch_size=3, num_classes=3, dim=16, depth=1, heads=1, mlp_dim=16,
+                                 dim_head=16, channels=2),
+                 patch_size=3, dim=16, channels=2, output_channel_bits=1, mask_prob=0.25, replace_prob=1.0,
+                 random_patch_prob=0.0, mean=(0.1, -0.2), std=(0.5, 2.0)),
+        ),
+        inputs=CorruptedPatchImages(),
+        torch_context=lambda: mpp.torch_mpp_runs(),
+        notes="masked patch prediction loss (rng stream 'masking', even in eval mode): chosen patches replaced by a "
+              "mask token or a random patch, their mean colours predicted as quantised classes; "
+              "`params['transformer']` is a plain vit.ViT's; vit-pytorch fails on the 2-D cls_token / "
+              "pos_embedding and on pool='mean' (fixed here)",
+    ),
+    Entry(
+        name='dino.Dino',
+        flax_class=dino.Dino,
+        paper='Emerging Properties in Self-Supervised Vision Transformers (Caron et al., 2021)',
+        # augmentation off on both sides (RandomApply(L2Norm(), p=0.) is the identity in vit-pytorch too); crops
+        # shared through CroppedImages; num_classes_K < 64 keeps init's mock-forward `last_teacher_centers` out of
+        # the init-distribution test (torch's come from its constructor's random images)
+        configs=(
+            dict(net=ViT(image_size=16, patch_size=8, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8),
+                 image_size=16, hidden_layer='to_latent', projection_hidden_size=16, projection_layers=2,
+                 num_classes_K=32, augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
+                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+            # mean pool, default hidden layer (-2: to_latent), 3-layer projector, other temperatures and scales
+            dict(net=ViT(image_size=12, patch_size=4, num_classes=3, dim=12, depth=2, heads=3, mlp_dim=16, dim_head=4,
+                         pool='mean'),
+                 image_size=12, projection_hidden_size=8, projection_layers=3, num_classes_K=24, student_temp=0.5,
+                 teacher_temp=0.07, local_upper_crop_scale=0.3, global_lower_crop_scale=0.6,
+                 augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
+                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+        ),
+        inputs=CroppedImages(),
+        notes="self-distillation loss (rng streams 'augment' and 'crop', even in eval mode): per-image JAX "
+              "augmentations and random resized crops, student and EMA teacher (`update_moving_average`, "
+              "`trainable_mask`); `params['student_encoder']['net']` is the plain encoder's; hidden layer by name "
+              "or index (`to_latent`, a method such as CvT's `layers`, a submodule)",
     ),
     # new entries go above this line
 )

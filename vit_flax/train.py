@@ -22,14 +22,13 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vit_flax import data, registry
-from vit_flax.training import checkpoint, sharding, steps
+from vit_flax.training import checkpoint, objectives, sharding, steps
 from vit_flax.training.metrics import MetricsWriter
 from vit_flax.training.optim import make_optimizer
 from vit_flax.training.state import abstract_state, create_train_state
 
-OBJECTIVES = ('supervised',)
 # keys that define what a workdir's checkpoints hold: a resumed run must not change them
-FIXED_ON_RESUME = ('model_name', 'model', 'objective', 'dataset', 'image_size')
+FIXED_ON_RESUME = ('model_name', 'model', 'objective', 'objective_kwargs', 'dataset', 'image_size')
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,13 +36,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_model(config):
+    """The configured model (what `converters export` writes), without its training objective."""
     return registry.build(config.model_name, config.model.to_dict())
+
+
+def build_trainee(config, info: data.DatasetInfo):
+    """What the train step differentiates: the model, or the model inside `config.objective`'s wrapper."""
+    return objectives.build(config.objective, build_model(config), info,
+                            config.get('objective_kwargs', ml_collections.ConfigDict()).to_dict())
 
 
 def check_config(config, info: data.DatasetInfo):
     """Fail before compiling anything when the config cannot work, naming the values."""
-    if config.objective not in OBJECTIVES:
-        raise ValueError(f'objective={config.objective!r}: this trainer knows {OBJECTIVES}')
+    if config.objective not in objectives.NAMES:
+        raise ValueError(f'objective={config.objective!r}: this trainer knows {objectives.NAMES}')
     model = config.model
     wanted = {'num_classes': info.num_classes, 'channels': info.channels}
     for key, value in wanted.items():
@@ -92,7 +98,7 @@ class Trainer:
     """Holds the compiled steps for one parallelism mode and moves state and batches into its layout."""
 
     def __init__(self, config, model, example_inputs, num_classes):
-        self.tx, self.schedule = make_optimizer(config)
+        self.tx, self.schedule = make_optimizer(config, trainable=lambda params: objectives.trainable_mask(model, params))
         self.mesh = sharding.make_mesh(config.mesh if config.parallelism == 'jit' else {'data': -1})
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.abstract = abstract_state(model, self.tx, example_inputs)
@@ -127,12 +133,19 @@ class Trainer:
 
 
 def evaluate(trainer: Trainer, state, config) -> dict:
+    """Eval loss and accuracy ('supervised'), or the objective's loss over the eval split's full batches."""
     per_process = config.eval_batch_size // jax.process_count()
     totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
     for local_batch in data.eval_batches(config, batch_size=per_process):
         sums = trainer.metrics(trainer.eval_step(state, trainer.batch(local_batch)))
         totals = {key: totals[key] + float(sums[key]) for key in totals}
-    return {'eval_loss': totals['loss_sum'] / totals['count'], 'eval_accuracy': totals['correct'] / totals['count']}
+    if not totals['count']:
+        raise ValueError(f'config.eval_batch_size={config.eval_batch_size} is larger than the eval split: an '
+                         f"objective's eval loss needs at least one full batch")
+    metrics = {'eval_loss': totals['loss_sum'] / totals['count']}
+    if config.objective == objectives.SUPERVISED:
+        metrics['eval_accuracy'] = totals['correct'] / totals['count']
+    return metrics
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -143,9 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     check_config(config, info)
     check_workdir_config(workdir, config)
 
-    model = build_model(config)
-    example_inputs = (np.zeros((1, *info.image_size, info.channels), np.float32),)
-    trainer = Trainer(config, model, example_inputs, info.num_classes)
+    model = build_trainee(config, info)
+    trainer = Trainer(config, model, objectives.example_inputs(config.objective, info), info.num_classes)
     data_iterator = iter(data.train_loader(config, batch_size=config.batch_size // jax.process_count(),
                                            seed=config.seed))
 
@@ -186,8 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if step % config.eval_every == 0 or last:
                 eval_metrics = evaluate(trainer, state, config)
                 writer.write(step, eval_metrics)
-                progress.write(f'step {step}: eval loss {eval_metrics["eval_loss"]:.4f}, '
-                               f'accuracy {eval_metrics["eval_accuracy"]:.4f}')
+                progress.write(f'step {step}: ' + ', '.join(f'{key.replace("_", " ")} {value:.4f}'
+                                                             for key, value in eval_metrics.items()))
             if step % config.checkpoint_every == 0 or last:
                 checkpoints.save(step, trainer.to_checkpoint_layout(state), data_iterator)
             progress.update(1)
@@ -211,7 +223,7 @@ def initialise_from(state, directory: str):
                                          f'found {found}')
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.variables())
     variables = jax.device_put(variables, shardings)
-    return state.replace(params=variables['params'], batch_stats=variables.get('batch_stats', {}))
+    return state.replace(params=variables['params']).with_collections(variables)
 
 
 FLAGS = flags.FLAGS

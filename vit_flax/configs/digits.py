@@ -18,7 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
         image_size=8, patch_size=4, num_classes=10, channels=1,
         dim=64, depth=4, heads=4, dim_head=16, mlp_dim=128, dropout=0.0, emb_dropout=0.0,
     ))
+    # 'supervised', or pretraining / distillation: 'mae', 'simmim', 'mpp', 'mp3', 'dino', 'esvit', 'distill'
+    # (vit_flax/training/objectives.py); objective_kwargs override its keywords (vit-pytorch README defaults), e.g.
+    # --config.objective=mae --config.objective_kwargs='{"masking_ratio": 0.5}' (distill needs teacher_workdir)
     config.objective = 'supervised'
+    config.objective_kwargs = ml_collections.ConfigDict()
 
     # data
     config.dataset = 'digits'

@@ -175,8 +175,12 @@ def eval_batches(config, *, batch_size: int) -> Iterator[dict]:
     return iter(dataset.to_iter_dataset(_read_options(config)))
 
 
-def raw_eval_split(config) -> tuple[np.ndarray, np.ndarray]:
-    """The whole eval split, un-normalised: images float32 (N, H, W, C) in [0, 1] and int32 labels (N,)."""
-    _, source, _ = _load(config)
+def raw_eval_split(config, split: str = 'eval') -> tuple[np.ndarray, np.ndarray]:
+    """The whole eval split (or `split='train'`), un-normalised: images float32 (N, H, W, C) in [0, 1] and int32
+    labels (N,), in the split's order."""
+    if split not in ('train', 'eval'):
+        raise ValueError(f"split={split!r}: expected 'train' or 'eval'")
+    train, evaluation, _ = _load(config)
+    source = train if split == 'train' else evaluation
     records = list(grain.MapDataset.source(source).to_iter_dataset(_read_options(config)))
     return np.stack([r['image'] for r in records]), np.array([r['label'] for r in records], np.int32)

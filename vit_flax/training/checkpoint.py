@@ -59,7 +59,7 @@ class Checkpoints:
 
 
 def restore_variables(directory: str | Path) -> dict:
-    """The model variables ({'params': ..., 'batch_stats': ...}) of a trainer checkpoint folder (its latest step)
+    """The model variables ({'params': ..., 'batch_stats': ..., 'buffers': ...}, those it has) of a trainer checkpoint folder (its latest step)
     or of a folder written by `python -m converters import`."""
     directory = Path(directory).absolute()
     if (directory / 'checkpoints').is_dir():
@@ -75,14 +75,15 @@ def restore_variables(directory: str | Path) -> dict:
         raise CheckpointError(f'checkpoint {directory / str(step)} could not be read: {error}') from error
     finally:
         manager.close()
-    return {'params': state['params'], **({'batch_stats': state['batch_stats']} if state.get('batch_stats') else {})}
+    return {'params': state['params'], **{name: state[name] for name in ('batch_stats', 'buffers') if state.get(name)}}
 
 
 def save_variables(directory: str | Path, variables: dict):
     """Model variables as a step-0 checkpoint that `restore_variables` (and so `config.init_from`) reads."""
     manager = ocp.CheckpointManager(Path(directory).absolute(), item_handlers={'state': ocp.StandardCheckpointHandler()},
                                     options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
-    state = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+    state = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {}),
+             'buffers': variables.get('buffers', {})}
     manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
     manager.wait_until_finished()
     manager.close()

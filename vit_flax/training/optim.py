@@ -22,11 +22,17 @@ def weight_decay_mask(params):
     return traverse_util.unflatten_dict({path: path[-1] in ('kernel', 'embedding') for path in flat})
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(config, trainable=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`trainable(params)`: a pytree of bools, False for parameters the optimiser must leave alone (DINO's teacher,
+    which follows the student by EMA instead); None trains all."""
     schedule = learning_rate_schedule(config)
     parts = []
     if config.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
                              mask=weight_decay_mask))
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if trainable is not None:
+        tx = optax.multi_transform({True: tx, False: optax.set_to_zero()},
+                                   lambda params: trainable(params))
+    return tx, schedule

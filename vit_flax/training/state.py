@@ -20,17 +20,26 @@ class TrainState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     batch_stats: Any  # BatchNorm running statistics; {} for models without BatchNorm
+    buffers: Any = struct.field(default_factory=dict)  # torch's persistent buffers (tables, masks, DINO's centres)
+
+    def collections(self) -> dict:
+        """The model's variables other than its parameters, those it has."""
+        return {name: tree for name, tree in (('batch_stats', self.batch_stats), ('buffers', self.buffers)) if tree}
+
+    def with_collections(self, collections: dict) -> 'TrainState':
+        return self.replace(batch_stats=collections.get('batch_stats', self.batch_stats),
+                            buffers=collections.get('buffers', self.buffers))
 
     def variables(self) -> dict:
         """The model's variables, as `model.apply` and the converters take them."""
-        return {'params': self.params, **({'batch_stats': self.batch_stats} if self.batch_stats else {})}
+        return {'params': self.params, **self.collections()}
 
 
 def _init_state(model: nn.Module, tx: optax.GradientTransformation, example_inputs: tuple, rng) -> TrainState:
     variables = model.init(registry.init_rngs(rng), *example_inputs)
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      batch_stats=variables.get('batch_stats', {}))
+                      batch_stats=variables.get('batch_stats', {}), buffers=variables.get('buffers', {}))
 
 
 def abstract_state(model, tx, example_inputs) -> TrainState:

@@ -13,6 +13,7 @@ import optax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vit_flax.training import objectives
 from vit_flax.training.sharding import replicated
 from vit_flax.training.state import TrainState
 
@@ -30,23 +31,39 @@ def cast_floats(tree, dtype):
 
 
 def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | None = None):
-    """(train_step, eval_step) as plain functions of (state, batch)."""
+    """(train_step, eval_step) as plain functions of (state, batch).
+
+    `model` is what `config.objective` trains (see objectives.py): for 'supervised' the classifier, whose
+    logits meet the (smoothed, mixed-up) labels in a cross entropy; otherwise an objective module whose `apply`
+    returns the loss itself, drawing its masks and crops from its named rng streams. After the optimiser update
+    the objective's `after_step` runs (DINO / EsViT: the teacher's EMA).
+    """
     compute_dtype = jnp.dtype(config.compute_dtype)
     base_key = jax.random.key(config.seed)
+    eval_key = jax.random.split(base_key)[0]  # the same masks every evaluation, none of the training steps' keys
     accum = int(config.grad_accum_steps)
+    supervised = config.objective == objectives.SUPERVISED
+    uses_labels = not supervised and objectives.OBJECTIVES[config.objective].uses_labels
+    streams = ('dropout', *([] if supervised else objectives.OBJECTIVES[config.objective].rng_streams()))
 
-    def loss_fn(params, batch_stats, images, targets, rng):
+    def run(variables, images, labels, rng, train: bool):
+        """The model on a batch in compute_dtype: (output, updated non-parameter collections)."""
+        rngs = {stream: jax.random.fold_in(rng, i) for i, stream in enumerate(streams)}
+        inputs = (images.astype(compute_dtype), labels) if uses_labels else (images.astype(compute_dtype),)
+        collections = [name for name in variables if name != 'params']
+        if train and collections:
+            return model.apply(variables, *inputs, train=True, rngs=rngs, mutable=collections)
+        return model.apply(variables, *inputs, train=train, rngs=rngs), {}
+
+    def loss_fn(params, collections, images, targets, labels, rng):
         # mixed precision: compute in compute_dtype from float32 master weights
-        variables = {'params': cast_floats(params, compute_dtype)}
-        if batch_stats:
-            variables['batch_stats'] = batch_stats
-            logits, updates = model.apply(variables, images.astype(compute_dtype), train=True,
-                                          rngs={'dropout': rng}, mutable=['batch_stats'])
-            batch_stats = updates['batch_stats']
+        variables = {'params': cast_floats(params, compute_dtype), **collections}
+        out, updates = run(variables, images, labels, rng, train=True)
+        if supervised:
+            loss = optax.softmax_cross_entropy(out.astype(jnp.float32), targets).mean()
         else:
-            logits = model.apply(variables, images.astype(compute_dtype), train=True, rngs={'dropout': rng})
-        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-        return loss, batch_stats
+            loss = out.astype(jnp.float32)
+        return loss, {**collections, **updates}
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -54,43 +71,54 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
         rng = jax.random.fold_in(base_key, state.step)
         if axis_name:  # a different draw on each device, as each holds different examples
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        dropout_rng, mixup_rng = jax.random.split(rng)
+        model_rng, mixup_rng = jax.random.split(rng)
 
-        images = batch['image']
-        targets = optax.smooth_labels(jax.nn.one_hot(batch['label'], num_classes), config.label_smoothing)
-        if config.mixup_alpha > 0:
+        images, labels = batch['image'], batch['label']
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
+        if supervised and config.mixup_alpha > 0:
             images, targets = mixup(mixup_rng, images, targets, config.mixup_alpha)
 
         if accum == 1:
-            (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, images, targets, dropout_rng)
+            (loss, collections), grads = grad_fn(state.params, state.collections(), images, targets, labels,
+                                                 model_rng)
         else:  # gradient accumulation over micro-batches, one optimiser update per step
             def micro(x):
                 return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
 
             def body(carry, xs):
-                grads_sum, loss_sum, batch_stats = carry
-                (loss, batch_stats), grads = grad_fn(state.params, batch_stats, *xs)
-                return (jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss_sum + loss, batch_stats), None
+                grads_sum, loss_sum, collections = carry
+                (loss, collections), grads = grad_fn(state.params, collections, *xs)
+                return (jax.tree_util.tree_map(jnp.add, grads_sum, grads), loss_sum + loss, collections), None
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            (grads, loss, batch_stats), _ = jax.lax.scan(
-                body, (zeros, jnp.zeros((), jnp.float32), state.batch_stats),
-                (micro(images), micro(targets), jax.random.split(dropout_rng, accum)))
+            (grads, loss, collections), _ = jax.lax.scan(
+                body, (zeros, jnp.zeros((), jnp.float32), state.collections()),
+                (micro(images), micro(targets), micro(labels), jax.random.split(model_rng, accum)))
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
 
         if axis_name:
-            grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
+            grads, loss, collections = jax.lax.pmean((grads, loss, collections), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state, batch_stats=batch_stats)
+                                  opt_state=opt_state).with_collections(collections)
+        variables = objectives.after_step(config.objective, model, new_state.variables())
+        new_state = new_state.replace(params=variables['params']).with_collections(variables)
         metrics = {'train_loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
         return new_state, metrics
 
     def eval_step(state: TrainState, batch: dict):
         variables = cast_floats(state.variables(), compute_dtype)
-        logits = model.apply(variables, batch['image'].astype(compute_dtype)).astype(jnp.float32)
         mask = batch['mask']
+        if not supervised:
+            # an objective's loss is a batch mean: a batch is counted whole, or not at all if it holds padding
+            # (a padded eval batch would mix zero images into it)
+            loss, _ = run(variables, batch['image'], batch['label'], eval_key, train=False)
+            full = (mask.min() > 0).astype(jnp.float32)
+            sums = {'loss_sum': loss.astype(jnp.float32) * full * mask.sum(), 'correct': jnp.zeros(()),
+                    'count': full * mask.sum()}
+            return jax.lax.psum(sums, axis_name) if axis_name else sums
+        logits = model.apply(variables, batch['image'].astype(compute_dtype)).astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
         sums = {'loss_sum': (loss * mask).sum(), 'correct': ((logits.argmax(-1) == batch['label']) * mask).sum(),
                 'count': mask.sum()}

@@ -1,0 +1,184 @@
+"""mp3.MP3, the masked position prediction objective, beyond the registry's parity tests: loss and gradients
+against vit-pytorch under shared masking draws (smaller inputs, no masked token, training mode), the masking
+stream, the encoder's parameters being a plain mp3.ViT's, bad configs and inputs, random configs."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import converters
+from tests.conftest import (
+    apply,
+    assert_close_outputs,
+    converted_pair,
+    images,
+    init_variables,
+    torch_class,
+    torch_forward,
+)
+from vit_flax import mp3, registry, vit
+from vit_flax.mp3 import MP3, ViT
+
+ENTRY = registry.BY_NAME['mp3.MP3']
+VIT_ENTRY = registry.BY_NAME['mp3.ViT']
+TINY = ENTRY.configs[0]  # 16x16 images, 4x4 patches (16 tokens), dim 32, depth 2, masking_ratio 0.5
+
+
+def channels_first(x):
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+
+
+def shared_draw(model, x, seed):
+    """(Flax rngs, torch context) drawing the same masking permutation: the registry's input-spec hook."""
+    return ENTRY.inputs.randomness(model, (x,), seed)
+
+
+def torch_loss_and_grads(torch_model, x, draws):
+    torch_model.zero_grad()
+    with draws:
+        loss = torch_model(channels_first(x))
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in torch_model.named_parameters()}
+
+
+@pytest.mark.parametrize('config, size, train', [
+    # another grid, one channel, no classes in the encoder's unused head; training mode (no dropout)
+    (dict(vit=ViT(num_classes=0, image_size=(8, 12), patch_size=(2, 4), dim=12, depth=2, heads=3, mlp_dim=16,
+                  dim_head=4, channels=1), masking_ratio=0.3), (8, 12), True),
+    # an input smaller than image_size: 6 tokens, labels 0..5 of 16 classes
+    (TINY, (8, 12), False),
+    # int(0.05 * 16) = 0 masked tokens: every token is context
+    ({**TINY, 'masking_ratio': 0.05}, (16, 16), False),
+], ids=['grid', 'smaller-input', 'none-masked'])
+def test_loss_and_gradients_match_torch_given_the_same_draw(config, size, train):
+    model, variables, torch_model = converted_pair(ENTRY, config)
+    x = images((3, *size, model.channels), seed=1)
+    rngs, draws = shared_draw(model, x, seed=4)
+    expected_loss, expected_grads = torch_loss_and_grads(torch_model, x, draws)
+
+    loss_fn = lambda p: model.apply({'params': p}, x, train=train, rngs={**rngs, 'dropout': jax.random.key(0)})
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
+    assert_close_outputs(loss, expected_loss, ENTRY.tolerance)
+
+    flax_grads = converters.to_torch(model, {'params': grads}, as_numpy=True)
+    assert flax_grads.keys() == expected_grads.keys()
+    for name, expected in expected_grads.items():
+        if expected is None:  # the encoder's own head: unused by the objective, on both sides
+            assert name.startswith('vit.linear_head.'), name
+            assert not np.any(flax_grads[name]), name
+            continue
+        expected = expected.numpy()
+        scale = float(np.abs(expected).max())
+        assert scale > 0, name
+        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+
+
+def test_masking_stream_even_in_eval_mode():
+    model = ENTRY.build(0)
+    variables = init_variables(model)
+    x = images((2, 16, 16, 3))
+    loss = lambda seed: float(apply(model, variables, x, rngs={mp3.MASKING: jax.random.key(seed)}))
+    assert loss(1) == loss(1) and loss(1) != loss(2)
+    assert mp3.RNG_STREAMS == ('masking',)
+    with pytest.raises(Exception, match='masking'):
+        model.apply(variables, x)  # torch draws in every forward: so does the port, from its own stream
+
+    # the draw needs no parameters: uniform noise (batch, tokens) whose argsort is the permutation
+    noise = model.apply({}, x, rngs={mp3.MASKING: jax.random.key(1)}, method=MP3.masking_noise)
+    assert noise.shape == (2, 16) and 0 <= noise.min() and noise.max() < 1
+    assert len(np.unique(np.asarray(noise))) == 32
+
+
+def test_dropout_only_in_training():
+    model = ENTRY.build(1)  # the encoder has dropout=0.1
+    variables = init_variables(model)
+    x = images((2, 12, 16, 2))
+    masking = {mp3.MASKING: jax.random.key(3)}
+    eval_loss = apply(model, variables, x, rngs=masking)
+    train = lambda seed: apply(model, variables, x, train=True, rngs={**masking, 'dropout': jax.random.key(seed)})
+    np.testing.assert_array_equal(train(1), train(1))
+    assert train(1) != train(2) and train(1) != eval_loss
+    with pytest.raises(Exception, match='dropout'):
+        model.apply(variables, x, train=True, rngs=masking)
+
+
+def test_encoder_params_are_a_plain_vits_and_export_to_torch():
+    model = ENTRY.build(0)
+    variables = init_variables(model, seed=1)
+    encoder = model.vit
+    plain = jax.eval_shape(encoder.init, jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))['params']
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)
+    assert shapes(variables['params']['vit']) == shapes(plain)
+    assert set(variables['params']) == {'vit', 'mlp_head_0', 'mlp_head_1'}
+    assert variables['params']['mlp_head_1']['kernel'].shape == (32, 16)  # one class per position
+
+    state_dict = converters.to_torch(encoder, {'params': variables['params']['vit']})
+    torch_vit = torch_class(VIT_ENTRY)(**registry.torch_kwargs(encoder)).eval()
+    torch_vit.load_state_dict(state_dict, strict=True)
+    x = images((2, 16, 16, 3), seed=2)
+    assert_close_outputs(apply(encoder, {'params': variables['params']['vit']}, x), torch_forward(torch_vit, x),
+                         VIT_ENTRY.tolerance)
+    # and it is the `vit.` part of the whole objective's state dict
+    whole = converters.to_torch(model, variables)
+    assert {f'vit.{key}' for key in state_dict} == {key for key in whole if key.startswith('vit.')}
+
+
+@pytest.mark.parametrize('ratio', [0, 1, -0.5, 1.5])
+def test_masking_ratio_outside_zero_one_is_refused(ratio):
+    with pytest.raises(AssertionError):  # as torch's assert
+        torch_class(ENTRY)(vit=registry.torch_keywords(dict(vit=TINY['vit']))['vit'], masking_ratio=ratio)
+    with pytest.raises(ValueError, match=f'masking_ratio={ratio}'):
+        MP3(vit=TINY['vit'], masking_ratio=ratio)
+
+
+def test_encoder_must_be_an_mp3_vit():
+    other = vit.ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=1, heads=4, mlp_dim=64)
+    with pytest.raises(ValueError, match='vit_flax.vit.ViT'):
+        MP3(vit=other, masking_ratio=0.5)
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((1, 20, 16, 3), r'shape \(1, 20, 16, 3\) has 20 patches, more than the 16 positions'),
+    ((1, 16, 16, 1), r'expected 3 channels \(channels-last input\), got shape \(1, 16, 16, 1\)'),
+    ((16, 16, 3), r'expected images of shape \(batch, height, width, channels\)'),
+    ((1, 14, 16, 3), r'image of size \(14, 16\) is not divisible by patch size \(4, 4\)'),
+])
+def test_bad_inputs_name_the_shape(shape, message):
+    with pytest.raises(ValueError, match=message):
+        ENTRY.build(0).init(jax.random.key(0), np.zeros(shape, np.float32))
+
+
+def test_more_patches_than_positions_fails_in_torch_too():
+    torch_model = torch_class(ENTRY)(**registry.torch_keywords(TINY)).eval()
+    with pytest.raises((IndexError, RuntimeError)):
+        torch_forward(torch_model, images((1, 20, 16, 3)))  # labels up to 19 for 16 classes
+
+
+def random_config(rng):
+    """A random MP3 configuration the torch class accepts, and an input size no larger (in patches)."""
+    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    grid = (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
+    encoder = ViT(num_classes=int(rng.integers(0, 5)), image_size=(patch[0] * grid[0], patch[1] * grid[1]),
+                  patch_size=patch, dim=4 * int(rng.integers(2, 7)), depth=int(rng.integers(1, 3)),
+                  heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 40)), channels=int(rng.integers(1, 4)),
+                  dim_head=int(rng.integers(1, 12)))
+    config = dict(vit=encoder, masking_ratio=float(rng.uniform(0.05, 0.95)))
+    input_grid = (int(rng.integers(1, grid[0] + 1)), int(rng.integers(1, grid[1] + 1)))
+    return config, (input_grid[0] * patch[0], input_grid[1] * patch[1])
+
+
+def test_parity_on_random_configurations():
+    """Six random configurations: patch and image sizes, channels, widths, depths, masking ratios, inputs."""
+    rng = np.random.default_rng(2024)
+    for _ in range(6):
+        config, size = random_config(rng)
+        model, variables, torch_model = converted_pair(ENTRY, config)
+        x = images((2, *size, model.channels), seed=int(rng.integers(1 << 30)))
+        rngs, draws = shared_draw(model, x, seed=int(rng.integers(1 << 30)))
+        with draws:
+            expected = torch_forward(torch_model, x)
+        try:
+            assert_close_outputs(apply(model, variables, x, rngs=rngs), expected, ENTRY.tolerance)
+        except AssertionError as error:
+            raise AssertionError(f'{config}, input {size}: {error}') from None

@@ -1,0 +1,60 @@
+"""Pretraining and distillation through the trainer (`config.objective`): the loss falls on the embedded digits,
+the checkpoint's encoder exports to vit-pytorch as a plain model, DINO's teacher follows the student."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from converters.__main__ import export
+from tests.conftest import assert_close_outputs, torch_class
+from tests.test_train import losses, tiny_config
+from vit_flax import registry
+from vit_flax.train import build_model, train_and_evaluate
+from vit_flax.training import checkpoint, objectives
+
+
+def pretrain(tmp_path, objective, steps=100, **overrides):
+    config = tiny_config(objective=objective, total_steps=steps, eval_every=steps, checkpoint_every=steps,
+                         learning_rate=3e-3, warmup_steps=10, log_every=5, **overrides)
+    if objective == 'mp3':  # MP3 pretrains its own ViT (sin-cos positions, no cls token or emb_dropout)
+        config.model_name = 'mp3.ViT'
+        del config.model['emb_dropout']
+    metrics = train_and_evaluate(config, tmp_path)
+    return config, metrics, losses(tmp_path)
+
+
+@pytest.mark.parametrize('objective', ['mae', 'simmim', 'mpp', 'mp3'])
+def test_pretraining_lowers_the_loss_and_exports_the_encoder(tmp_path, objective):
+    config, metrics, curve = pretrain(tmp_path, objective)
+    assert set(metrics) == {'eval_loss'} and np.isfinite(metrics['eval_loss'])
+    assert np.mean(curve[-4:]) < 0.8 * np.mean(curve[:2]), curve
+
+    # the encoder inside the objective exports as the configured vit-pytorch model
+    out = export(tmp_path, tmp_path / 'encoder.safetensors')
+    entry = registry.BY_NAME[config.model_name]
+    torch_model = torch_class(entry)(**registry.torch_keywords(config.model.to_dict()))
+    torch_model.load_state_dict(load_file(out), strict=True)
+    encoder = objectives.encoder_variables(objective, checkpoint.restore_variables(tmp_path))
+    images = np.random.default_rng(0).standard_normal((2, 8, 8, 1), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch_model.eval()(torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))))
+    assert_close_outputs(build_model(config).apply(encoder, images), expected, entry.tolerance)
+
+
+def test_unknown_objective_keyword_is_named(tmp_path):
+    with pytest.raises(TypeError, match='masking_rate'):
+        pretrain(tmp_path, 'mae', steps=2, objective_kwargs={'masking_rate': 0.5})
+
+
+def test_distillation_from_a_trained_teacher(tmp_path):
+    teacher_dir = tmp_path / 'teacher'
+    train_and_evaluate(tiny_config(total_steps=30, eval_every=30, checkpoint_every=30), teacher_dir)
+    config = tiny_config(model_name='distill.DistillableViT', objective='distill', total_steps=30, eval_every=30,
+                         checkpoint_every=30, objective_kwargs={'teacher_workdir': str(teacher_dir), 'hard': True})
+    metrics = train_and_evaluate(config, tmp_path / 'student')
+    assert np.isfinite(metrics['eval_loss'])
+    curve = losses(tmp_path / 'student')
+    assert np.mean(curve[-5:]) < np.mean(curve[:3]), curve
+    with pytest.raises(ValueError, match='teacher_workdir'):
+        train_and_evaluate(tiny_config(model_name='distill.DistillableViT', objective='distill'), tmp_path / 'none')
