@@ -29,7 +29,7 @@ VIT = ViT(image_size=16, patch_size=8, num_classes=5, dim=16, depth=1, heads=2, 
 CVT = CvT(num_classes=3, s1_emb_dim=8, s1_emb_kernel=3, s1_emb_stride=2, s1_heads=1, s2_emb_dim=12, s2_heads=2,
           s2_depth=1, s3_emb_dim=8, s3_heads=1, s3_depth=1, s3_emb_stride=2)
 
-CONFIGS = {  # the first two are fast tests, the rest go to the slow sweep
+CONFIGS = {  # the first is a fast test, the rest run with `make test-slow`
     # the transformer's tokens (3-D hidden output, flattened (n d))
     'vit-transformer': dict(net=VIT, image_size=16, hidden_layer='transformer', projection_hidden_size=12,
                             projection_layers=2, num_classes_K=20, **IDENTITY),
@@ -103,7 +103,8 @@ def check_against_torch(name):
                                   np.asarray(variables['buffers']['teacher_centers']))
 
 
-@pytest.mark.parametrize('name', list(CONFIGS)[:2])
+# the CvT case compiles for 15 s: it runs with `make test-slow`
+@pytest.mark.parametrize('name', [list(CONFIGS)[0], pytest.param(list(CONFIGS)[1], marks=pytest.mark.slow)])
 def test_loss_gradients_and_centers_match_torch(name):
     check_against_torch(name)
 
@@ -122,6 +123,7 @@ def test_integer_hidden_layers_are_torch_children():
     assert dino._flax_path('transformer.layers.0.1') == ('transformer', 'layers_0_1')
 
 
+@pytest.mark.slow  # compiles for 6-25 s
 def test_train_mode_and_call_temperatures_match_torch():
     """train=True (no dropout in the encoder: the teacher also runs in training mode in torch), temperatures given
     at call time, non-zero teacher centres."""
@@ -137,6 +139,7 @@ def test_train_mode_and_call_temperatures_match_torch():
     assert_same_gradients(model, variables, grads, torch_model)
 
 
+@pytest.mark.slow  # compiles for 6-25 s
 def test_return_embedding_matches_torch():
     model, variables, torch_model = torch_learner(CONFIGS['cvt-layers'])
     x = images((2, 16, 16, 3), seed=6)
@@ -241,6 +244,7 @@ def test_encoder_params_are_a_plain_vit():
     np.testing.assert_allclose(also, expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # compiles for 6-25 s
 def test_draws_come_from_the_named_streams_and_dropout_from_train_mode():
     net = ViT(image_size=16, patch_size=8, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8, dropout=0.3)
     model = Dino(net=net, image_size=16, hidden_layer='to_latent', projection_hidden_size=8, projection_layers=2,
@@ -331,6 +335,7 @@ def test_default_augment_probabilities_zero_and_one():
     np.testing.assert_array_equal(dino.RandomApply(lambda t: t + 1.0, p=0.0).apply({}, x), x)
 
 
+@pytest.mark.slow  # compiles for 6-25 s
 def test_colour_adjustments():
     red = jnp.zeros((1, 1, 1, 3)).at[..., 0].set(1.0)
     np.testing.assert_allclose(dino.adjust_hue(red, jnp.array([1 / 3])), [[[[0.0, 1.0, 0.0]]]], atol=1e-5)

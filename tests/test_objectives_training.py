@@ -58,3 +58,25 @@ def test_distillation_from_a_trained_teacher(tmp_path):
     assert np.mean(curve[-5:]) < np.mean(curve[:3]), curve
     with pytest.raises(ValueError, match='teacher_workdir'):
         train_and_evaluate(tiny_config(model_name='distill.DistillableViT', objective='distill'), tmp_path / 'none')
+
+
+def test_dino_trains_the_student_and_moves_the_teacher_by_ema(tmp_path):
+    import jax
+
+    from vit_flax import data
+    from vit_flax.train import build_trainee
+
+    config, metrics, curve = pretrain(tmp_path, 'dino', steps=10, objective_kwargs={
+        'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2})
+    assert np.isfinite(metrics['eval_loss']) and all(np.isfinite(curve))
+    trained = checkpoint.restore_variables(tmp_path)
+    initial = build_trainee(config, data.dataset_info(config)).init(
+        registry.init_rngs(jax.random.key(config.seed)), np.zeros((1, 8, 8, 1), np.float32))
+    leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
+    teacher, student = leaves(trained['params']['teacher_encoder']), leaves(trained['params']['student_encoder'])
+    teacher_at_init = leaves(initial['params']['teacher_encoder'])
+    np.testing.assert_array_equal(teacher_at_init, leaves(initial['params']['student_encoder']))  # a copy
+    # the teacher moved, by EMA only: part of the way from where it started towards the student
+    assert not np.allclose(teacher, teacher_at_init) and not np.allclose(teacher, student)
+    assert np.abs(teacher - teacher_at_init).max() < np.abs(student - teacher_at_init).max()
+    assert np.abs(np.asarray(trained['buffers']['teacher_centers'])).max() > 0  # centres follow too

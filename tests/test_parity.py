@@ -21,8 +21,13 @@ import converters
 from tests.conftest import apply, assert_close_outputs, init_variables, new_torch_model, randomised_torch_model
 from vit_flax import registry
 
+# `make test` checks the first two configurations of every entry; `make test-slow` the others (the suite must stay
+# under 20 minutes on 2 cores)
+FAST_CONFIGS = 2
+
 CASES = [
-    pytest.param(entry, index, id=f'{entry.name}-{index}', marks=pytest.mark.xdist_group(f'{entry.name}-{index}'))
+    pytest.param(entry, index, id=f'{entry.name}-{index}',
+                 marks=[pytest.mark.xdist_group(f'{entry.name}-{index}'), *([pytest.mark.slow] * (index >= FAST_CONFIGS))])
     for entry in registry.ENTRIES
     for index in range(len(entry.configs))
 ]

@@ -206,10 +206,17 @@ def default_augment(key, images, color_jitter_p=0.3, grayscale_p=0.2, flip_p=0.5
     images = jnp.where(_per_image(_uniform_per_image(keys[1], batch) < color_jitter_p, images), jittered, images)
     gray = jnp.broadcast_to(rgb_to_grayscale(images), images.shape)
     images = jnp.where(_per_image(_uniform_per_image(keys[2], batch) < grayscale_p, images), gray, images)
-    images = jnp.where(_per_image(_uniform_per_image(keys[3], batch) < flip_p, images), images[:, :, ::-1], images)
-    blurred = gaussian_blur(images, _uniform_per_image(keys[4], batch, *blur_sigma))
-    images = jnp.where(_per_image(_uniform_per_image(keys[5], batch) < blur_p, images), blurred, images)
+    images = flip_and_blur(keys[3], images, flip_p, blur_p, blur_sigma)
     return (images - jnp.asarray(mean, images.dtype)) / jnp.asarray(std, images.dtype)
+
+
+def flip_and_blur(key, images, flip_p=0.5, blur_p=0.2, blur_sigma=(1.0, 2.0)):
+    """The channel-agnostic part of `default_augment`, per image: horizontal flip, then Gaussian blur."""
+    batch = images.shape[0]
+    keys = jax.random.split(key, 3)
+    images = jnp.where(_per_image(_uniform_per_image(keys[0], batch) < flip_p, images), images[:, :, ::-1], images)
+    blurred = gaussian_blur(images, _uniform_per_image(keys[1], batch, *blur_sigma))
+    return jnp.where(_per_image(_uniform_per_image(keys[2], batch) < blur_p, images), blurred, images)
 
 
 class DefaultAugment(nn.Module):
@@ -218,6 +225,16 @@ class DefaultAugment(nn.Module):
     @nn.compact
     def __call__(self, images):
         return default_augment(self.make_rng(AUGMENT), images)
+
+
+class FlipAndBlur(nn.Module):
+    """`flip_and_blur` as a module drawing from the 'augment' stream: for images of any channel count that are
+    already normalised (the trainer's), where the default's colour jitter, grayscale and ImageNet Normalize do
+    not apply."""
+
+    @nn.compact
+    def __call__(self, images):
+        return flip_and_blur(self.make_rng(AUGMENT), images)
 
 
 class RandomApply(nn.Module):

@@ -49,6 +49,13 @@ class Objective:
         return tuple(getattr(self.flax_module(), 'RNG_STREAMS', ()))
 
 
+def _dino_derived(info):
+    """The trainer's images are normalised already and may not be RGB: flips and blurs only (dino.FlipAndBlur)."""
+    from vit_flax import dino
+
+    return dict(image_size=info.image_size[0], augment_fn=dino.FlipAndBlur(), augment_fn2=dino.FlipAndBlur())
+
+
 def _mpp_derived(model, info):
     return dict(patch_size=model.patch_size, dim=model.dim, channels=info.channels,
                 mean=list(info.mean), std=list(info.std))
@@ -65,7 +72,7 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
               dict(hidden_layer='to_latent', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
                    student_temp=0.9, teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
                    moving_average_decay=0.9, center_moving_average_decay=0.9),
-              derived=lambda model, info: dict(image_size=info.image_size[0]),
+              derived=lambda model, info: _dino_derived(info),
               ema_keywords=('moving_average_decay', 'center_moving_average_decay')),
     Objective('esvit', 'es_vit', 'EsViTTrainer', 'net',
               dict(hidden_layer='to_latent', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
