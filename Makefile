@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow demo readme-table clean
+.PHONY: test test-slow demo pretrain-demo readme-table clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q
 
-# random-configuration sweeps of every architecture against vit-pytorch, and the multi-device training runs
+# the slower half: random-configuration sweeps of every architecture against vit-pytorch, registry configurations
+# beyond each entry's first two, the multi-device training runs and the slowest objective checks
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
 
@@ -29,6 +30,19 @@ demo: $(STAMP)
 	$(PY) -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=demo_out/digits
 	$(PY) -m converters export --workdir=demo_out/digits --out=demo_out/digits.safetensors
 	$(PY) -m vit_flax.demo --weights=demo_out/digits.safetensors
+
+# MAE pretraining on the digits, then linear probes and 300-step fine-tunes of the MAE and a fresh encoder
+DIGITS := $(PY) -m vit_flax.train --config=vit_flax/configs/digits.py --config.progress_bar=False
+pretrain-demo: $(STAMP)
+	rm -rf demo_out/mae demo_out/mae_encoder demo_out/finetune_scratch demo_out/finetune_mae
+	$(DIGITS) --workdir=demo_out/mae --config.objective=mae --config.total_steps=1000
+	$(PY) -m converters export --workdir=demo_out/mae --out=demo_out/mae_encoder.safetensors
+	$(PY) -m converters import --weights=demo_out/mae_encoder.safetensors --out=demo_out/mae_encoder
+	$(PY) -m vit_flax.probe --workdir=demo_out/mae --random
+	$(PY) -m vit_flax.probe --workdir=demo_out/mae
+	$(DIGITS) --workdir=demo_out/finetune_scratch --config.total_steps=300 --config.eval_every=300
+	$(DIGITS) --workdir=demo_out/finetune_mae --config.total_steps=300 --config.eval_every=300 \
+	    --config.init_from=$(CURDIR)/demo_out/mae_encoder
 
 readme-table: $(STAMP)
 	$(PY) -m vit_flax.registry --write README.md

@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vit_flax import registry
@@ -42,3 +44,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace['video_preds'].shape == (2, 10)
     assert namespace['navit_preds'].shape == namespace['grouped_preds'].shape == (5, 10)
     np.testing.assert_allclose(namespace['packed_preds'], namespace['navit_preds'], atol=1e-5)
+    # MAE: a loss, gradients for every parameter, the encoder's variables a plain ViT's
+    assert np.isfinite(float(namespace['mae_loss']))
+    assert set(namespace['pretrained_encoder']['params']) == set(
+        namespace['encoder'].init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params'])
