@@ -202,10 +202,26 @@ def torch_draws(noise):
     return mock.patch.object(torch, 'rand', rand)
 
 
+class WrapsEncoder:
+    """What MAE and SimMIM share as wrappers of a vit.ViT `encoder`: torch's second names of its patch embedding
+    (PATCH_TO_EMB_ALIASES), and its image keywords for the registry's example inputs and the converters."""
+
+    def torch_aliases(self) -> dict[str, str]:
+        return dict(PATCH_TO_EMB_ALIASES)
+
+    @property
+    def image_size(self):
+        return self.encoder.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.encoder.channels
+
+
 # main class
 
 
-class MAE(nn.Module):
+class MAE(WrapsEncoder, nn.Module):
     encoder: vit.ViT
     decoder_dim: int
     masking_ratio: float = 0.75
@@ -216,20 +232,6 @@ class MAE(nn.Module):
     def __post_init__(self):
         check_encoder('MAE', self.encoder, self.masking_ratio)
         super().__post_init__()
-
-    def torch_aliases(self) -> dict[str, str]:
-        """torch's second names of the encoder's patch embedding (see PATCH_TO_EMB_ALIASES)."""
-        return dict(PATCH_TO_EMB_ALIASES)
-
-    # the encoder's image keywords, for the registry's example inputs and the converters
-
-    @property
-    def image_size(self):
-        return self.encoder.image_size
-
-    @property
-    def channels(self) -> int:
-        return self.encoder.channels
 
     def setup(self):
         encoder = self.encoder

@@ -48,7 +48,7 @@ from vit_flax import vit
 from vit_flax.layers import Linear, pair, randn
 from vit_flax.mae import (
     MASKING,
-    PATCH_TO_EMB_ALIASES,
+    WrapsEncoder,
     call_in_scope,
     check_encoder,
     create_head_at_init,
@@ -69,25 +69,13 @@ def torch_runs_on_2d_pos_embedding():
     return torch_uses_3d_pos_embedding(import_vit_pytorch('vit_pytorch.simmim').SimMIM, pad_mean_pool=True)
 
 
-class SimMIM(nn.Module):
+class SimMIM(WrapsEncoder, nn.Module):
     encoder: vit.ViT
     masking_ratio: float = 0.5
 
     def __post_init__(self):
         check_encoder('SimMIM', self.encoder, self.masking_ratio)
         super().__post_init__()
-
-    def torch_aliases(self) -> dict[str, str]:
-        """torch's second names of the encoder's patch embedding (see mae.PATCH_TO_EMB_ALIASES)."""
-        return dict(PATCH_TO_EMB_ALIASES)
-
-    @property
-    def image_size(self):
-        return self.encoder.image_size
-
-    @property
-    def channels(self) -> int:
-        return self.encoder.channels
 
     def masking_noise(self, img):
         """The uniform noise (batch, num_patches) whose largest entries mask the patches of a call on `img` with
