@@ -1,6 +1,9 @@
 """Pretraining and distillation through the trainer (`config.objective`): the loss falls on the embedded digits,
-the checkpoint's encoder exports to vit-pytorch as a plain model, DINO's teacher follows the student."""
+the checkpoint's encoder exports to vit-pytorch as a plain model, DINO's and EsViT's teachers follow the
+student."""
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -9,8 +12,9 @@ from safetensors.torch import load_file
 from converters.__main__ import export
 from tests.conftest import assert_close_outputs, torch_class
 from tests.test_train import losses, tiny_config
-from vit_flax import registry
-from vit_flax.train import build_model, train_and_evaluate
+from vit_flax import data, registry
+from vit_flax.probe import probe_workdir
+from vit_flax.train import build_model, build_trainee, train_and_evaluate
 from vit_flax.training import checkpoint, objectives
 
 
@@ -30,15 +34,22 @@ def test_pretraining_lowers_the_loss_and_exports_the_encoder(tmp_path, objective
     assert set(metrics) == {'eval_loss'} and np.isfinite(metrics['eval_loss'])
     assert np.mean(curve[-4:]) < 0.8 * np.mean(curve[:2]), curve
 
-    # the encoder inside the objective exports as the configured vit-pytorch model
-    out = export(tmp_path, tmp_path / 'encoder.safetensors')
+    assert_exports_as_the_model(config, tmp_path)
+    if objective == 'mae':  # the linear probe reads the pretrained encoder (README: make pretrain-demo)
+        assert 0.3 < probe_workdir(tmp_path) <= 1.0
+
+
+def assert_exports_as_the_model(config, workdir):
+    """`converters export` writes the model inside the objective: it loads strictly into its vit-pytorch class and
+    gives the same outputs as the Flax model on the checkpoint's variables."""
+    out = export(workdir, workdir / 'encoder.safetensors')
     entry = registry.BY_NAME[config.model_name]
-    torch_model = torch_class(entry)(**registry.torch_keywords(config.model.to_dict()))
+    torch_model = torch_class(entry)(**registry.torch_keywords(config.model.to_dict())).eval()
     torch_model.load_state_dict(load_file(out), strict=True)
-    encoder = objectives.encoder_variables(objective, checkpoint.restore_variables(tmp_path))
+    encoder = objectives.encoder_variables(config.objective, checkpoint.restore_variables(workdir))
     images = np.random.default_rng(0).standard_normal((2, 8, 8, 1), dtype=np.float32)
     with torch.no_grad():
-        expected = torch_model.eval()(torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))))
+        expected = torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))))
     assert_close_outputs(build_model(config).apply(encoder, images), expected, entry.tolerance)
 
 
@@ -60,23 +71,40 @@ def test_distillation_from_a_trained_teacher(tmp_path):
         train_and_evaluate(tiny_config(model_name='distill.DistillableViT', objective='distill'), tmp_path / 'none')
 
 
-def test_dino_trains_the_student_and_moves_the_teacher_by_ema(tmp_path):
-    import jax
-
-    from vit_flax import data
-    from vit_flax.train import build_trainee
-
-    config, metrics, curve = pretrain(tmp_path, 'dino', steps=10, objective_kwargs={
-        'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2})
-    assert np.isfinite(metrics['eval_loss']) and all(np.isfinite(curve))
-    trained = checkpoint.restore_variables(tmp_path)
+def assert_teacher_follows_student_by_ema(config, workdir, centres):
+    """DINO / EsViT: the teacher starts as a copy of the student and moves part of the way towards it (EMA, not
+    the optimiser); the centres move off zero; the student's network exports as the configured model."""
     initial = build_trainee(config, data.dataset_info(config)).init(
         registry.init_rngs(jax.random.key(config.seed)), np.zeros((1, 8, 8, 1), np.float32))
+    trained = checkpoint.restore_variables(workdir)
     leaves = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
     teacher, student = leaves(trained['params']['teacher_encoder']), leaves(trained['params']['student_encoder'])
     teacher_at_init = leaves(initial['params']['teacher_encoder'])
-    np.testing.assert_array_equal(teacher_at_init, leaves(initial['params']['student_encoder']))  # a copy
-    # the teacher moved, by EMA only: part of the way from where it started towards the student
+    np.testing.assert_array_equal(teacher_at_init, leaves(initial['params']['student_encoder']))
     assert not np.allclose(teacher, teacher_at_init) and not np.allclose(teacher, student)
     assert np.abs(teacher - teacher_at_init).max() < np.abs(student - teacher_at_init).max()
-    assert np.abs(np.asarray(trained['buffers']['teacher_centers'])).max() > 0  # centres follow too
+    for name in centres:
+        assert np.abs(np.asarray(trained['buffers'][name])).max() > 0, name
+    assert_exports_as_the_model(config, workdir)
+
+
+def test_dino_trains_the_student_and_moves_the_teacher_by_ema(tmp_path):
+    config, metrics, curve = pretrain(tmp_path, 'dino', steps=10, objective_kwargs={
+        'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2})
+    assert np.isfinite(metrics['eval_loss']) and all(np.isfinite(curve))
+    assert_teacher_follows_student_by_ema(config, tmp_path, ['teacher_centers'])
+
+
+@pytest.mark.slow  # 40 s
+def test_esvit_trains_a_cvt_and_moves_the_teacher_by_ema(tmp_path):
+    """EsViT on a tiny CvT (8x8 one-channel digits -> a 2 x 2 feature map, hidden_layer='layers')."""
+    config = tiny_config(objective='esvit', total_steps=4, eval_every=4, checkpoint_every=4, learning_rate=3e-3,
+                         warmup_steps=2, log_every=1, objective_kwargs={
+                             'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2})
+    config.model_name = 'cvt.CvT'
+    config.model = ml_collections.ConfigDict(dict(
+        num_classes=10, channels=1, s1_emb_dim=16, s1_emb_kernel=3, s1_emb_stride=2, s2_emb_dim=16, s2_heads=1,
+        s2_depth=1, s3_emb_dim=16, s3_heads=1, s3_depth=1, s3_emb_stride=1))
+    metrics = train_and_evaluate(config, tmp_path)
+    assert np.isfinite(metrics['eval_loss']) and all(np.isfinite(losses(tmp_path)))
+    assert_teacher_follows_student_by_ema(config, tmp_path, ['teacher_view_centers', 'teacher_region_centers'])

@@ -49,6 +49,7 @@ from vit_flax import na_vit, na_vit_nested_tensor
 from vit_flax import mae, simmim
 from vit_flax import mpp
 from vit_flax import dino
+from vit_flax import es_vit
 
 # example inputs
 
@@ -287,6 +288,15 @@ class CroppedImages(Images):
 
     def torch_construction(self):
         return dino.torch_transforms()
+
+
+@dataclasses.dataclass(frozen=True)
+class EsViTImages(CroppedImages):
+    """CroppedImages for es_vit.EsViTTrainer, whose vit-pytorch constructor's training-mode mock forward also counts
+    batches in a CvT's BatchNorms: `torch_construction()` (es_vit.torch_construction) resets those counters."""
+
+    def torch_construction(self):
+        return es_vit.torch_construction()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1097,6 +1107,34 @@ ENTRIES: tuple[Entry, ...] = (
               "augmentations and random resized crops, student and EMA teacher (`update_moving_average`, "
               "`trainable_mask`); `params['student_encoder']['net']` is the plain encoder's; hidden layer by name "
               "or index (`to_latent`, a method such as CvT's `layers`, a submodule)",
+    ),
+    Entry(
+        name='es_vit.EsViTTrainer',
+        flax_class=es_vit.EsViTTrainer,
+        paper='Efficient Self-supervised Vision Transformers for Representation Learning (Li et al., 2021)',
+        # as dino.Dino's: augmentation off on both sides, crops shared through CroppedImages, num_classes_K < 64;
+        # torch's L2Norm normalises the region projector over its features (es_vit.torch_l2norm_over_features)
+        configs=(
+            dict(net=CvT(num_classes=3, s1_emb_dim=8, s1_emb_kernel=3, s1_emb_stride=2, s1_heads=1, s2_emb_dim=12,
+                         s2_heads=2, s2_depth=1, s3_emb_dim=8, s3_heads=1, s3_depth=1, s3_emb_stride=2),
+                 image_size=16, hidden_layer='layers', projection_hidden_size=12, projection_layers=2,
+                 num_classes_K=32, augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
+                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+            # default hidden layer (-2: CvT's layers), a 3 x 3 map, 3-layer projector, other temperatures and scales
+            dict(net=CvT(num_classes=2, s1_emb_dim=6, s1_emb_kernel=3, s1_emb_stride=2, s1_heads=1, s2_emb_dim=8,
+                         s2_heads=1, s2_depth=1, s2_kv_proj_stride=1, s3_emb_dim=10, s3_heads=2, s3_depth=1,
+                         s3_emb_stride=1, s3_proj_kernel=1),
+                 image_size=12, projection_hidden_size=8, projection_layers=3, num_classes_K=24, student_temp=0.5,
+                 teacher_temp=0.07, local_upper_crop_scale=0.3, global_lower_crop_scale=0.6,
+                 augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
+                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+        ),
+        inputs=EsViTImages(),
+        torch_context=es_vit.torch_l2norm_over_features,
+        notes="DINO's view loss plus a region loss on a hierarchical encoder's feature map (CvT: hidden_layer="
+              "'layers'); rng streams 'augment' and 'crop' (dino.py's augmentations and crops), EMA teacher "
+              "(`update_moving_average`, `trainable_mask`), `params['student_encoder']['net']` is the plain "
+              "encoder's; vit-pytorch's L2Norm over the region tokens fixed to the feature axis",
     ),
     # new entries go above this line
 )

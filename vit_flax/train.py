@@ -55,9 +55,10 @@ def check_config(config, info: data.DatasetInfo):
     for key, value in wanted.items():
         if key in model and model[key] != value:
             raise ValueError(f'config.model.{key}={model[key]} but dataset {config.dataset!r} has {value} {key}')
-    size = tuple(model.image_size) if isinstance(model.image_size, (list, tuple)) else (model.image_size,) * 2
-    if size != tuple(info.image_size):
-        raise ValueError(f'config.model.image_size={model.image_size} but dataset images are {info.image_size}')
+    if 'image_size' in model:  # models without one (cvt.CvT) take any size
+        size = tuple(model.image_size) if isinstance(model.image_size, (list, tuple)) else (model.image_size,) * 2
+        if size != tuple(info.image_size):
+            raise ValueError(f'config.model.image_size={model.image_size} but dataset images are {info.image_size}')
     devices, processes = jax.device_count(), jax.process_count()
     for name in ('batch_size', 'eval_batch_size'):
         if config[name] % devices:

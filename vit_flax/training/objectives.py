@@ -37,10 +37,12 @@ class Objective:
     uses_labels: bool = False
     # after the optimiser update: variables -> variables (DINO / EsViT move the teacher and centres)
     ema_keywords: tuple[str, ...] = ()
+    # where the model's variables sit in the objective's tree, when not at the keyword (DINO: the student's `net`)
+    nested_path: tuple[str, ...] = ()
 
     @property
     def encoder_path(self) -> tuple[str, ...]:
-        return (self.encoder_keyword,)
+        return self.nested_path or (self.encoder_keyword,)
 
     def flax_module(self):
         return importlib.import_module(f'vit_flax.{self.module}')
@@ -73,13 +75,16 @@ OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
                    student_temp=0.9, teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
                    moving_average_decay=0.9, center_moving_average_decay=0.9),
               derived=lambda model, info: _dino_derived(info),
-              ema_keywords=('moving_average_decay', 'center_moving_average_decay')),
+              ema_keywords=('moving_average_decay', 'center_moving_average_decay'),
+              nested_path=('student_encoder', 'net')),
+    # EsViT projects a hierarchical encoder's feature map: CvT's 'layers' (vit-pytorch's README)
     Objective('esvit', 'es_vit', 'EsViTTrainer', 'net',
-              dict(hidden_layer='to_latent', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
+              dict(hidden_layer='layers', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
                    student_temp=0.9, teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
                    moving_average_decay=0.9, center_moving_average_decay=0.9),
-              derived=lambda model, info: dict(image_size=info.image_size[0]),
-              ema_keywords=('moving_average_decay', 'center_moving_average_decay')),
+              derived=lambda model, info: _dino_derived(info),
+              ema_keywords=('moving_average_decay', 'center_moving_average_decay'),
+              nested_path=('student_encoder', 'net')),
     Objective('distill', 'distill', 'DistillWrapper', 'student', dict(temperature=3.0, alpha=0.5, hard=False),
               uses_labels=True),
 )}
@@ -145,13 +150,16 @@ def encoder_variables(name: str, variables: dict) -> dict:
     """The configured model's variables inside an objective's (what `converters export` writes)."""
     if name == SUPERVISED:
         return variables
-    key = OBJECTIVES[name].encoder_keyword
+    path = OBJECTIVES[name].encoder_path
     out = {}
     for collection, tree in variables.items():
-        if key in tree:
-            out[collection] = tree[key]
+        for key in path:
+            tree = tree.get(key, {}) if hasattr(tree, 'get') else {}
+        if tree:
+            out[collection] = tree
     if 'params' not in out:
-        raise KeyError(f"objective {name!r}: the checkpoint has no params['{key}'] for the model")
+        raise KeyError(f"objective {name!r}: the checkpoint has no params{''.join(f'[{k!r}]' for k in path)} for "
+                       'the model')
     return out
 
 
