@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q --durations=25
 
 # the slower half: random-configuration sweeps of every architecture against vit-pytorch, registry configurations
 # beyond each entry's first two, the multi-device training runs and the slowest objective checks

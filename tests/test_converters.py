@@ -192,7 +192,11 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
 def test_every_architecture_round_trips_through_files(tmp_path, entry):
     """Shapes survive the file formats too, 0-d parameters (learned temperatures) included."""
     model = entry.build(0)
-    variables = init_variables(model)
+    # random arrays of the variables' shapes and dtypes: init is traced, not compiled (a compile per architecture
+    # costs minutes of the suite, and the values do not matter here)
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: model.init(registry.init_rngs(jax.random.key(0)), *registry.example_inputs(model)))
+    variables = jax.tree_util.tree_map(lambda leaf: rng.standard_normal(leaf.shape).astype(leaf.dtype), shapes)
     for suffix in ('.safetensors', '.pt'):
         _, loaded = converters.load_flax(converters.save_torch(tmp_path / f'model{suffix}', model, variables))
         flat, flat_loaded = traverse_util.flatten_dict(variables), traverse_util.flatten_dict(loaded)
