@@ -99,7 +99,7 @@ class Trainer:
     """Holds the compiled steps for one parallelism mode and moves state and batches into its layout."""
 
     def __init__(self, config, model, example_inputs, num_classes):
-        self.tx, self.schedule = make_optimizer(config, trainable=lambda params: objectives.trainable_mask(model, params))
+        self.tx, self.schedule = make_optimizer(config, trainable=objectives.trainable_mask_fn(model))
         self.mesh = sharding.make_mesh(config.mesh if config.parallelism == 'jit' else {'data': -1})
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.abstract = abstract_state(model, self.tx, example_inputs)

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import traverse_util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,14 +126,10 @@ def _apply_teacher(teacher, variables, images):
     return teacher.apply(variables, images)
 
 
-def trainable_mask(module: nn.Module, params) -> Any:
-    """True for the parameters the optimiser moves: all but a module's frozen ones (DINO's teacher), which the
-    objective's file names with `trainable_mask(params)`."""
-    module_file = importlib.import_module(type(module).__module__)
-    if hasattr(module_file, 'trainable_mask'):
-        return module_file.trainable_mask(params)
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({path: True for path in flat})
+def trainable_mask_fn(module: nn.Module) -> Callable[[Any], Any] | None:
+    """params -> a pytree of bools, False for parameters the optimiser must leave alone (DINO's and EsViT's
+    teacher, named by their file's `trainable_mask`); None when every parameter trains."""
+    return getattr(importlib.import_module(type(module).__module__), 'trainable_mask', None)
 
 
 def after_step(name: str, module: nn.Module, variables: dict) -> dict:

@@ -33,6 +33,5 @@ def make_optimizer(config, trainable=None) -> tuple[optax.GradientTransformation
                              mask=weight_decay_mask))
     tx = optax.chain(*parts)
     if trainable is not None:
-        tx = optax.multi_transform({True: tx, False: optax.set_to_zero()},
-                                   lambda params: trainable(params))
+        tx = optax.multi_transform({True: tx, False: optax.set_to_zero()}, trainable)
     return tx, schedule
