@@ -19,6 +19,7 @@ import torch
 
 import converters
 from tests.conftest import _cached, _model_key, converted_pair, images, init_variables, torch_class
+from tests.test_dino import assert_same_gradients
 from vit_flax import dino, es_vit, registry
 from vit_flax.cvt import CvT
 from vit_flax.es_vit import EsViTTrainer
@@ -70,19 +71,6 @@ def loss_and_grads(model, train=False):
         return jax.value_and_grad(loss, has_aux=True)(variables['params'])
 
     return _cached((*_model_key(model), "es_vit loss_and_grads", train), lambda: jax.jit(run))
-
-
-def assert_same_gradients(model, variables, grads, torch_model):
-    flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    largest = max(float(p.grad.abs().max()) for p in torch_model.parameters() if p.grad is not None)
-    for name, p in torch_model.named_parameters():
-        if p.grad is None:  # the teacher, and layers after the hidden layer: no gradient in torch, zero here
-            np.testing.assert_array_equal(flax_grads[name], 0.0, err_msg=name)
-            continue
-        expected = p.grad.double().numpy()
-        scale = float(np.abs(expected).max(initial=0.0))
-        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=max(1e-4 * scale, 1e-7 * largest),
-                                   err_msg=name)
 
 
 def assert_same_loss(flax_loss, torch_loss_):
