@@ -120,7 +120,6 @@ def test_integer_hidden_layers_are_torch_children():
     assert dino.resolve_hidden_layer(VIT, -3) == 'transformer'
     assert dino.resolve_hidden_layer(VIT, -1) == -1
     assert dino.resolve_hidden_layer(VIT, 'transformer.layers.0.1') == 'transformer.layers.0.1'
-    assert dino._flax_path('transformer.layers.0.1') == ('transformer', 'layers_0_1')
 
 
 @pytest.mark.slow  # compiles for 6-25 s

@@ -311,7 +311,7 @@ class ViT(nn.Module):
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         x, token_ids = Transformer(self.dim, self.depth, self.max_tokens_per_depth, self.heads, self.dim_head,
-                                   self.mlp_dim, self.dropout, name='transformer')(x, noise, train)
+                                   self.mlp_dim, self.dropout, name='transformer')(x, noise=noise, train=train)
 
         x = LayerNorm(name='mlp_head_0')(x[:, 0])
         logits = Linear(self.num_classes, name='mlp_head_1')(x)

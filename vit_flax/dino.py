@@ -28,7 +28,8 @@ repeats `student_encoder.net.*` as `net.*`: the converters write that copy on ex
 torch's `learner.update_moving_average()`; `__call__` with `mutable=['buffers']` returns the new
 `last_teacher_centers`, as torch's forward sets it (without `mutable` the buffers are left as they are).
 
-`hidden_layer` (torch hooks a layer of `net` and projects its output, flattened):
+`hidden_layer` (torch hooks a layer of `net` and projects its output, flattened; the names follow
+extractor.layer_call, the Extractor's rule):
 - `-1`: the output of `net` itself.
 - `'to_latent'` (vit-pytorch's nn.Identity before the head): the input of the encoder's head submodule
   (`mlp_head`, `mlp_head_0` or `linear_head`), i.e. the pooled token of vit.ViT and its kin.
@@ -73,6 +74,7 @@ import numpy as np
 from einops import rearrange
 from flax import traverse_util
 
+from vit_flax.extractor import NOT_THIS_LAYER, layer_call
 from vit_flax.layers import Linear, call_plugged_in, default, gelu
 
 AUGMENT = 'augment'  # colour jitter, grayscale, flip, blur
@@ -407,20 +409,6 @@ TORCH_CHILDREN = {  # names of vit-pytorch's `net.children()`, for integer hidde
     'vit.ViT': ('to_patch_embedding', 'dropout', 'transformer', 'to_latent', 'mlp_head'),
     'cvt.CvT': ('layers', 'to_logits'),
 }
-HEAD_NAMES = ('mlp_head', 'mlp_head_0', 'linear_head')
-
-
-def _flax_path(torch_name: str) -> tuple[str, ...]:
-    """'transformer.layers.0.1' -> ('transformer', 'layers_0_1'): integer segments join the preceding name."""
-    path = []
-    for part in torch_name.split('.'):
-        if part.isdigit() and path:
-            path[-1] = f'{path[-1]}_{part}'
-        else:
-            path.append(part)
-    return tuple(path)
-
-
 def resolve_hidden_layer(net: nn.Module, layer) -> str | int:
     """An integer hidden layer as torch's child name (or -1); a ValueError naming it when unknown."""
     if isinstance(layer, bool) or not isinstance(layer, (int, str)):
@@ -460,14 +448,9 @@ class NetWrapper(nn.Module):
             path = context.module.scope.path if context.module.scope is not None else None
             if path is None or net_path is None or path[:len(net_path)] != net_path:
                 return out
-            relative = path[len(net_path):]
-            if layer == 'to_latent':
-                if len(relative) == 1 and relative[0] in HEAD_NAMES and context.method_name == '__call__':
-                    captured.append(args[0])
-            elif not relative and context.method_name == layer:
-                captured.append(out)
-            elif relative == _flax_path(layer) and context.method_name == '__call__':
-                captured.append(out)
+            seen = layer_call(layer, path[len(net_path):], context.method_name, args, out)
+            if seen is not NOT_THIS_LAYER:
+                captured.append(seen)
             return out
 
         net_path = tuple(self.scope.path) + ('net',)

@@ -317,6 +317,18 @@ def attention_weights(q, k, scale: float, mask=None):
     return jax.nn.softmax(dots, axis=-1)
 
 
+# The collection and name under which attention layers sow their post-softmax maps: the path of a map,
+# `intermediates/transformer/layers_0_0/attend`, is the torch module vit-pytorch's Recorder hooks
+# (`transformer.layers.0.0.attend`, an nn.Softmax). Sowing is a no-op unless the caller makes the collection
+# mutable, as recorder.Recorder does.
+ATTENTION_MAPS = 'intermediates'
+
+
+def record_attention_map(module: nn.Module, attn):
+    """Offer `module`'s attention map (batch, heads, n, m), after softmax and before dropout, to recorder.Recorder."""
+    module.sow(ATTENTION_MAPS, 'attend', attn)
+
+
 def check_sincos_dim(dim: int):
     if dim % 4:
         raise ValueError(f'feature dimension must be a multiple of 4 for the sin-cos embedding, got dim={dim}')

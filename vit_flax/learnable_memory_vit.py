@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, exists, pair, randn
+from vit_flax.layers import LayerNorm, Linear, attention_weights, exists, pair, randn, record_attention_map
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
@@ -87,6 +87,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in (q, k, v))
 
         attn = attention_weights(q, k, scale=self.dim_head**-0.5, mask=attn_mask)
+        record_attention_map(self, attn)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, exists, pair, posemb_sincos_2d
+from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, exists, pair, posemb_sincos_2d, record_attention_map
 from vit_flax.distill import cross_entropy
 from vit_flax.vit import FeedForward, check_image_config, patchify  # mp3's FeedForward is vit.py's
 
@@ -83,6 +83,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in (q, k, v))
 
         attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        record_attention_map(self, attn)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

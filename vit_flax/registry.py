@@ -299,6 +299,12 @@ class EsViTImages(CroppedImages):
         return es_vit.torch_construction()
 
 
+# why recorder.Recorder cannot record a kind of model (registry.Entry.not_recordable)
+HIERARCHICAL = ('a hierarchical model: its stages attend over feature maps of different sizes, so the maps '
+                'cannot be stacked')
+OBJECTIVE = 'a training objective that returns a loss: record its encoder instead'
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     name: str  # '<file>.<Class>', the same for vit-flax and vit-pytorch
@@ -314,6 +320,10 @@ class Entry:
     # a context manager factory the parity tests run vit-pytorch under, where its forward needs a fix to be a fair
     # reference (na_vit_nested_tensor: keep autograd through its nested tensors)
     torch_context: Callable[[], Any] | None = None
+    # recorder.Recorder: the architecture's `transformer` is a stack of plain softmax attention layers of one shape,
+    # whose maps are tested against vit-pytorch's Recorder; otherwise `not_recordable` says why not
+    recordable: bool = False
+    not_recordable: str = ''
 
     @property
     def module(self) -> str:
@@ -339,6 +349,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit.ViT',
         flax_class=ViT,
+        recordable=True,
         paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020)',
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -354,6 +365,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='simple_vit.SimpleViT',
         flax_class=SimpleViT,
+        recordable=True,
         paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022)',
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -367,6 +379,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='parallel_vit.ViT',
         flax_class=ParallelViT,
+        recordable=True,
         paper='Three things everyone should know about Vision Transformers (Touvron et al., 2022)',
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -382,6 +395,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='deepvit.DeepViT',
         flax_class=DeepViT,
+        not_recordable="re-attention mixes the heads' maps after the softmax, which vit-pytorch computes inline "
+                       '(there is no `attend` to hook, so no reference to match)',
         paper='DeepViT: Towards Deeper Vision Transformer (Zhou et al., 2021)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -398,6 +413,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit_for_small_dataset.ViT',
         flax_class=vit_for_small_dataset.ViT,
+        recordable=True,
         paper='Vision Transformer for Small-Size Datasets (Lee et al., 2021)',
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -414,6 +430,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit_for_small_dataset.SPT',
         flax_class=vit_for_small_dataset.SPT,
+        not_recordable='a patch tokenizer, with no attention',
         paper='Vision Transformer for Small-Size Datasets (Lee et al., 2021)',
         configs=(
             dict(dim=32, patch_size=4),
@@ -426,6 +443,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='cait.CaiT',
         flax_class=CaiT,
+        not_recordable='no `transformer`: its patch and class-attention stacks (`patch_transformer`, '
+                       '`cls_transformer`) have maps of different shapes',
         paper='Going deeper with Image Transformers (Touvron et al., 2021)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32,
@@ -441,6 +460,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit_with_patch_merger.ViT',
         flax_class=vit_with_patch_merger.ViT,
+        not_recordable='the patch merger changes the token count mid-stack, so the maps cannot be stacked',
         paper='Learning to Merge Tokens in Vision Transformers (Renggli et al., 2022)',
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8,
@@ -458,6 +478,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit_with_patch_merger.PatchMerger',
         flax_class=vit_with_patch_merger.PatchMerger,
+        not_recordable='a token merger, with no self-attention layers',
         paper='Learning to Merge Tokens in Vision Transformers (Renggli et al., 2022)',
         configs=(
             dict(dim=16, num_tokens_out=4),
@@ -470,6 +491,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='t2t.T2TViT',
         flax_class=T2TViT,
+        recordable=True,
         paper='Tokens-to-Token ViT (Yuan et al., 2021)',
         configs=(
             dict(image_size=16, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8,
@@ -487,6 +509,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='cct.CCT',
         flax_class=CCT,
+        not_recordable='no `transformer` (its encoder is `classifier`), and vit-pytorch computes the softmax '
+                       'inline (there is no `attend` to hook, so no reference to match)',
         paper='Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021)',
         # one token per config; multi-token configs (where `attention_pool.bias` gets no gradient) are tested in
         # tests/test_cct.py
@@ -508,6 +532,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='mp3.ViT',
         flax_class=mp3.ViT,
+        recordable=True,
         paper='Position Prediction as an Effective Pretraining Strategy (Zhai et al., 2022)',
         configs=(
             dict(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -523,6 +548,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='cross_vit.CrossViT',
         flax_class=CrossViT,
+        not_recordable='no `transformer`: two scales and cross attention give maps of several shapes '
+                       "(Extractor(model, layer_name='multi_scale_encoder') gives both scales' embeddings)",
         paper='CrossViT: Cross-Attention Multi-Scale Vision Transformer (Chen et al., 2021)',
         configs=(
             dict(image_size=16, num_classes=10, sm_dim=16, lg_dim=32, sm_patch_size=4, sm_enc_depth=1,
@@ -546,6 +573,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='pit.PiT',
         flax_class=PiT,
+        not_recordable=HIERARCHICAL,
         paper='Rethinking Spatial Dimensions of Vision Transformers (Heo et al., 2021)',
         configs=(
             dict(image_size=12, patch_size=4, num_classes=10, dim=16, depth=(1, 1), heads=2, mlp_dim=32, dim_head=8),
@@ -562,6 +590,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='efficient.ViT',
         flax_class=efficient.ViT,
+        recordable=True,
         paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), any (efficient) transformer plugged in',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32,
@@ -577,6 +606,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='distill.DistillableViT',
         flax_class=distill.DistillableViT,
+        recordable=True,
         paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -591,6 +621,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='distill.DistillableT2TViT',
         flax_class=distill.DistillableT2TViT,
+        recordable=True,
         paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
         configs=(
             dict(image_size=16, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8,
@@ -606,6 +637,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='distill.DistillableEfficientViT',
         flax_class=distill.DistillableEfficientViT,
+        recordable=True,
         paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32,
@@ -621,6 +653,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='distill.DistillWrapper',
         flax_class=distill.DistillWrapper,
+        not_recordable=OBJECTIVE,
         paper='Training data-efficient image transformers & distillation through attention (Touvron et al., 2020)',
         configs=(
             dict(teacher=ViT(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16,
@@ -641,6 +674,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='cvt.CvT',
         flax_class=CvT,
+        not_recordable=HIERARCHICAL,
         paper='CvT: Introducing Convolutions to Vision Transformers (Wu et al., 2021)',
         # single-key attention (its query projection then gets no gradient) is tested in tests/test_cvt.py
         configs=(
@@ -665,6 +699,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='ats_vit.ViT',
         flax_class=ats_vit.ViT,
+        not_recordable='adaptive token sampling drops tokens between layers, so the maps cannot be stacked',
         paper='Adaptive Token Sampling For Efficient Vision Transformers (Fayyaz et al., 2021)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, max_tokens_per_depth=(8, 4), heads=4,
@@ -685,6 +720,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='learnable_memory_vit.ViT',
         flax_class=learnable_memory_vit.ViT,
+        recordable=True,
         paper='Fine-tuning Image Transformers using Learnable Memory (Sandler et al., 2022)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -698,6 +734,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='learnable_memory_vit.Adapter',
         flax_class=learnable_memory_vit.Adapter,
+        not_recordable="no `transformer` of its own: it runs the wrapped ViT's with memory tokens (record the "
+                       'ViT itself)',
         paper='Fine-tuning Image Transformers using Learnable Memory (Sandler et al., 2022)',
         configs=(
             dict(vit=learnable_memory_vit.ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4,
@@ -714,6 +752,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='levit.LeViT',
         flax_class=LeViT,
+        not_recordable=HIERARCHICAL,
         paper="LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference (Graham et al., 2021)",
         # image_size=16: every attention sees one key; multi-token maps (where the key BatchNorm's bias gets no
         # gradient) are tested in tests/test_levit.py
@@ -731,6 +770,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='scalable_vit.ScalableViT',
         flax_class=scalable_vit.ScalableViT,
+        not_recordable=HIERARCHICAL,
         paper='ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer (Yang et al., 2022)',
         # every attention sees at least two keys; a single key is tested in tests/test_scalable_vit.py
         configs=(
@@ -749,6 +789,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='sep_vit.SepViT',
         flax_class=sep_vit.SepViT,
+        not_recordable=HIERARCHICAL,
         paper='SepViT: Separable Vision Transformer (Li et al., 2022)',
         # vit-pytorch's DSSA always uses 7 x 7 windows: 28 x 28 per stage gives one window in the last stage and
         # 2 x 2, 4 x 4 ... windows before it, so both the early return and the point-wise attention are compared
@@ -766,6 +807,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='twins_svt.TwinsSVT',
         flax_class=twins_svt.TwinsSVT,
+        not_recordable=HIERARCHICAL,
         paper='Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., 2021)',
         # every local window and every global attention sees at least two keys; one key is tested in
         # tests/test_twins_svt.py
@@ -793,6 +835,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='max_vit.MaxViT',
         flax_class=max_vit.MaxViT,
+        not_recordable=HIERARCHICAL,
         paper='MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022)',
         # (32, 64) -> stem 16 x 32 -> stages 8 x 16, 4 x 8; windows of one pixel (no gradient for the queries,
         # keys and position bias), three stages and other sizes are tested in tests/test_max_vit.py
@@ -810,6 +853,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='xcit.XCiT',
         flax_class=xcit.XCiT,
+        not_recordable='cross-covariance attention attends over feature channels, not tokens, and no '
+                       '`transformer`',
         paper='XCiT: Cross-Covariance Image Transformers (El-Nouby et al., 2021)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32,
@@ -826,6 +871,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='mobile_vit.MobileViT',
         flax_class=mobile_vit.MobileViT,
+        not_recordable=HIERARCHICAL,
         paper='MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer (Mehta & Rastegari, 2021)',
         # the last MobileViT block sees a 1/32 map: every config keeps >= 2 tokens per patch position there
         configs=(
@@ -843,6 +889,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='crossformer.CrossFormer',
         flax_class=crossformer.CrossFormer,
+        not_recordable=HIERARCHICAL,
         paper='CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention (Wang et al., 2021)',
         # every window is 1 x 1; windowed attention (parity, gradients) is tested in tests/test_crossformer.py
         configs=(
@@ -863,6 +910,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='regionvit.RegionViT',
         flax_class=regionvit.RegionViT,
+        not_recordable=HIERARCHICAL,
         paper='RegionViT: Regional-to-Local Attention for Vision Transformers (Chen et al., 2021)',
         # 16 x 32 images: local maps 4 x 8 at stage 1, windows shrink in later stages; depths kept small (compile
         # time); two-layer stages and oversized windows are tested in tests/test_regionvit.py
@@ -884,6 +932,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='nest.NesT',
         flax_class=nest.NesT,
+        not_recordable=HIERARCHICAL,
         paper='Nested Hierarchical Transformer (Zhang et al., 2021)',
         configs=(
             dict(image_size=16, patch_size=4, num_classes=10, dim=16, heads=2, num_hierarchies=2, block_repeats=1),
@@ -898,6 +947,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vit_3d.ViT',
         flax_class=vit_3d.ViT,
+        recordable=True,
         paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), on video / volume patches',
         configs=(
             dict(image_size=16, image_patch_size=8, frames=4, frame_patch_size=2, num_classes=10, dim=32, depth=2,
@@ -915,6 +965,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='simple_vit_3d.SimpleViT',
         flax_class=simple_vit_3d.SimpleViT,
+        recordable=True,
         paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), on video / volume patches',
         configs=(
             dict(image_size=16, image_patch_size=8, frames=4, frame_patch_size=2, num_classes=10, dim=24, depth=2,
@@ -932,6 +983,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='cct_3d.CCT',
         flax_class=cct_3d.CCT,
+        not_recordable='no `transformer` (its encoder is `classifier`), and vit-pytorch computes the softmax '
+                       'inline (there is no `attend` to hook, so no reference to match)',
         paper='Escaping the Big Data Paradigm with Compact Transformers (Hassani et al., 2021)',
         # one token per config; multi-token configs (where `attention_pool.bias` gets no gradient) are tested in
         # tests/test_cct_3d.py
@@ -955,6 +1008,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='vivit.ViT',
         flax_class=vivit.ViT,
+        not_recordable='no single `transformer`: the factorised encoders (`spatial_transformer`, '
+                       '`temporal_transformer`) attend over different token counts',
         paper='ViViT: A Video Vision Transformer (Arnab et al., 2021)',
         # both variants x both pools; every temporal attention sees >= 2 frame patches. Masks, fully masked videos
         # and the flash / explicit attention paths are tested in tests/test_vivit.py
@@ -981,6 +1036,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='na_vit.NaViT',
         flax_class=na_vit.NaViT,
+        not_recordable="vit-pytorch computes NaViT's attention with F.scaled_dot_product_attention, which never "
+                       'forms the maps (no reference to match)',
         paper="Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution (Dehghani et al., 2023)",
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -997,6 +1054,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='na_vit_nested_tensor.NaViT',
         flax_class=na_vit_nested_tensor.NaViT,
+        not_recordable="vit-pytorch computes NaViT's attention with F.scaled_dot_product_attention, which never "
+                       'forms the maps (no reference to match)',
         paper="Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution (Dehghani et al., 2023)",
         configs=(
             dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8),
@@ -1011,6 +1070,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='mp3.MP3',
         flax_class=mp3.MP3,
+        not_recordable=OBJECTIVE,
         paper='Position Prediction as an Effective Pretraining Strategy (Zhai et al., 2022)',
         configs=(
             dict(vit=mp3.ViT(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64,
@@ -1026,6 +1086,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='mae.MAE',
         flax_class=mae.MAE,
+        not_recordable=OBJECTIVE,
         paper='Masked Autoencoders Are Scalable Vision Learners (He et al., 2021)',
         configs=(
             dict(encoder=ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=1, heads=2, mlp_dim=32,
@@ -1044,6 +1105,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='simmim.SimMIM',
         flax_class=simmim.SimMIM,
+        not_recordable=OBJECTIVE,
         paper='SimMIM: A Simple Framework for Masked Image Modeling (Xie et al., 2021)',
         configs=(
             dict(encoder=ViT(image_size=16, patch_size=4, num_classes=10, dim=32, depth=1, heads=2, mlp_dim=32,
@@ -1060,6 +1122,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='mpp.MPP',
         flax_class=mpp.MPP,
+        not_recordable=OBJECTIVE,
         paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), masked patch prediction (appendix B.1.2)',
         configs=(
             dict(transformer=ViT(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16,
@@ -1085,6 +1148,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='dino.Dino',
         flax_class=dino.Dino,
+        not_recordable=OBJECTIVE,
         paper='Emerging Properties in Self-Supervised Vision Transformers (Caron et al., 2021)',
         # augmentation off on both sides (RandomApply(L2Norm(), p=0.) is the identity in vit-pytorch too); crops
         # shared through CroppedImages; num_classes_K < 64 keeps init's mock-forward `last_teacher_centers` out of
@@ -1111,6 +1175,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry(
         name='es_vit.EsViTTrainer',
         flax_class=es_vit.EsViTTrainer,
+        not_recordable=OBJECTIVE,
         paper='Efficient Self-supervised Vision Transformers for Representation Learning (Li et al., 2021)',
         # as dino.Dino's: augmentation off on both sides, crops shared through CroppedImages, num_classes_K < 64;
         # torch's L2Norm normalises the region projector over its features (es_vit.torch_l2norm_over_features)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, gelu, pair, posemb_sincos_2d
+from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, gelu, pair, posemb_sincos_2d, record_attention_map
 from vit_flax.vit import check_image_config, patchify
 
 
@@ -45,6 +45,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
 
         attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        record_attention_map(self, attn)
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)
         out = rearrange(out, 'b h n d -> b n (h d)')
         return Linear(self.dim, use_bias=False, name='to_out')(out)

@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, gelu, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, gelu, pair, randn, record_attention_map,
+)
 
 
 class FeedForward(nn.Module):
@@ -52,6 +54,7 @@ class Attention(nn.Module):
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
 
         attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+        record_attention_map(self, attn)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, pair, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, pair, randn, record_attention_map
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
@@ -75,6 +75,7 @@ class LSA(nn.Module):
         n = x.shape[1]
         not_self = ~jnp.eye(n, dtype=bool)  # locality: no token attends to itself
         attn = attention_weights(q, k, scale=jnp.exp(temperature).astype(q.dtype), mask=not_self)
+        record_attention_map(self, attn)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

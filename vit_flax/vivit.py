@@ -240,7 +240,7 @@ class ViViT(nn.Module):
                 if exists(temporal_mask):
                     temporal_mask = jnp.pad(temporal_mask, ((0, 0), (1, 0)), constant_values=True)
 
-            x = transformer(self.temporal_depth, 'temporal_transformer')(x, temporal_mask, train)
+            x = transformer(self.temporal_depth, 'temporal_transformer')(x, mask=temporal_mask, train=train)
 
             x = x[:, 0] if not global_average_pool else reduce(x, 'b f d -> b d', 'mean')
         else:
@@ -248,7 +248,7 @@ class ViViT(nn.Module):
                 self.dim, self.spatial_depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
                 self.use_flash_attn, name='factorized_transformer',
             )
-            x = factorized_transformer(x, temporal_mask, train)
+            x = factorized_transformer(x, mask=temporal_mask, train=train)
 
             x = x[:, 0, 0] if not global_average_pool else reduce(x, 'b f n d -> b d', 'mean')
 
