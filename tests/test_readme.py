@@ -46,5 +46,10 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     np.testing.assert_allclose(namespace['packed_preds'], namespace['navit_preds'], atol=1e-5)
     # MAE: a loss, gradients for every parameter, the encoder's variables a plain ViT's
     assert np.isfinite(float(namespace['mae_loss']))
+    # Recorder and Extractor
+    assert namespace['attns'].shape == (2, 3, 4, 17, 17) and namespace['embeddings'].shape == (2, 17, 64)
+    assert namespace['small_scale'].shape == (2, 17, 32) and namespace['large_scale'].shape == (2, 5, 48)
+    np.testing.assert_array_equal(namespace['recorded_preds'], namespace['small_vit'].apply(
+        namespace['small_variables'], namespace['images']))
     assert set(namespace['pretrained_encoder']['params']) == set(
         namespace['encoder'].init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params'])

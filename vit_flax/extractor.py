@@ -15,6 +15,8 @@ As in vit-pytorch:
 - `layer_save_input=True` gives the tuple of the layer's positional inputs, as a torch forward hook sees them:
   `(x,)` for a transformer called as `transformer(x)`. Flax's `train` flag is not among them (torch has none);
 - a layer called more than once gives what its last call saw;
+- one difference: torch's hook reads a layer's inputs after its forward ran, so a layer that updates its input in
+  place shows the updated tensor (CCT's classifier adds its position embedding with `+=`); here the input as given;
 - `detach=True` (the default) cuts the embeddings from the gradient (torch's `.clone().detach()`);
 - `return_embeddings_only`, in the constructor or the call, returns the embeddings alone;
 - `eject()` returns the model.

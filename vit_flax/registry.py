@@ -1291,13 +1291,15 @@ def torch_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
 def markdown_table() -> str:
     """The README's architecture table."""
     rows = [
-        '| vit-flax | vit-pytorch | paper | parity tests | notes |',
-        '|---|---|---|---|---|',
+        '| vit-flax | vit-pytorch | paper | parity tests | Recorder | notes |',
+        '|---|---|---|---|---|---|',
     ]
     for entry in ENTRIES:
+        recorder = 'yes' if entry.recordable else f'no: {entry.not_recordable}'
         rows.append(
             f'| `vit_flax.{entry.name}` | `{entry.torch_module}.{entry.torch_class_name}` | {entry.paper} | '
-            f'torch->Flax, Flax->torch (strict), round trip, gradients; {len(entry.configs)} configs | {entry.notes} |'
+            f'torch->Flax, Flax->torch (strict), round trip, gradients; {len(entry.configs)} configs | {recorder} | '
+            f'{entry.notes} |'
         )
     return '\n'.join(rows) + '\n'
 
