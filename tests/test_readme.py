@@ -53,3 +53,15 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         namespace['small_variables'], namespace['images']))
     assert set(namespace['pretrained_encoder']['params']) == set(
         namespace['encoder'].init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params'])
+
+
+def test_top_level_names_are_vit_pytorchs():
+    """`from vit_flax import MAE` as `from vit_pytorch import MAE` (LoopedViT, newer than our scope, excepted)."""
+    import converters
+    import vit_flax
+
+    vit_pytorch = converters.import_vit_pytorch('vit_pytorch')
+    torch_names = {name for name in dir(vit_pytorch) if name[0].isupper()} - {'LoopedViT'}
+    assert torch_names == set(vit_flax.__all__)
+    for name in torch_names:
+        assert getattr(vit_flax, name).__name__ == getattr(vit_pytorch, name).__name__

@@ -4,8 +4,11 @@ The same top-level names as vit_pytorch; every architecture lives in the file of
 (`from vit_flax.vit import ViT` as `from vit_pytorch.vit import ViT`).
 """
 
-from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
+from vit_flax.simple_vit import SimpleViT
 
-__all__ = ['ViT', 'SimpleViT']
+from vit_flax.mae import MAE
+from vit_flax.dino import Dino
+
+__all__ = ['ViT', 'SimpleViT', 'MAE', 'Dino']
 __version__ = '0.1.0'
