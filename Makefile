@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow demo pretrain-demo readme-table clean
+.PHONY: test test-slow demo pretrain-demo readme-table notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ pretrain-demo: $(STAMP)
 
 readme-table: $(STAMP)
 	$(PY) -m vit_flax.registry --write README.md
+
+# re-execute the notebooks in place, so the committed files carry fresh outputs and plots (tests/test_notebooks.py
+# runs them and checks that the committed copies keep their outputs)
+notebooks: $(STAMP)
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
