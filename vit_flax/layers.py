@@ -101,9 +101,33 @@ def kaiming_normal(key, shape, dtype=jnp.float32):
 # torch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
 gelu = functools.partial(nn.gelu, approximate=False)
 
-# torch LayerNorm: eps 1e-5 and a two-pass variance. Flax's fast variance (E[x^2] - E[x]^2) loses digits on
-# inputs with a large mean, such as raw-pixel patches.
-LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5, use_fast_variance=False)
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm over the last axis: eps 1e-5 and a two-pass variance, parameters `scale` and `bias`.
+
+    Flax's fast variance (E[x^2] - E[x]^2) loses digits on inputs with a large mean, such as raw-pixel patches, so
+    the variance is the mean of the squared deviations, as torch computes it. Written out rather than
+    `nn.LayerNorm(use_fast_variance=False)`, which computes the same numbers: XLA's CPU code for Flax's version
+    (its float32 promotion, masked means and clipping) made a ViT-S/16 training step about a quarter slower and
+    its compile nearly twice as long (an AdamW step at batch 8 on 2 CPU cores, 2026-11-22: 5.0 s -> 3.8 s, compile
+    13 s -> 7 s). Statistics are float32 at least; the result has the input's dtype.
+    """
+
+    epsilon: float = 1e-5
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        centered = y - jnp.mean(y, axis=-1, keepdims=True)
+        variance = jnp.mean(centered * centered, axis=-1, keepdims=True)
+        y = centered * jax.lax.rsqrt(variance + self.epsilon)
+        if self.use_scale:
+            y = y * self.param('scale', nn.initializers.ones, (features,))
+        if self.use_bias:
+            y = y + self.param('bias', nn.initializers.zeros, (features,))
+        return y.astype(x.dtype)
 
 
 class Linear(nn.Module):
