@@ -7,6 +7,10 @@
     torch_model = converters.load_torch('vit.safetensors')       # a ready vit-pytorch model
     model, variables = converters.load_flax('vit.safetensors')   # and back into Flax
 
+A model with JAX-only options (`scan_layers`, `remat_policy`: registry.FLAX_ONLY_FIELDS) exports to the state dict
+and vit-pytorch keywords of the same model without them; its sidecar records the options apart, under
+`flax_kwargs`, so `load_flax` gives back the model that was saved (scanned stays scanned).
+
 `model` is the configured Flax module. The converter learns its variable tree with `jax.eval_shape` from an
 example input that the registry derives from the module's own fields (or from `example_inputs=`), then maps
 each leaf with the rules in `converters/rules.py`. Conversion is strict: every missing, unexpected and
@@ -16,6 +20,7 @@ modified. torch is imported only where torch tensors or `.pt` files are involved
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -78,11 +83,24 @@ def _input_signature(example_inputs: tuple) -> tuple:
     return str(structure), tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in leaves)
 
 
+def _configuration(model: nn.Module) -> str:
+    """Every field of the module, the JAX-only ones included: a scanned model's tree is not the unscanned one's."""
+    return repr([(field.name, getattr(model, field.name)) for field in dataclasses.fields(model)
+                 if field.name not in ('parent', 'name')])
+
+
+def _by_flax_path(table: dict[str, Slot]) -> dict[tuple[str, ...], list[Slot]]:
+    """The entries of each Flax leaf: one, or one per layer (in layer order) for a scanned stack's leaf."""
+    grouped: dict[tuple[str, ...], list[Slot]] = {}
+    for slot in table.values():
+        grouped.setdefault(slot.flax_path, []).append(slot)
+    return grouped
+
+
 def _table(model, example_inputs) -> dict[str, Slot]:
     if example_inputs is None:
         example_inputs = registry.example_inputs(model)
-    key = (type(model), repr(sorted(registry.torch_kwargs(model).items())),
-           _input_signature(example_inputs))
+    key = (type(model), _configuration(model), _input_signature(example_inputs))
     if key not in _TABLES:
         if len(_TABLES) >= 256:
             _TABLES.clear()
@@ -178,7 +196,12 @@ def from_torch(model: nn.Module, state_dict: Mapping[str, Any], *, example_input
             f'state dict for {type(model).__name__}', missing, unexpected, mismatched
         )
 
-    flat = {slot.flax_path: jax.numpy.asarray(slot.rule.from_torch(arrays[key])) for key, slot in table.items()}
+    flat = {}
+    for path, path_slots in _by_flax_path(table).items():
+        layers = [slot.rule.from_torch(arrays[slot.torch_key]) for slot in path_slots]
+        # a scanned stack's leaf stacks its layers (np.ndindex's order is the C order of the layer axes)
+        leaf = np.stack(layers).reshape(path_slots[0].flax_shape) if path_slots[0].layer else layers[0]
+        flat[path] = jax.numpy.asarray(leaf)
     return traverse_util.unflatten_dict(flat)
 
 
@@ -187,23 +210,27 @@ def to_torch(
 ) -> dict:
     """Flax variables of `model` as a vit-pytorch state dict (torch tensors, or numpy arrays with `as_numpy`)."""
     table = _table(model, example_inputs)
-    by_path = {slot.flax_path: slot for slot in table.values()}
+    by_path = _by_flax_path(table)
     flat = traverse_util.flatten_dict(dict(variables))
 
     def name(path):
-        return '/'.join(path) + (f' ({by_path[path].torch_key})' if path in by_path else '')
+        if path not in by_path:
+            return '/'.join(path)
+        keys = [slot.torch_key for slot in by_path[path]]
+        return '/'.join(path) + (f' ({keys[0]})' if len(keys) == 1 else f' ({keys[0]} ... {keys[-1]})')
 
     missing = [name(path) for path in by_path if path not in flat]
     unexpected = [name(path) for path in flat if path not in by_path]
     mismatched = [
-        (name(path), tuple(np.shape(flat[path])), slot.flax_shape)
-        for path, slot in by_path.items()
-        if path in flat and tuple(np.shape(flat[path])) != slot.flax_shape
+        (name(path), tuple(np.shape(flat[path])), path_slots[0].flax_shape)
+        for path, path_slots in by_path.items()
+        if path in flat and tuple(np.shape(flat[path])) != path_slots[0].flax_shape
     ]
     if missing or unexpected or mismatched:
         raise StateDictMismatchError(f'variables for {type(model).__name__}', missing, unexpected, mismatched)
 
-    state_dict = {slot.torch_key: slot.rule.to_torch(np.asarray(flat[path])) for path, slot in by_path.items()}
+    state_dict = {slot.torch_key: slot.rule.to_torch(slot.of_leaf(np.asarray(flat[slot.flax_path])))
+                  for slot in table.values()}
     for key in sorted(batchnorm_counter_keys(table)):
         # Flax keeps no step counter; 0 is what torch starts from and only matters for momentum=None
         state_dict[key] = np.zeros((), np.int64)
@@ -277,6 +304,9 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
         'vit_pytorch_version': _version('vit-pytorch'),
         'vit_flax_class': f'vit_flax.{entry.name}',
     }
+    flax_kwargs = _flax_only_kwargs(model)
+    if flax_kwargs:
+        sidecar['flax_kwargs'] = flax_kwargs
     if input_spec is not None:
         sidecar['input'] = input_spec
     sidecar_text = json.dumps(sidecar, indent=2) + '\n'  # fails before anything is written
@@ -305,6 +335,15 @@ def _sidecar_kwargs(model: nn.Module) -> dict[str, Any]:
         return value
 
     return {key: encode(value, key) for key, value in registry.torch_kwargs(model).items()}
+
+
+def _flax_only_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The JAX-only options the model sets to other than their defaults (layer scan, remat). They are kept apart
+    from `kwargs`, which vit-pytorch's constructor takes as they are; a module-valued keyword is written with its
+    vit-pytorch keywords only, so its own JAX-only options are not kept (it loads unscanned, same weights)."""
+    return {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+            if field.name in registry.FLAX_ONLY_FIELDS - {'parent', 'name'}
+            and getattr(model, field.name) != field.default}
 
 
 def _is_encoded_module(value) -> bool:
@@ -373,11 +412,13 @@ def load_torch(path: str | Path):
 
 
 def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
-    """The Flax model and variables for a vit-pytorch state dict with a sidecar."""
+    """The Flax model and variables for a vit-pytorch state dict with a sidecar, with the JAX-only options it was
+    saved with (its `flax_kwargs`: a model saved scanned loads scanned). The same weights load into the model with
+    other options too: `converters.from_torch(model, converters.load_state_dict(path))`."""
     path = Path(path)
     sidecar = _read_sidecar(path)
     # the Flax class saved it (a DistillableT2TViT exports as vit-pytorch's T2TViT), else vit-pytorch's namesake
     name = sidecar.get('vit_flax_class', '').removeprefix('vit_flax.') or (
         f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}")
-    model = registry.build(name, _flax_kwargs_from_sidecar(sidecar['kwargs']))
+    model = registry.build(name, {**_flax_kwargs_from_sidecar(sidecar['kwargs']), **sidecar.get('flax_kwargs', {})})
     return model, from_torch(model, load_state_dict(path))

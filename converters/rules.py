@@ -5,6 +5,13 @@ preceding name with `_`, so `transformer.layers.0.1.net.1` is the module path `t
 
 Leaf rules: each Flax leaf (collection, name, rank) has one torch name and a pair of array transforms that
 are exact inverses of each other (tested). Everything here is numpy only; torch is not needed.
+
+Scanned layers (vit_flax/scan.py): a leaf under a module named `<list>_scan` holds the layers of torch's module
+list `<list>` stacked on a leading axis, so it is `depth` torch entries, one per layer, each with the leaf rule of
+one layer's array: `transformer/layers_scan/0/to_qkv/kernel` (depth, dim, 3 * inner) is
+`transformer.layers.{i}.0.to_qkv.weight`, (3 * inner, dim) each. This is one generic rule rather than an override
+pair per architecture: the scan changes where the layer index lives and nothing else, the same way for every
+architecture that scans its layers, so each of them gets export and import by naming its scanned module.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import re
 from typing import Callable
 
 import numpy as np
+
+from vit_flax.scan import per_layer_path, scanned_axes
 
 _TRAILING_INTEGERS = re.compile(r'^(.*?[^_\d].*?)((?:_\d+)+)$')
 
@@ -108,12 +117,18 @@ class Slot:
     torch_key: str
     flax_path: tuple[str, ...]  # (collection, *modules, leaf)
     rule: LeafRule
-    flax_shape: tuple[int, ...]
+    flax_shape: tuple[int, ...]  # the whole leaf's, layer axes included
+    layer: tuple[int, ...] = ()  # the index on the leaf's leading layer axes, for a scanned stack's leaf
 
     @property
     def torch_shape(self) -> tuple[int, ...]:
         # a zero-stride view: transposes a shape without allocating the array
-        return tuple(self.rule.to_torch(np.broadcast_to(np.zeros((), np.int8), self.flax_shape)).shape)
+        layer_shape = self.flax_shape[len(self.layer):]
+        return tuple(self.rule.to_torch(np.broadcast_to(np.zeros((), np.int8), layer_shape)).shape)
+
+    def of_leaf(self, leaf: np.ndarray) -> np.ndarray:
+        """This entry's part of the Flax leaf: one layer of a scanned stack's leaf, else the leaf."""
+        return leaf[self.layer] if self.layer else leaf
 
 
 def slots(flax_shapes: dict[tuple[str, ...], tuple[int, ...]]) -> dict[str, Slot]:
@@ -121,11 +136,14 @@ def slots(flax_shapes: dict[tuple[str, ...], tuple[int, ...]]) -> dict[str, Slot
     table: dict[str, Slot] = {}
     for path, shape in flax_shapes.items():
         collection, *modules, name = path
-        rule = leaf_rule(collection, name, len(shape))
-        key = '.'.join(filter(None, (torch_module_path(tuple(modules)), rule.torch_leaf(name))))
-        if key in table:
-            raise ValueError(f'Flax leaves {table[key].flax_path} and {path} both map to torch key {key!r}')
-        table[key] = Slot(key, tuple(path), rule, tuple(shape))
+        layer_axes = scanned_axes(tuple(modules))
+        rule = leaf_rule(collection, name, len(shape) - layer_axes)
+        for layer in np.ndindex(*shape[:layer_axes]):  # one empty index for a leaf outside scanned stacks
+            module_path = per_layer_path(tuple(modules), layer)
+            key = '.'.join(filter(None, (torch_module_path(module_path), rule.torch_leaf(name))))
+            if key in table:
+                raise ValueError(f'Flax leaves {table[key].flax_path} and {path} both map to torch key {key!r}')
+            table[key] = Slot(key, tuple(path), rule, tuple(shape), layer)
     return table
 
 

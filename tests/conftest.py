@@ -59,9 +59,8 @@ def _fresh_compile_cache_per_module():
 
 
 def _model_key(model):
-    from vit_flax import registry
-
-    return type(model), repr(sorted(registry.torch_kwargs(model).items()))
+    # every field, the JAX-only ones included: a scanned model (scan_layers=True) is another program and tree
+    return type(model), repr(model)
 
 
 def init_variables(model, seed=0):

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 
 from vit_flax.layers import ATTENTION_MAPS
+from vit_flax.scan import SCANNED_SUFFIX
 
 CAPTURED = 'extractor'  # the sow name of the captured embeddings, in the capturing module's scope
 HEAD_NAMES = ('mlp_head', 'mlp_head_0', 'linear_head')  # the heads whose input is torch's `to_latent`
@@ -115,6 +116,7 @@ class Extractor:
         is `(result, updated_collections)`, as Flax's `apply` returns it.
         """
         called = set()  # the model's direct submodules and methods, to name them when the layer is not found
+        scanned = set()  # the parents of scanned stacks (scan_layers=True), whose layers have no names of their own
 
         def capture(next_fun, call_args, call_kwargs, context):
             output = next_fun(*call_args, **call_kwargs)
@@ -122,6 +124,7 @@ class Extractor:
                 return output
             path = tuple(context.module.scope.path)
             called.add(path[0] if path else context.method_name)
+            scanned.update('/'.join(path[:i]) for i, name in enumerate(path) if name.endswith(SCANNED_SUFFIX))
             seen = layer_call(self.layer_name, path, context.method_name, call_args, output, self.layer_save_input)
             if seen is not NOT_THIS_LAYER:  # keep the last call's, as torch's hook overwrites its latents
                 context.module.sow(ATTENTION_MAPS, CAPTURED, seen, init_fn=lambda: (), reduce_fn=lambda _, y: (y,))
@@ -134,9 +137,12 @@ class Extractor:
         state = dict(state)
         captured = _captured(state.pop(ATTENTION_MAPS, {}))
         if not captured:
+            in_a_scan = ''.join(
+                f'; {parent!r} runs its layers as one nn.scan (scan_layers=True), so they cannot be taken one by one: '
+                f'take {parent!r}, or build the model with scan_layers=False' for parent in sorted(scanned))
             raise ValueError(
                 f'layer {self.layer_name!r} whose embeddings to take was not found in {type(self.vit).__name__}; '
-                f'its layers: {", ".join(sorted(called - {"__call__"}))}'
+                f'its layers: {", ".join(sorted(called - {"__call__"}))}{in_a_scan}'
             )
         ((embeddings,),) = captured
         if self.detach:

@@ -12,6 +12,9 @@ and stacks what they output on a new axis 1. Here the attention layers sow their
 (`intermediates/transformer/layers_0_0/attend`); the Recorder makes that collection mutable for one `apply` and
 stacks the maps under `transformer` in layer order. The variables are the wrapped model's own: nothing is copied
 and no parameter is added. Sowing costs nothing when the collection is not mutable (`init` never collects it).
+A model built with `scan_layers=True` sows each map once for all its layers, stacked on a leading layer axis
+(`intermediates/transformer/layers_scan/0/attend`, (depth, batch, heads, n, n)); the Recorder splits it, so the
+result is the unscanned model's.
 
 Like vit-pytorch's, the maps are taken after the softmax and before attention dropout, and are cut from the
 gradient (torch's `.detach()`). Where vit-pytorch's Recorder can only see `vit.Attention` layers (so it records
@@ -29,8 +32,10 @@ import re
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vit_flax.layers import ATTENTION_MAPS
+from vit_flax.scan import per_layer_path, scanned_axes
 
 RECORDED_LAYER = 'transformer'  # vit-pytorch records the attention layers under `vit.transformer` only
 
@@ -42,13 +47,17 @@ def _natural_key(path: tuple[str, ...]):
 
 def attention_maps(intermediates, under: str = RECORDED_LAYER) -> list[tuple[tuple[str, ...], jax.Array]]:
     """(path, map) for every map sown under the submodule `under`, in layer order; a layer called twice gives
-    two maps, in call order."""
+    two maps, in call order. A scanned stack's maps are split into its layers', named as the unscanned stack's
+    (`transformer/layers_scan/0` gives `transformer/layers_{i}/0`)."""
     found = []
 
     def walk(tree, path):
         for name, value in tree.items():
             if name == 'attend' and isinstance(value, tuple):
-                found.extend((path, attn) for attn in value)
+                # a scanned stack sows each map once for all its layers, stacked on leading layer axes
+                layer_axes = scanned_axes(path)
+                found.extend((per_layer_path(path, layer), attn[layer])
+                             for attn in value for layer in np.ndindex(*attn.shape[:layer_axes]))
             elif isinstance(value, dict) or hasattr(value, 'items'):
                 walk(value, (*path, name))
 

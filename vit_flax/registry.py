@@ -1241,8 +1241,8 @@ def example_inputs(model: nn.Module, batch: int = 1, rng: np.random.Generator | 
     return entry_for(model).inputs.example(model, batch, rng)
 
 
-# JAX-only fields of a Flax module that have no vit-pytorch keyword
-FLAX_ONLY_FIELDS = frozenset({'parent', 'name'})
+# JAX-only fields of a Flax module that have no vit-pytorch keyword (layer scan and remat: vit_flax/scan.py)
+FLAX_ONLY_FIELDS = frozenset({'parent', 'name', 'scan_layers', 'remat_policy'})
 
 
 def torch_kwargs(model: nn.Module) -> dict[str, Any]:

@@ -7,6 +7,14 @@ Quirks of vit-pytorch kept so weights transfer:
   adds the embedding by broadcasting, so only the count is checked, not the height and width).
 - `num_classes=0` keeps a `linear_head` with no outputs, returning (batch, 0).
 - The attention output projection is kept even for a single head with `dim_head == dim`.
+
+JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/scan.py):
+- `scan_layers=True` runs the `depth` layers as one `nn.scan` over `Layer`, parameters stacked on a leading axis
+  under `params/transformer/layers_scan/{0,1}` (attention, feed-forward); the converters still map them to
+  `transformer.layers.{i}.{0,1}`.
+- `remat_policy`: None, or the name of a `jax.checkpoint_policies` policy ('nothing_saveable', 'dots_saveable' ...)
+  under which the backward pass recomputes the activations of each scanned layer (unscanned: of each attention
+  and feed-forward module) instead of keeping them.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, gelu, pair, posemb_sincos_2d, record_attention_map
+from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import check_image_config, patchify
 
 
@@ -51,18 +60,45 @@ class Attention(nn.Module):
         return Linear(self.dim, use_bias=False, name='to_out')(out)
 
 
-class Transformer(nn.Module):
+class Layer(nn.Module):
+    """One of vit-pytorch's `transformer.layers` (attention, then feed-forward, each with its residual): the body of
+    the layer scan, returning nn.scan's (carry, nothing per layer)."""
+
     dim: int
-    depth: int
     heads: int
     dim_head: int
     mlp_dim: int
 
     @nn.compact
     def __call__(self, x):
-        for i in range(self.depth):
-            x = Attention(self.dim, self.heads, self.dim_head, name=f'layers_{i}_0')(x) + x
-            x = FeedForward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
+        x = Attention(self.dim, self.heads, self.dim_head, name='0')(x) + x
+        x = FeedForward(self.dim, self.mlp_dim, name='1')(x) + x
+        return x, None
+
+
+class Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    scan_layers: bool = False  # JAX-only, see the module docstring
+    remat_policy: str | None = None  # JAX-only
+
+    def __post_init__(self):
+        check_remat_policy(self.remat_policy)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x):
+        if self.scan_layers:
+            layers = layer_scan(Layer, self.depth, self.remat_policy)
+            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, name=scanned_name('layers'))(x)
+        else:
+            attention, feed_forward = remat(Attention, self.remat_policy), remat(FeedForward, self.remat_policy)
+            for i in range(self.depth):
+                x = attention(self.dim, self.heads, self.dim_head, name=f'layers_{i}_0')(x) + x
+                x = feed_forward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
         return LayerNorm(name='norm')(x)
 
 
@@ -76,10 +112,13 @@ class SimpleViT(nn.Module):
     mlp_dim: int
     channels: int = 3
     dim_head: int = 64
+    scan_layers: bool = False  # JAX-only, see the module docstring
+    remat_policy: str | None = None  # JAX-only
 
     def __post_init__(self):
         check_image_config(self.image_size, self.patch_size, self.channels)
         check_sincos_dim(self.dim)
+        check_remat_policy(self.remat_policy)
         super().__post_init__()
 
     @nn.compact
@@ -98,6 +137,7 @@ class SimpleViT(nn.Module):
             )
         x = x + jnp.asarray(pos_embedding, dtype=x.dtype)
 
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, name='transformer')(x)
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.scan_layers,
+                        self.remat_policy, name='transformer')(x)
         x = x.mean(axis=1)
         return Linear(self.num_classes, name='linear_head')(x)

@@ -12,6 +12,8 @@ Quirks of vit-pytorch kept so weights transfer:
   there, refused here); below 6 the embedding is all zeros.
 - The embedding's sin/cos blocks are in the order x, y, z (width, height, frames).
 - `num_classes=0` keeps a `linear_head` with no outputs, returning (batch, 0).
+
+JAX-only options: `scan_layers` and `remat_policy`, simple_vit.py's, passed to its Transformer (vit_flax/scan.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_flax.layers import LayerNorm, Linear, check_sincos_3d_dim, pair, posemb_sincos_3d
+from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
 from vit_flax.vit_3d import check_video_config, patchify_3d
 
@@ -36,10 +39,13 @@ class SimpleViT(nn.Module):
     mlp_dim: int
     channels: int = 3
     dim_head: int = 64
+    scan_layers: bool = False  # JAX-only: simple_vit.py's layer scan and remat, passed to its Transformer
+    remat_policy: str | None = None  # JAX-only
 
     def __post_init__(self):
         check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
         check_sincos_3d_dim(self.dim)
+        check_remat_policy(self.remat_policy)
         super().__post_init__()
 
     @nn.compact
@@ -54,6 +60,7 @@ class SimpleViT(nn.Module):
         pe = posemb_sincos_3d(frames // self.frame_patch_size, height // patch_height, width // patch_width, self.dim)
         x = x + jnp.asarray(pe, dtype=x.dtype)
 
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, name='transformer')(x)
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.scan_layers,
+                        self.remat_policy, name='transformer')(x)
         x = x.mean(axis=1)
         return Linear(self.num_classes, name='linear_head')(x)

@@ -9,6 +9,14 @@ Quirks of vit-pytorch kept so weights transfer:
   height and width; only the token count has to fit.
 - With `heads == 1 and dim_head == dim` the attention output projection (and its dropout) is dropped.
 - `num_classes=0` has no head and returns the transformer's tokens, (batch, seq, dim).
+
+JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/scan.py):
+- `scan_layers=True` runs the `depth` layers as one `nn.scan` over `Layer`, parameters stacked on a leading axis
+  under `params/transformer/layers_scan/{0,1}` (attention, feed-forward); the converters still map them to
+  `transformer.layers.{i}.{0,1}`.
+- `remat_policy`: None, or the name of a `jax.checkpoint_policies` policy ('nothing_saveable', 'dots_saveable' ...)
+  under which the backward pass recomputes the activations of each scanned layer (unscanned: of each attention
+  and feed-forward module) instead of keeping them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from einops import rearrange, repeat
 from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, attention_weights, gelu, pair, randn, record_attention_map,
 )
+from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
 
 class FeedForward(nn.Module):
@@ -65,9 +74,11 @@ class Attention(nn.Module):
         return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
-class Transformer(nn.Module):
+class Layer(nn.Module):
+    """One of vit-pytorch's `transformer.layers` (attention, then feed-forward, each with its residual): the body of
+    the layer scan, returning nn.scan's (carry, nothing per layer)."""
+
     dim: int
-    depth: int
     heads: int
     dim_head: int
     mlp_dim: int
@@ -75,9 +86,37 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        for i in range(self.depth):
-            x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(x, train) + x
-            x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
+        x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name='0')(x, train) + x
+        x = FeedForward(self.dim, self.mlp_dim, self.dropout, name='1')(x, train) + x
+        return x, None
+
+
+class Transformer(nn.Module):
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+    scan_layers: bool = False  # JAX-only, see the module docstring
+    remat_policy: str | None = None  # JAX-only
+
+    def __post_init__(self):
+        check_remat_policy(self.remat_policy)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.scan_layers:
+            layers = layer_scan(Layer, self.depth, self.remat_policy, flags=1)
+            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.dropout,
+                          name=scanned_name('layers'))(x, train)
+        else:
+            attention = remat(Attention, self.remat_policy, static_argnums=(2,))
+            feed_forward = remat(FeedForward, self.remat_policy, static_argnums=(2,))
+            for i in range(self.depth):
+                x = attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(x, train) + x
+                x = feed_forward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
         return LayerNorm(name='norm')(x)
 
 
@@ -121,9 +160,12 @@ class ViT(nn.Module):
     dim_head: int = 64
     dropout: float = 0.0
     emb_dropout: float = 0.0
+    scan_layers: bool = False  # JAX-only, see the module docstring
+    remat_policy: str | None = None  # JAX-only
 
     def __post_init__(self):
         check_image_config(self.image_size, self.patch_size, self.channels)
+        check_remat_policy(self.remat_policy)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         super().__post_init__()
@@ -147,7 +189,8 @@ class ViT(nn.Module):
     def _attend(self, x, train: bool):
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
         transformer = Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.scan_layers,
+            self.remat_policy, name='transformer'
         )
         return transformer(x, train)
 
