@@ -1,8 +1,15 @@
 """The benchmarks run end to end on a tiny stream and model (their timings are not tested)."""
 
 import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
-from benchmarks import na_vit_packing
+import pytest
+
+from benchmarks import na_vit_packing, side_by_side
 
 
 def test_na_vit_packing_benchmark(tmp_path, capsys):
@@ -26,3 +33,78 @@ def test_na_vit_packing_benchmark(tmp_path, capsys):
     assert results['packed']['token_efficiency'] > results['padded']['token_efficiency']
     assert json.loads(path.read_text())['packed'] == results['packed']
     assert '| NaViT packed |' in capsys.readouterr().out
+
+
+def markdown_rows(text: str) -> dict[tuple[str, str], list[str]]:
+    """{(model, variant): cells} of the table rows in `text` (header and separator left out)."""
+    lines = [line for line in text.splitlines() if line.startswith('| ')]
+    return {tuple(cells[:2]): cells for cells in (
+        [cell.strip() for cell in line.strip('|').split('|')] for line in lines[1:])}
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers of a cell such as '12.3 (11.0)', '0.25 + 2.69 / 0.06 + 0.63' or '2.31x'."""
+    return [float(token) for token in re.findall(r'-?\d+(?:\.\d+)?(?:e[-+]?\d+)?', cell.replace(',', ''))]
+
+
+def test_side_by_side_quick():
+    """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
+    sense (never how fast anything is)."""
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', '--quick', '--no-compile', '--markdown'],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = markdown_rows(result.stdout)
+    titles = [side_by_side.MODELS[name].title for name in side_by_side.MODELS]
+    assert set(rows) == {(title, variant) for title in titles for variant in ('flax', 'torch')}
+
+    for (title, variant), cells in rows.items():
+        train_ms, infer_ms, train_ratio, infer_ratio, rate, compile_s, memory, loss = cells[2:10]
+        for cell in (train_ms, infer_ms, rate):
+            values = numbers(cell)
+            assert len(values) == 2 and all(math.isfinite(v) and v > 0 for v in values), (title, variant, cell)
+        assert all(v >= 0 for v in numbers(memory)) and len(numbers(memory)) == 2, (title, variant, memory)
+        if variant == 'flax':  # lower + compile, train and inference; the reference of the ratios
+            assert len(numbers(compile_s)) == 4 and all(v > 0 for v in numbers(compile_s)), compile_s
+            assert train_ratio == infer_ratio == '—'
+        else:
+            assert all(v > 0 for v in numbers(train_ratio) + numbers(infer_ratio)), (train_ratio, infer_ratio)
+        # same weights, images and labels: the first losses agree between the frameworks
+        flax_loss = numbers(rows[title, 'flax'][9])
+        assert all(math.isfinite(v) and v > 0 for v in numbers(loss))
+        assert max(abs(a - b) for a, b in zip(numbers(loss), flax_loss)) < 1e-4, (title, loss, flax_loss)
+    assert 'Command: `python -m benchmarks.side_by_side --quick --no-compile --markdown`' in result.stdout
+
+
+def test_vit_flop_count_against_xla():
+    """The analytic matmul count of a ViT is XLA's count less the elementwise work (norms, softmax, GELU): a few
+    percent at these widths. Its 3x rule for a training step holds to the same few percent."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from vit_flax.vit import ViT
+
+    config = dict(image_size=16, patch_size=8, num_classes=10, dim=256, depth=1, heads=4, mlp_dim=512, dim_head=64)
+    model = ViT(**config)
+    images = jnp.ones((2, 16, 16, 3))
+    params = model.init(jax.random.key(0), images)['params']
+
+    def xla_flops(f, *args):
+        cost = jax.jit(f).lower(*args).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)['flops']
+
+    def loss(params):
+        logits = model.apply({'params': params}, images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(2, jnp.int32)).mean()
+
+    forward = side_by_side.vit_forward_flops(config, batch=2)
+    assert 0.9 < forward / xla_flops(lambda p: model.apply({'params': p}, images), params) <= 1.0
+    assert 0.9 < 3 * forward / xla_flops(jax.grad(loss), params) < 1.05
+
+
+def test_side_by_side_readme_markers():
+    start, end = side_by_side.README_MARKERS
+    readme = f'# title\n\n{start}\nold table\n{end}\n\nrest\n'
+    assert side_by_side.readme_with_results(readme, '| new |') == f'# title\n\n{start}\n| new |\n{end}\n\nrest\n'
+    with pytest.raises(SystemExit, match='markers'):
+        side_by_side.readme_with_results('# no markers\n', '| new |')
