@@ -47,6 +47,7 @@ def numbers(cell: str) -> list[float]:
     return [float(token) for token in re.findall(r'-?\d+(?:\.\d+)?(?:e[-+]?\d+)?', cell.replace(',', ''))]
 
 
+@pytest.mark.slow  # 45 s of the 20-minute `make test` budget; `make test-slow` runs it
 def test_side_by_side_quick():
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
     sense (never how fast anything is)."""

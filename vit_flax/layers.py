@@ -353,6 +353,33 @@ def record_attention_map(module: nn.Module, attn):
     module.sow(ATTENTION_MAPS, 'attend', attn)
 
 
+# The JAX-only `attention_impl` option of the models that take it: 'explicit' forms the attention maps (softmax of
+# q k^T, vit-pytorch's computation, which recorder.Recorder records); 'xla', 'cudnn' and 'auto' (cuDNN where it
+# applies, else XLA) call jax.nn.dot_product_attention, whose fused kernels never form the maps.
+ATTENTION_IMPLEMENTATIONS = ('explicit', 'xla', 'cudnn', 'auto')
+
+
+def check_attention_impl(attention_impl: str):
+    if attention_impl not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f'unknown attention_impl={attention_impl!r}: use one of {", ".join(ATTENTION_IMPLEMENTATIONS)}'
+        )
+
+
+def uses_fused_attention(attention_impl: str, dropout: float, train: bool) -> bool:
+    """Whether to call jax.nn.dot_product_attention: not for 'explicit', and not where attention dropout acts
+    (training with dropout > 0), which the fused kernels do not apply to the maps."""
+    return attention_impl != 'explicit' and not (train and dropout > 0)
+
+
+def fused_attention(q, k, v, heads: int, scale: float, attention_impl: str):
+    """softmax(q k^T * scale) v by jax.nn.dot_product_attention, for q, k, v of shape (b, n, heads * d)."""
+    q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=heads) for t in (q, k, v))
+    implementation = None if attention_impl == 'auto' else attention_impl
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    return rearrange(out, 'b n h d -> b n (h d)')
+
+
 def check_sincos_dim(dim: int):
     if dim % 4:
         raise ValueError(f'feature dimension must be a multiple of 4 for the sin-cos embedding, got dim={dim}')

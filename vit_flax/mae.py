@@ -122,7 +122,8 @@ def encoder_transformer(encoder: vit.ViT) -> vit.Transformer:
     without the embedding dropout `_attend` applies first. Create it inside `call_in_scope(encoder, ...)`."""
     return vit.Transformer(
         encoder.dim, encoder.depth, encoder.heads, encoder.dim_head, encoder.mlp_dim, encoder.dropout,
-        encoder.scan_layers, encoder.remat_policy, name='transformer',
+        scan_layers=encoder.scan_layers, remat_policy=encoder.remat_policy, attention_impl=encoder.attention_impl,
+        name='transformer',
     )
 
 

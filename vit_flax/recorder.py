@@ -99,13 +99,20 @@ class Recorder:
             collections = True
         else:
             collections = [ATTENTION_MAPS, *([mutable] if isinstance(mutable, str) else (mutable or ()))]
-        preds, state = self.vit.apply(variables, *args, mutable=collections, **kwargs)
+        preds, state = self._explicit().apply(variables, *args, mutable=collections, **kwargs)
         state = dict(state)
         attns = self._stack(state.pop(ATTENTION_MAPS, {}))
         return ((preds, attns), state) if mutable else (preds, attns)
 
     def eject(self) -> nn.Module:
         return self.vit
+
+    def _explicit(self) -> nn.Module:
+        """The model with its attention maps formed: a fused `attention_impl` (jax.nn.dot_product_attention) never
+        forms them, so the Recorder runs the explicit softmax, the same function with the same variables."""
+        if getattr(self.vit, 'attention_impl', 'explicit') == 'explicit':
+            return self.vit
+        return self.vit.clone(attention_impl='explicit')
 
     def _stack(self, intermediates) -> jax.Array:
         name = type(self.vit).__name__

@@ -1242,7 +1242,7 @@ def example_inputs(model: nn.Module, batch: int = 1, rng: np.random.Generator | 
 
 
 # JAX-only fields of a Flax module that have no vit-pytorch keyword (layer scan and remat: vit_flax/scan.py)
-FLAX_ONLY_FIELDS = frozenset({'parent', 'name', 'scan_layers', 'remat_policy'})
+FLAX_ONLY_FIELDS = frozenset({'parent', 'name', 'scan_layers', 'remat_policy', 'attention_impl'})
 
 
 def torch_kwargs(model: nn.Module) -> dict[str, Any]:

@@ -15,6 +15,8 @@ JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/s
 - `remat_policy`: None, or the name of a `jax.checkpoint_policies` policy ('nothing_saveable', 'dots_saveable' ...)
   under which the backward pass recomputes the activations of each scanned layer (unscanned: of each attention
   and feed-forward module) instead of keeping them.
+- `attention_impl`: 'explicit' (default: vit-pytorch's softmax(q k^T) v, whose maps recorder.Recorder records), or
+  'xla' / 'cudnn' / 'auto' for jax.nn.dot_product_attention (cuDNN's fused flash attention on GPU).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, gelu, pair, posemb_sincos_2d, record_attention_map
+from vit_flax.layers import (
+    LayerNorm, Linear, attention_weights, check_attention_impl, check_sincos_dim, fused_attention, gelu, pair,
+    posemb_sincos_2d, record_attention_map, uses_fused_attention,
+)
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import check_image_config, patchify
 
@@ -44,6 +49,7 @@ class Attention(nn.Module):
     dim: int
     heads: int = 8
     dim_head: int = 64
+    attention_impl: str = 'explicit'  # JAX-only, see the module docstring
 
     @nn.compact
     def __call__(self, x):
@@ -51,12 +57,15 @@ class Attention(nn.Module):
         x = LayerNorm(name='norm')(x)
 
         qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
-        q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
+        if uses_fused_attention(self.attention_impl, dropout=0.0, train=False):
+            out = fused_attention(*qkv, self.heads, self.dim_head**-0.5, self.attention_impl)
+        else:
+            q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
 
-        attn = attention_weights(q, k, scale=self.dim_head**-0.5)
-        record_attention_map(self, attn)
-        out = jnp.einsum('bhij,bhjd->bhid', attn, v)
-        out = rearrange(out, 'b h n d -> b n (h d)')
+            attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+            record_attention_map(self, attn)
+            out = jnp.einsum('bhij,bhjd->bhid', attn, v)
+            out = rearrange(out, 'b h n d -> b n (h d)')
         return Linear(self.dim, use_bias=False, name='to_out')(out)
 
 
@@ -68,10 +77,11 @@ class Layer(nn.Module):
     heads: int
     dim_head: int
     mlp_dim: int
+    attention_impl: str = 'explicit'
 
     @nn.compact
     def __call__(self, x):
-        x = Attention(self.dim, self.heads, self.dim_head, name='0')(x) + x
+        x = Attention(self.dim, self.heads, self.dim_head, self.attention_impl, name='0')(x) + x
         x = FeedForward(self.dim, self.mlp_dim, name='1')(x) + x
         return x, None
 
@@ -84,20 +94,23 @@ class Transformer(nn.Module):
     mlp_dim: int
     scan_layers: bool = False  # JAX-only, see the module docstring
     remat_policy: str | None = None  # JAX-only
+    attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
         check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x):
         if self.scan_layers:
             layers = layer_scan(Layer, self.depth, self.remat_policy)
-            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, name=scanned_name('layers'))(x)
+            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.attention_impl,
+                          name=scanned_name('layers'))(x)
         else:
             attention, feed_forward = remat(Attention, self.remat_policy), remat(FeedForward, self.remat_policy)
             for i in range(self.depth):
-                x = attention(self.dim, self.heads, self.dim_head, name=f'layers_{i}_0')(x) + x
+                x = attention(self.dim, self.heads, self.dim_head, self.attention_impl, name=f'layers_{i}_0')(x) + x
                 x = feed_forward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
         return LayerNorm(name='norm')(x)
 
@@ -114,11 +127,13 @@ class SimpleViT(nn.Module):
     dim_head: int = 64
     scan_layers: bool = False  # JAX-only, see the module docstring
     remat_policy: str | None = None  # JAX-only
+    attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
         check_image_config(self.image_size, self.patch_size, self.channels)
         check_sincos_dim(self.dim)
         check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         super().__post_init__()
 
     @nn.compact
@@ -137,7 +152,7 @@ class SimpleViT(nn.Module):
             )
         x = x + jnp.asarray(pos_embedding, dtype=x.dtype)
 
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.scan_layers,
-                        self.remat_policy, name='transformer')(x)
+        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, scan_layers=self.scan_layers,
+                        remat_policy=self.remat_policy, attention_impl=self.attention_impl, name='transformer')(x)
         x = x.mean(axis=1)
         return Linear(self.num_classes, name='linear_head')(x)

@@ -17,6 +17,9 @@ JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/s
 - `remat_policy`: None, or the name of a `jax.checkpoint_policies` policy ('nothing_saveable', 'dots_saveable' ...)
   under which the backward pass recomputes the activations of each scanned layer (unscanned: of each attention
   and feed-forward module) instead of keeping them.
+- `attention_impl`: 'explicit' (default: vit-pytorch's softmax(q k^T) v, whose maps recorder.Recorder records), or
+  'xla' / 'cudnn' / 'auto' for jax.nn.dot_product_attention (cuDNN's fused flash attention on GPU). Training with
+  attention dropout > 0 keeps the explicit path, which the fused kernels cannot drop out.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import (
-    LayerNorm, Linear, add_position_embedding, attention_weights, gelu, pair, randn, record_attention_map,
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_attention_impl, fused_attention, gelu, pair,
+    randn, record_attention_map, uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
@@ -51,6 +55,7 @@ class Attention(nn.Module):
     heads: int = 8
     dim_head: int = 64
     dropout: float = 0.0
+    attention_impl: str = 'explicit'  # JAX-only, see the module docstring
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -60,14 +65,17 @@ class Attention(nn.Module):
         x = LayerNorm(name='norm')(x)
 
         qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
-        q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
+        if uses_fused_attention(self.attention_impl, self.dropout, train):
+            out = fused_attention(*qkv, self.heads, self.dim_head**-0.5, self.attention_impl)
+        else:
+            q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
 
-        attn = attention_weights(q, k, scale=self.dim_head**-0.5)
-        record_attention_map(self, attn)
-        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+            attn = attention_weights(q, k, scale=self.dim_head**-0.5)
+            record_attention_map(self, attn)
+            attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
-        out = jnp.einsum('bhij,bhjd->bhid', attn, v)
-        out = rearrange(out, 'b h n d -> b n (h d)')
+            out = jnp.einsum('bhij,bhjd->bhid', attn, v)
+            out = rearrange(out, 'b h n d -> b n (h d)')
         if not project_out:
             return out
         out = Linear(self.dim, name='to_out_0')(out)
@@ -83,10 +91,11 @@ class Layer(nn.Module):
     dim_head: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_impl: str = 'explicit'
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name='0')(x, train) + x
+        x = Attention(self.dim, self.heads, self.dim_head, self.dropout, self.attention_impl, name='0')(x, train) + x
         x = FeedForward(self.dim, self.mlp_dim, self.dropout, name='1')(x, train) + x
         return x, None
 
@@ -100,22 +109,25 @@ class Transformer(nn.Module):
     dropout: float = 0.0
     scan_layers: bool = False  # JAX-only, see the module docstring
     remat_policy: str | None = None  # JAX-only
+    attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
         check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.scan_layers:
             layers = layer_scan(Layer, self.depth, self.remat_policy, flags=1)
-            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.dropout,
+            x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.attention_impl,
                           name=scanned_name('layers'))(x, train)
         else:
             attention = remat(Attention, self.remat_policy, static_argnums=(2,))
             feed_forward = remat(FeedForward, self.remat_policy, static_argnums=(2,))
             for i in range(self.depth):
-                x = attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(x, train) + x
+                x = attention(self.dim, self.heads, self.dim_head, self.dropout, self.attention_impl,
+                              name=f'layers_{i}_0')(x, train) + x
                 x = feed_forward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
         return LayerNorm(name='norm')(x)
 
@@ -162,10 +174,12 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
     scan_layers: bool = False  # JAX-only, see the module docstring
     remat_policy: str | None = None  # JAX-only
+    attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
         check_image_config(self.image_size, self.patch_size, self.channels)
         check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         super().__post_init__()
@@ -189,8 +203,9 @@ class ViT(nn.Module):
     def _attend(self, x, train: bool):
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
         transformer = Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.scan_layers,
-            self.remat_policy, name='transformer'
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
+            scan_layers=self.scan_layers, remat_policy=self.remat_policy, attention_impl=self.attention_impl,
+            name='transformer',
         )
         return transformer(x, train)
 
