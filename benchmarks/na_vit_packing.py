@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import shlex
 import sys
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from benchmarks.machine import cpu_count, cpu_model
 from vit_flax.na_vit import NaViT, PackedBatch, packed_dataset, patch_positions, to_patches, unpack
 
 PROGRAM = 'python -m benchmarks.na_vit_packing'
@@ -188,19 +188,6 @@ def logits_per_image(outputs, batches):
 
 
 # the report
-
-
-def cpu_count() -> int:
-    """The cores this process may use (a container's share, not the host's count, where the OS says)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def markdown_table(results) -> str:

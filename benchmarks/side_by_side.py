@@ -62,6 +62,8 @@ from typing import Callable
 
 import numpy as np
 
+from benchmarks.machine import cpu_count, cpu_model
+
 PROGRAM = 'python -m benchmarks.side_by_side'
 README_MARKERS = ('<!-- side-by-side:start -->', '<!-- side-by-side:end -->')
 REPLY = '@@side-by-side '  # prefixes the worker's replies: libraries may print to stdout too
@@ -474,18 +476,6 @@ def run_model(name: str, args, directory: str) -> dict:
 
 
 # the report
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def gpu_model(device: str) -> str | None:
