@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m 'not slow' -q --durations=25
 
 # the slower half: random-configuration sweeps of every architecture against vit-pytorch, registry configurations
-# beyond each entry's first two, the multi-device training runs and the slowest objective checks
+# beyond each entry's first, the Extractor on every reachable layer, the multi-device training runs, the benchmark
+# harness's smoke run and the slowest objective checks
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
 

@@ -33,9 +33,10 @@ the minimum) of `--steps` repeats counts. Ratios are torch time / flax time: abo
 Compile time: Flax's `jax.jit(f).lower(...)` and `.compile()` timed apart; torch.compile's is the first call minus
 the median call. A torch.compile that fails is reported as `failed: <reason>`.
 
-On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model FLOPs per step / (step time x `--peak-tflops`): for vit.ViT the
-analytic matmul count (`vit_forward_flops`, x3 for a training step), for other models XLA's `cost_analysis()` of
-the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written but have not been run yet.
+On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model FLOPs per step / (step time x
+`--peak-tflops`): for vit.ViT the analytic matmul count (`vit_forward_flops`, x3 for a training step), for other
+models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written
+but have not been run yet.
 `--dtype bfloat16` is each framework's usual mixed precision, float32 master weights: Flax casts the parameters and
 images to bfloat16 inside the step (as `vit_flax.training.steps` does), torch runs under `torch.autocast`. They
 are not the same arithmetic (autocast keeps norms and softmax in float32), so their losses agree only roughly.

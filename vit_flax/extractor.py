@@ -35,7 +35,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 
-from vit_flax.layers import ATTENTION_MAPS
+from vit_flax.layers import ATTENTION_MAPS, apply_collecting_intermediates
 from vit_flax.scan import SCANNED_SUFFIX
 
 CAPTURED = 'extractor'  # the sow name of the captured embeddings, in the capturing module's scope
@@ -130,12 +130,10 @@ class Extractor:
                 context.module.sow(ATTENTION_MAPS, CAPTURED, seen, init_fn=lambda: (), reduce_fn=lambda _, y: (y,))
             return output
 
-        collections = True if mutable is True else [
-            ATTENTION_MAPS, *([mutable] if isinstance(mutable, str) else (mutable or ()))]
         with nn.intercept_methods(capture):
-            logits, state = self.vit.apply(variables, *args, mutable=collections, **kwargs)
-        state = dict(state)
-        captured = _captured(state.pop(ATTENTION_MAPS, {}))
+            logits, intermediates, state = apply_collecting_intermediates(
+                self.vit, variables, *args, mutable=mutable, **kwargs)
+        captured = _captured(intermediates)
         if not captured:
             in_a_scan = ''.join(
                 f'; {parent!r} runs its layers as one nn.scan (scan_layers=True), so they cannot be taken one by one: '

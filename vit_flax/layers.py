@@ -348,6 +348,16 @@ def attention_weights(q, k, scale: float, mask=None):
 ATTENTION_MAPS = 'intermediates'
 
 
+def apply_collecting_intermediates(model: nn.Module, variables, *args, mutable=False, **kwargs):
+    """`model.apply` with the 'intermediates' collection collected (recorder.Recorder, extractor.Extractor):
+    (output, intermediates, the updated collections the caller asked for with `mutable`, as Flax's apply names them)."""
+    asked = [mutable] if isinstance(mutable, str) else list(mutable or ())
+    output, state = model.apply(variables, *args, mutable=True if mutable is True else [ATTENTION_MAPS, *asked],
+                                **kwargs)
+    state = dict(state)
+    return output, state.pop(ATTENTION_MAPS, {}), state
+
+
 def record_attention_map(module: nn.Module, attn):
     """Offer `module`'s attention map (batch, heads, n, m), after softmax and before dropout, to recorder.Recorder."""
     module.sow(ATTENTION_MAPS, 'attend', attn)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_flax.layers import ATTENTION_MAPS
+from vit_flax.layers import apply_collecting_intermediates
 from vit_flax.scan import per_layer_path, scanned_axes
 
 RECORDED_LAYER = 'transformer'  # vit-pytorch records the attention layers under `vit.transformer` only
@@ -95,13 +95,9 @@ class Recorder:
         Arguments are the model's own (`train=`, `rngs=` ...). With `mutable=[...]` (e.g. 'batch_stats') the result
         is `((preds, attns), updated_collections)`, as Flax's `apply` returns it.
         """
-        if mutable is True:
-            collections = True
-        else:
-            collections = [ATTENTION_MAPS, *([mutable] if isinstance(mutable, str) else (mutable or ()))]
-        preds, state = self._explicit().apply(variables, *args, mutable=collections, **kwargs)
-        state = dict(state)
-        attns = self._stack(state.pop(ATTENTION_MAPS, {}))
+        preds, intermediates, state = apply_collecting_intermediates(
+            self._explicit(), variables, *args, mutable=mutable, **kwargs)
+        attns = self._stack(intermediates)
         return ((preds, attns), state) if mutable else (preds, attns)
 
     def eject(self) -> nn.Module:
