@@ -162,12 +162,18 @@ def test_update_moving_average_matches_torch():
     assert not np.array_equal(np.asarray(variables['params']['teacher_encoder']['projector']['net_0']['kernel']),
                               np.asarray(variables['params']['student_encoder']['projector']['net_0']['kernel']))
 
+    assert_moving_average_matches_torch(model, variables, torch_model, dino.update_moving_average)
+
+
+def assert_moving_average_matches_torch(model, variables, torch_model, update_moving_average):
+    """`update_moving_average(variables, ...)` (decays 0.7 / 0.8) leaves the state dict torch's
+    `update_moving_average()` leaves (DINO's and EsViT's)."""
     torch_model.teacher_ema_updater = type(torch_model.teacher_ema_updater)(0.7)
     torch_model.teacher_centering_ema_updater = type(torch_model.teacher_centering_ema_updater)(0.8)
     with torch.no_grad():
         torch_model.update_moving_average()
-    updated = jax.jit(lambda v: dino.update_moving_average(v, moving_average_decay=0.7,
-                                                           center_moving_average_decay=0.8))(variables)
+    updated = jax.jit(lambda v: update_moving_average(v, moving_average_decay=0.7,
+                                                      center_moving_average_decay=0.8))(variables)
     state = converters.to_torch(model, updated)
     expected = torch_model.state_dict()
     assert state.keys() == expected.keys()

@@ -19,7 +19,7 @@ import torch
 
 import converters
 from tests.conftest import _cached, _model_key, converted_pair, images, init_variables, torch_class
-from tests.test_dino import assert_same_gradients
+from tests.test_dino import assert_moving_average_matches_torch, assert_same_gradients
 from vit_flax import dino, es_vit, registry
 from vit_flax.cvt import CvT
 from vit_flax.es_vit import EsViTTrainer
@@ -223,17 +223,7 @@ def test_update_moving_average_matches_torch():
             np.asarray(variables['params']['teacher_encoder'][projector]['net_0']['kernel']),
             np.asarray(variables['params']['student_encoder'][projector]['net_0']['kernel']))
 
-    torch_model.teacher_ema_updater = type(torch_model.teacher_ema_updater)(0.7)
-    torch_model.teacher_centering_ema_updater = type(torch_model.teacher_centering_ema_updater)(0.8)
-    with torch.no_grad():
-        torch_model.update_moving_average()
-    updated = jax.jit(lambda v: es_vit.update_moving_average(v, moving_average_decay=0.7,
-                                                             center_moving_average_decay=0.8))(variables)
-    state = converters.to_torch(model, updated)
-    expected = torch_model.state_dict()
-    assert state.keys() == expected.keys()
-    for key, value in expected.items():
-        torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    assert_moving_average_matches_torch(model, variables, torch_model, es_vit.update_moving_average)
 
 
 @pytest.mark.slow  # compiles for 8-15 s (the trainer's test checks it too)
