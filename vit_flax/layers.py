@@ -382,12 +382,20 @@ def uses_fused_attention(attention_impl: str, dropout: float, train: bool) -> bo
     return attention_impl != 'explicit' and not (train and dropout > 0)
 
 
-def fused_attention(q, k, v, heads: int, scale: float, attention_impl: str):
-    """softmax(q k^T * scale) v by jax.nn.dot_product_attention, for q, k, v of shape (b, n, heads * d)."""
-    q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=heads) for t in (q, k, v))
+def fused_attention(q, k, v, scale: float, attention_impl: str, mask=None):
+    """softmax(q k^T * scale) v by jax.nn.dot_product_attention, for q of shape (b, n, heads, d) and k, v of shape
+    (b, m, heads, d), JAX's layout; the output has q's shape. `mask` (b or 1, heads or 1, n, m) is True where a query
+    may see a key.
+
+    A query row that may see no key (a padding token of a packed NaViT sequence, an empty image slot of its pool) is
+    let see every key. Its output is never read, but the kernels disagree on such rows (a uniform average, zeros or
+    NaN), and a NaN there would reach every real query through `0 * NaN` in the next layer's weighted sum."""
+    if mask is not None:
+        mask = mask | ~mask.any(axis=-1, keepdims=True)
+        # cuDNN takes the mask as a bias of the full (b, heads, n, m) shape only
+        mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
     implementation = None if attention_impl == 'auto' else attention_impl
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
-    return rearrange(out, 'b n h d -> b n (h d)')
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation=implementation)
 
 
 def check_sincos_dim(dim: int):

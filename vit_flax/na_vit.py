@@ -31,6 +31,10 @@ Quirks of vit-pytorch kept so weights transfer:
   queries back (a residual); the head's Linear has no bias.
 - Position embeddings are factorised, one table per axis, sized for `image_size`: a larger image has no
   embedding (torch raises an IndexError; here a ValueError names the image).
+
+JAX-only option: `attention_impl`, 'explicit' (default: the softmax of the masked q k^T, written out) or 'xla' /
+'cudnn' / 'auto' for jax.nn.dot_product_attention with the same masks (vit-pytorch calls F.scaled_dot_product_attention
+here). Training with attention dropout > 0 keeps the explicit path, which the fused kernels cannot drop out.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ import numpy as np
 from einops import rearrange, repeat
 
 from vit_flax.layers import LayerNorm as _BiasedLayerNorm
-from vit_flax.layers import Linear, attention_weights, default, gelu, pair, randn
+from vit_flax.layers import (
+    Linear, attention_weights, check_attention_impl, default, fused_attention, gelu, pair, randn, uses_fused_attention,
+)
 
 TOKEN_DROPOUT = 'token_dropout'  # rng stream of token dropout for image lists
 
@@ -338,6 +344,7 @@ class Attention(nn.Module):
     heads: int = 8
     dim_head: int = 64
     dropout: float = 0.0
+    attention_impl: str = 'explicit'  # JAX-only, see the module docstring
 
     @nn.compact
     def __call__(self, x, context=None, mask=None, train: bool = False):
@@ -353,9 +360,13 @@ class Attention(nn.Module):
 
         # scale 1: the RMSNorm already multiplies by sqrt(dim_head). A row with no key allowed (an empty image slot
         # of the pool, a padding token) gets uniform weights instead of torch's NaN or zeros; it is never read.
-        attn = attention_weights(q, k, scale=1.0, mask=mask)
-        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
-        out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
+        if uses_fused_attention(self.attention_impl, self.dropout, train):
+            q, k, v = (rearrange(t, 'b h n d -> b n h d') for t in (q, k, v))
+            out = rearrange(fused_attention(q, k, v, 1.0, self.attention_impl, mask), 'b n h d -> b n (h d)')
+        else:
+            attn = attention_weights(q, k, scale=1.0, mask=mask)
+            attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+            out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
         out = Linear(self.dim, use_bias=False, name='to_out_0')(out)
         return nn.Dropout(self.dropout, deterministic=not train)(out)
 
@@ -367,11 +378,12 @@ class Transformer(nn.Module):
     dim_head: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_impl: str = 'explicit'
 
     @nn.compact
     def __call__(self, x, mask=None, train: bool = False):
         for i in range(self.depth):
-            x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(
+            x = Attention(self.dim, self.heads, self.dim_head, self.dropout, self.attention_impl, name=f'layers_{i}_0')(
                 x, mask=mask, train=train) + x
             x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
         return NoBiasLayerNorm(name='norm')(x)
@@ -390,8 +402,10 @@ class NaViT(nn.Module):
     dropout: float = 0.0
     emb_dropout: float = 0.0
     token_dropout_prob: float | Callable[[int, int], float] | None = None
+    attention_impl: str = 'explicit'  # JAX-only, see the module docstring
 
     def __post_init__(self):
+        check_attention_impl(self.attention_impl)
         image_height, image_width = pair(self.image_size)
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
             raise ValueError(f'patch_size must be a positive int, got patch_size={self.patch_size!r}')
@@ -476,11 +490,11 @@ class NaViT(nn.Module):
     @nn.nowrap
     def transformer(self) -> nn.Module:
         return Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
-                           name='transformer')
+                           self.attention_impl, name='transformer')
 
     @nn.nowrap
     def attention_pool(self) -> nn.Module:
-        return Attention(self.dim, self.heads, self.dim_head, name='attn_pool')
+        return Attention(self.dim, self.heads, self.dim_head, attention_impl=self.attention_impl, name='attn_pool')
 
     @nn.compact
     def _logits_per_slot(self, batch: PackedBatch, train: bool):

@@ -32,7 +32,7 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax import na_vit
-from vit_flax.layers import LayerNorm, Linear, attention_weights, default
+from vit_flax.layers import LayerNorm, Linear, attention_weights, default, fused_attention, uses_fused_attention
 from vit_flax.na_vit import PackedBatch
 
 NoBiasLayerNorm = functools.partial(LayerNorm, use_bias=False)
@@ -59,6 +59,7 @@ class Attention(nn.Module):
     dim_head: int = 64
     dropout: float = 0.0
     qk_norm: bool = True
+    attention_impl: str = 'explicit'  # JAX-only: na_vit.py's
 
     @nn.compact
     def __call__(self, x, context=None, mask=None, train: bool = False):
@@ -73,11 +74,14 @@ class Attention(nn.Module):
         if self.qk_norm:
             query = NoBiasLayerNorm(name='query_norm')(query)
             key = NoBiasLayerNorm(name='key_norm')(key)
-        query, key, value = (rearrange(t, 'b n h d -> b h n d') for t in (query, key, value))
-
-        attn = attention_weights(query, key, scale=self.dim_head**-0.5, mask=mask)
-        attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
-        out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, value), 'b h n d -> b n (h d)')
+        if uses_fused_attention(self.attention_impl, self.dropout, train):
+            out = fused_attention(query, key, value, self.dim_head**-0.5, self.attention_impl, mask)
+            out = rearrange(out, 'b n h d -> b n (h d)')
+        else:
+            query, key, value = (rearrange(t, 'b n h d -> b h n d') for t in (query, key, value))
+            attn = attention_weights(query, key, scale=self.dim_head**-0.5, mask=mask)
+            attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
+            out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, value), 'b h n d -> b n (h d)')
         return Linear(self.dim, use_bias=False, name='to_out')(out)
 
 
@@ -89,11 +93,13 @@ class Transformer(nn.Module):
     mlp_dim: int
     dropout: float = 0.0
     qk_norm: bool = True
+    attention_impl: str = 'explicit'
 
     @nn.compact
     def __call__(self, x, mask=None, train: bool = False):
         for i in range(self.depth):
-            attention = Attention(self.dim, self.heads, self.dim_head, self.dropout, self.qk_norm, name=f'layers_{i}_0')
+            attention = Attention(self.dim, self.heads, self.dim_head, self.dropout, self.qk_norm, self.attention_impl,
+                                  name=f'layers_{i}_0')
             x = attention(x, mask=mask, train=train) + x
             x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
         return NoBiasLayerNorm(name='norm')(x)
@@ -127,11 +133,11 @@ class NaViT(na_vit.NaViT):
     @nn.nowrap
     def transformer(self) -> nn.Module:
         return Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
-                           self.qk_rmsnorm, name='transformer')
+                           self.qk_rmsnorm, self.attention_impl, name='transformer')
 
     @nn.nowrap
     def attention_pool(self) -> nn.Module:
-        return Attention(self.dim, self.heads, self.dim_head, name='attn_pool')
+        return Attention(self.dim, self.heads, self.dim_head, attention_impl=self.attention_impl, name='attn_pool')
 
     def __call__(self, images, train: bool = False):
         if isinstance(images, PackedBatch):

@@ -66,7 +66,8 @@ class Attention(nn.Module):
 
         qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
         if uses_fused_attention(self.attention_impl, self.dropout, train):
-            out = fused_attention(*qkv, self.heads, self.dim_head**-0.5, self.attention_impl)
+            q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=self.heads) for t in qkv)
+            out = rearrange(fused_attention(q, k, v, self.dim_head**-0.5, self.attention_impl), 'b n h d -> b n (h d)')
         else:
             q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
 
