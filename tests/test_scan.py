@@ -18,7 +18,7 @@ from tests.conftest import (
     apply, assert_close_outputs, images, new_torch_model, randomised_torch_model, torch_forward,
 )
 from tests.test_parity import randomised_flax_variables
-from vit_flax import mae, registry, simple_vit_3d
+from vit_flax import mae, registry, simple_vit_3d, vit_3d
 from vit_flax.extractor import Extractor
 from vit_flax.recorder import Recorder
 from vit_flax.scan import REMAT_POLICIES
@@ -29,6 +29,9 @@ CONFIGS = {
     'vit.ViT': dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=3, heads=2, mlp_dim=32, dim_head=8),
     'simple_vit.SimpleViT': dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=3, heads=2, mlp_dim=32,
                                  dim_head=8),
+    # the ViT transformer is scanned, the one-layer t2t transformers before it are not
+    't2t.T2TViT': dict(image_size=16, num_classes=5, dim=16, depth=3, heads=2, mlp_dim=32, dim_head=8,
+                       t2t_layers=((3, 2), (3, 2))),
 }
 NAMES = list(CONFIGS)
 IMAGES = images((2, 16, 16, 3))
@@ -243,7 +246,7 @@ def test_recorder_on_scanned_equals_unscanned(name):
     unscanned, scanned = build(name), build(name, scan_layers=True)
     preds, attns = jax.jit(Recorder(scanned).apply)(variables_for(scanned, name), IMAGES)
     expected_preds, expected_attns = jax.jit(Recorder(unscanned).apply)(variables_for(unscanned, name), IMAGES)
-    n = 17 if name == 'vit.ViT' else 16
+    n = 16 if name == 'simple_vit.SimpleViT' else 17  # 16 patches (T2T: a 4 x 4 grid after two splits), + cls
     assert attns.shape == expected_attns.shape == (2, 3, 2, n, n)  # (batch, layers, heads, n, n)
     np.testing.assert_allclose(attns, expected_attns, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(preds, expected_preds, rtol=1e-5, atol=1e-6)
@@ -260,16 +263,20 @@ def test_extractor_on_scanned():
         Extractor(model, layer_name='transformer.layers.1.0').apply(variables, IMAGES)
 
 
-def test_simple_vit_3d_passes_the_options_down():
-    config = dict(image_size=8, image_patch_size=4, frames=2, frame_patch_size=1, num_classes=3, dim=12, depth=2,
-                  heads=2, mlp_dim=8, dim_head=4)
-    unscanned = simple_vit_3d.SimpleViT(**config)
-    scanned = simple_vit_3d.SimpleViT(**config, scan_layers=True, remat_policy='dots_saveable')
+VIDEO_CONFIG = dict(image_size=8, image_patch_size=4, frames=2, frame_patch_size=1, num_classes=3, dim=12, depth=2,
+                    heads=2, mlp_dim=8, dim_head=4)
+
+
+@pytest.mark.parametrize('video_model', [simple_vit_3d.SimpleViT, vit_3d.ViT], ids=['simple_vit_3d', 'vit_3d'])
+def test_video_models_pass_the_options_down(video_model):
+    unscanned = video_model(**VIDEO_CONFIG)
+    scanned = video_model(**VIDEO_CONFIG, scan_layers=True, remat_policy='dots_saveable', attention_impl='xla')
     videos = images((2, 2, 8, 8, 3))
     variables = randomised_flax_variables(unscanned)
-    expected = apply(unscanned, variables, videos)
-    out = apply(scanned, converters.from_torch(scanned, converters.to_torch(unscanned, variables)), videos)
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    scanned_variables = converters.from_torch(scanned, converters.to_torch(unscanned, variables))
+    assert 'layers_scan' in scanned_variables['params']['transformer']
+    np.testing.assert_allclose(apply(scanned, scanned_variables, videos), apply(unscanned, variables, videos),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_mae_with_a_scanned_encoder():

@@ -13,7 +13,7 @@ Quirks of vit-pytorch kept so weights transfer:
 - The embedding's sin/cos blocks are in the order x, y, z (width, height, frames).
 - `num_classes=0` keeps a `linear_head` with no outputs, returning (batch, 0).
 
-JAX-only options: `scan_layers` and `remat_policy`, simple_vit.py's, passed to its Transformer (vit_flax/scan.py).
+JAX-only options: `scan_layers`, `remat_policy` and `attention_impl`, simple_vit.py's, passed to its Transformer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_flax.layers import LayerNorm, Linear, check_sincos_3d_dim, pair, posemb_sincos_3d
+from vit_flax.layers import LayerNorm, Linear, check_attention_impl, check_sincos_3d_dim, pair, posemb_sincos_3d
 from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
 from vit_flax.vit_3d import check_video_config, patchify_3d
@@ -39,13 +39,16 @@ class SimpleViT(nn.Module):
     mlp_dim: int
     channels: int = 3
     dim_head: int = 64
-    scan_layers: bool = False  # JAX-only: simple_vit.py's layer scan and remat, passed to its Transformer
-    remat_policy: str | None = None  # JAX-only
+    # JAX-only: simple_vit.py's layer scan, remat and attention switch, passed to its Transformer
+    scan_layers: bool = False
+    remat_policy: str | None = None
+    attention_impl: str = 'explicit'
 
     def __post_init__(self):
         check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
         check_sincos_3d_dim(self.dim)
         check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         super().__post_init__()
 
     @nn.compact
@@ -61,6 +64,6 @@ class SimpleViT(nn.Module):
         x = x + jnp.asarray(pe, dtype=x.dtype)
 
         x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.scan_layers,
-                        self.remat_policy, name='transformer')(x)
+                        self.remat_policy, self.attention_impl, name='transformer')(x)
         x = x.mean(axis=1)
         return Linear(self.num_classes, name='linear_head')(x)

@@ -33,6 +33,9 @@ Quirks of vit-pytorch kept so weights transfer:
 - An input smaller than `image_size` takes the first `n + 1` rows of the position embedding, whatever its shape.
 - `num_classes=0` keeps an `mlp_head` with no outputs and returns (batch, 0), as torch does.
 
+JAX-only options: `scan_layers`, `remat_policy` and `attention_impl`, vit.py's, passed to the ViT transformer (not
+to the one-layer t2t transformers, nor to a plugged-in `transformer`, which carries its own).
+
 Deliberate difference: vit-pytorch accepts an empty `t2t_layers` or a split larger than the image and fails only
 in its forward pass; here both are refused at construction, with the value in the message.
 """
@@ -46,7 +49,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Linear, add_position_embedding, call_plugged_in, conv_output_size, exists, randn, unfold
+from vit_flax.layers import (
+    Linear, add_position_embedding, call_plugged_in, check_attention_impl, conv_output_size, exists, randn, unfold,
+)
+from vit_flax.scan import check_remat_policy
 from vit_flax.vit import Transformer
 
 # helpers
@@ -112,8 +118,14 @@ class T2TViT(nn.Module):
     emb_dropout: float = 0.0
     transformer: nn.Module | None = None
     t2t_layers: Sequence[tuple[int, int]] = ((7, 4), (3, 2), (3, 2))
+    # JAX-only: vit.py's layer scan, remat and attention switch, passed to the ViT transformer
+    scan_layers: bool = False
+    remat_policy: str | None = None
+    attention_impl: str = 'explicit'
 
     def __post_init__(self):
+        check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         check_t2t_layers(self.image_size, self.t2t_layers, self.channels)
@@ -170,7 +182,8 @@ class T2TViT(nn.Module):
         if exists(self.transformer):
             return call_plugged_in(self.transformer, x, train)  # adopted by Flax as the child 'transformer'
         transformer = Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, attention_impl=self.attention_impl, name='transformer',
         )
         return transformer(x, train)
 

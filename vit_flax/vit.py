@@ -119,6 +119,10 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        return LayerNorm(name='norm')(self.run_layers(x, train))
+
+    def run_layers(self, x, train: bool):
+        """The `depth` layers, scanned or not (vit_3d.Transformer is this without the final LayerNorm)."""
         if self.scan_layers:
             layers = layer_scan(Layer, self.depth, self.remat_policy, flags=1)
             x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.attention_impl,
@@ -130,7 +134,7 @@ class Transformer(nn.Module):
                 x = attention(self.dim, self.heads, self.dim_head, self.dropout, self.attention_impl,
                               name=f'layers_{i}_0')(x, train) + x
                 x = feed_forward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
-        return LayerNorm(name='norm')(x)
+        return x
 
 
 def check_image_config(image_size, patch_size, channels):

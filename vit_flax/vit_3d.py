@@ -15,6 +15,8 @@ Quirks of vit-pytorch kept so weights transfer:
   embedding, whatever its shape; only the token count has to fit.
 - With `heads == 1 and dim_head == dim` the attention output projection (and its dropout) is dropped.
 - `num_classes=0` keeps a head with no outputs, returning (batch, 0).
+
+JAX-only options: `scan_layers`, `remat_policy` and `attention_impl`, vit.py's, passed to its Transformer.
 """
 
 from __future__ import annotations
@@ -23,26 +25,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, pair, randn
-from vit_flax.vit import Attention, FeedForward, check_image_config
+from vit_flax import vit
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, check_attention_impl, pair, randn
+from vit_flax.scan import check_remat_policy
+from vit_flax.vit import check_image_config
 
 
-class Transformer(nn.Module):
-    """vit.py's layers without the final LayerNorm (vit_3d's head normalises after pooling instead)."""
-
-    dim: int
-    depth: int
-    heads: int
-    dim_head: int
-    mlp_dim: int
-    dropout: float = 0.0
+class Transformer(vit.Transformer):
+    """vit.py's layers (and its JAX-only options) without the final LayerNorm: vit_3d's head normalises after
+    pooling instead."""
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        for i in range(self.depth):
-            x = Attention(self.dim, self.heads, self.dim_head, self.dropout, name=f'layers_{i}_0')(x, train) + x
-            x = FeedForward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
-        return x
+        return self.run_layers(x, train)
 
 
 def check_video_config(image_size, image_patch_size, frames, frame_patch_size, channels):
@@ -90,9 +85,15 @@ class ViT(nn.Module):
     dim_head: int = 64
     dropout: float = 0.0
     emb_dropout: float = 0.0
+    # JAX-only: vit.py's layer scan, remat and attention switch, passed to its Transformer
+    scan_layers: bool = False
+    remat_policy: str | None = None
+    attention_impl: str = 'explicit'
 
     def __post_init__(self):
         check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
+        check_remat_policy(self.remat_policy)
+        check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         super().__post_init__()
@@ -118,7 +119,8 @@ class ViT(nn.Module):
         x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
 
         transformer = Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, name='transformer'
+            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy, attention_impl=self.attention_impl, name='transformer',
         )
         x = transformer(x, train)
 
