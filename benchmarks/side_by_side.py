@@ -1,7 +1,13 @@
 """vit-flax (jit) against vit-pytorch (eager and `torch.compile`) on the same models, weights, images and optimiser.
 
     .venv/bin/python -m benchmarks.side_by_side [--models vit_s16 vit_b16 cvt13] [--batch 8] [--steps 5] \\
-        [--no-compile] [--device cpu|cuda] [--dtype float32|bfloat16] [--markdown] [--write-readme README.md]
+        [--no-compile] [--device cpu|cuda] [--dtype float32|bfloat16] [--markdown] [--write-readme README.md] \\
+        [--scan-layers] [--remat-policy POLICY] [--attention-impl explicit|xla|cudnn|auto]
+
+On one H200 (the issue's GPU configuration: ViT-B/16 at 224, bfloat16, cuDNN attention):
+
+    .venv/bin/python -m benchmarks.side_by_side --device cuda --dtype bfloat16 --models vit_b16 --batch 256 \\
+        --attention-impl cudnn --peak-tflops 989
 
 What is compared, per model:
 - the same vit-pytorch keywords, built on both sides through the registry entry (`vit_flax.registry.build` and the
@@ -11,6 +17,8 @@ What is compared, per model:
   decay 0.01 on every parameter). Flax: one jitted function (forward, grad, optax.adamw update) with the train state
   donated; torch: zero_grad, forward, loss, backward, step. torch.compile compiles the model, not the optimiser;
 - inference: the jitted `model.apply` against the torch model in eval mode under `torch.no_grad()`.
+- vit-flax's JAX-only options (`--scan-layers`, `--remat-policy`, `--attention-impl`) go to the models that take them
+  (the ViTs), and the notes say which model ran with which; the weights and torch's side are unchanged.
 The first training step's losses (and the first inference's) are printed: they should agree, a check that both
 sides run the same model.
 
@@ -175,7 +183,7 @@ class FlaxRunner:
         from vit_flax.training.state import TrainState
         from vit_flax.training.steps import cast_floats
 
-        model = registry.build(spec['registry_name'], spec['config'])
+        model = registry.build(spec['registry_name'], {**spec['config'], **spec['flax_options']})
         state_dict = {key.removeprefix('state/'): data[key] for key in data.files if key.startswith('state/')}
         self.variables = jax.device_put(converters.from_torch(model, state_dict))
         self.images, self.labels = jax.device_put((data['images'], data['labels']))
@@ -405,14 +413,25 @@ def prepare(model: Model, config: dict, args, path: Path):
     np.savez(path, images=images, labels=labels, **state)
 
 
+def flax_options(registry_name: str, args) -> dict:
+    """The JAX-only options asked for that the model takes (`--scan-layers` ...); the others are left out."""
+    from vit_flax import registry
+
+    fields = registry.BY_NAME[registry_name].flax_class.__dataclass_fields__
+    asked = {'scan_layers': args.scan_layers, 'remat_policy': args.remat_policy, 'attention_impl': args.attention_impl}
+    return {option: value for option, value in asked.items()
+            if option in fields and value != fields[option].default}
+
+
 def run_model(name: str, args, directory: str) -> dict:
     model = MODELS[name]
     config = model.quick_config if args.quick else model.config(args.image_size)
+    options = flax_options(model.registry_name, args)
     data = Path(directory) / f'{name}.npz'
     prepare(model, config, args, data)
     variants = [v for v in VARIANTS if not (args.no_compile and v == 'torch.compile')]
-    base = {'registry_name': model.registry_name, 'config': config, 'data': str(data), 'device': args.device,
-            'dtype': args.dtype, 'threads': args.threads}
+    base = {'registry_name': model.registry_name, 'config': config, 'flax_options': options, 'data': str(data),
+            'device': args.device, 'dtype': args.dtype, 'threads': args.threads}
     log_dir = tempfile.mkdtemp(prefix=f'{name}-', dir=directory)
     # started together: importing is not timed, and overlapping it saves a few seconds per worker
     workers = {variant: Worker({**base, 'variant': variant}, log_dir) for variant in variants}
@@ -473,7 +492,7 @@ def run_model(name: str, args, directory: str) -> dict:
     else:
         flops = {phase: flax[phase].get('xla_flops') for phase in PHASES} | {'source': 'XLA cost_analysis'}
     return {'name': name, 'title': model.title, 'registry_name': model.registry_name, 'config': config,
-            'flops': flops, 'variants': results}
+            'flax_options': options, 'flops': flops, 'variants': results}
 
 
 # the report
@@ -562,7 +581,9 @@ def notes(results: dict) -> list[str]:
                   if v != 'flax' and 'first_loss' in r['train'] and flax_loss is not None]
         flops = ', '.join(f"{phase} {model['flops'][phase] / 1e9:,.2f}" for phase in PHASES[::-1]
                           if model['flops'].get(phase))
-        lines.append(f"{model['title']} (`{model['registry_name']}` {json.dumps(model['config'])}): GFLOPs per "
+        options = ', '.join(f'{k}={v!r}' for k, v in model['flax_options'].items())
+        lines.append(f"{model['title']} (`{model['registry_name']}` {json.dumps(model['config'])}"
+                     f"{'; vit-flax with ' + options if options else ''}): GFLOPs per "
                      f"step {flops or 'unknown'} ({model['flops']['source']}); first training loss minus flax's: "
                      f"{', '.join(others) or '—'}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
@@ -599,6 +620,12 @@ def parse_args(argv=None):
     parser.add_argument('--peak-tflops', type=float,
                         help='peak FLOP/s of the device, for MFU (default on cuda: 989, H200 bfloat16 dense; '
                              'none on cpu)')
+    parser.add_argument('--scan-layers', action='store_true', help="vit-flax's layer scan (models that take it)")
+    # checked by the parent in main(): importing vit_flax here would load jax into the torch workers too
+    parser.add_argument('--remat-policy', help="vit-flax's rematerialisation policy (a jax.checkpoint_policies name)")
+    parser.add_argument('--attention-impl', default='explicit',
+                        help="vit-flax's attention: explicit, xla, cudnn (cuDNN's fused flash attention on a GPU) "
+                             'or auto')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='tiny models for a smoke test (ViTs: image 32, patch 8, dim 32, depth 2), 2 steps')
@@ -619,6 +646,14 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.worker:
         return worker(json.loads(args.worker))
+    from vit_flax.layers import check_attention_impl
+    from vit_flax.scan import check_remat_policy
+
+    try:
+        check_attention_impl(args.attention_impl)
+        check_remat_policy(args.remat_policy)
+    except ValueError as error:
+        raise SystemExit(f'{PROGRAM}: {error}') from None
 
     with tempfile.TemporaryDirectory(prefix='side_by_side-') as directory:
         models = []

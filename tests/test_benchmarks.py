@@ -50,8 +50,10 @@ def numbers(cell: str) -> list[float]:
 @pytest.mark.slow  # 45 s of the 20-minute `make test` budget; `make test-slow` runs it
 def test_side_by_side_quick():
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
-    sense (never how fast anything is)."""
-    result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', '--quick', '--no-compile', '--markdown'],
+    sense (never how fast anything is). vit-flax runs its ViTs scanned with fused attention, the GPU configuration,
+    and still starts from torch's loss."""
+    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla']
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     rows = markdown_rows(result.stdout)
@@ -73,7 +75,22 @@ def test_side_by_side_quick():
         flax_loss = numbers(rows[title, 'flax'][9])
         assert all(math.isfinite(v) and v > 0 for v in numbers(loss))
         assert max(abs(a - b) for a, b in zip(numbers(loss), flax_loss)) < 1e-4, (title, loss, flax_loss)
-    assert 'Command: `python -m benchmarks.side_by_side --quick --no-compile --markdown`' in result.stdout
+    assert f"Command: `python -m benchmarks.side_by_side {' '.join(command)}`" in result.stdout
+    assert "vit-flax with scan_layers=True, attention_impl='xla'" in result.stdout
+
+
+def test_side_by_side_options_go_to_the_models_that_take_them():
+    args = side_by_side.parse_args(['--scan-layers', '--remat-policy', 'dots_saveable', '--attention-impl', 'cudnn'])
+    assert side_by_side.flax_options('vit.ViT', args) == {
+        'scan_layers': True, 'remat_policy': 'dots_saveable', 'attention_impl': 'cudnn'}
+    assert side_by_side.flax_options('cvt.CvT', args) == {}
+    assert side_by_side.flax_options('vit.ViT', side_by_side.parse_args([])) == {}
+
+
+@pytest.mark.parametrize('flag', [['--attention-impl', 'flash'], ['--remat-policy', 'save_everything']])
+def test_side_by_side_refuses_unknown_options_before_running(flag):
+    with pytest.raises(SystemExit, match=f"unknown {flag[0][2:].replace('-', '_')}='{flag[1]}'"):
+        side_by_side.main(['--quick', *flag])
 
 
 def test_vit_flop_count_against_xla():
