@@ -6,6 +6,8 @@ transposed leaf would show. Flax inputs are channels-last, torch's channels-firs
 max|flax - torch| <= 2e-5 * max(1, max|torch|), the project's float32 rule.
 """
 
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,11 @@ import torch
 
 import converters
 from tests.conftest import assert_close_outputs
-from vit_flax.layers import BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, posemb_sincos_2d
+from vit_flax.layers import (
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, posemb_sincos_2d, residual_boundary,
+)
+from vit_flax.simple_vit import SimpleViT
+from vit_flax.vit import ViT
 
 TOLERANCE = 2e-5
 
@@ -321,3 +327,49 @@ def test_posemb_sincos_2d_errors(dim, words):
 def test_posemb_sincos_2d_dim_4_is_nan_in_torch(torch_posemb):
     # why dim=4 is refused rather than mirrored: torch divides by dim // 4 - 1 = 0
     assert torch.isnan(torch_posemb(2, 2, 4)).any()
+
+
+def fused_adds_in_backward(model_class, depth: int) -> int:
+    """How many additions XLA's optimised CPU program for a tiny model's gradient computes: its backward work."""
+    model = model_class(image_size=16, patch_size=8, num_classes=4, dim=16, depth=depth, heads=2, mlp_dim=32,
+                        dim_head=8)
+    images = jnp.ones((2, 16, 16, 3))
+    params = jax.eval_shape(model.init, jax.random.key(0), images)['params']
+    grad = jax.jit(jax.grad(lambda p: model.apply({'params': p}, images).sum()))
+    return sum(' add(' in line for line in grad.lower(params).compile().as_text().splitlines())
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="the marks act on XLA's CPU fusion only")
+@pytest.mark.parametrize('model_class', [ViT, pytest.param(SimpleViT, marks=pytest.mark.slow)],
+                         ids=['vit', 'simple_vit'])
+def test_residual_boundaries_keep_the_backward_pass_linear_in_depth(model_class, monkeypatch):
+    """Without `residual_boundary`, XLA's CPU fusion recomputes the running sum of the residual gradient inside every
+    layer's backward fusions: the additions grow with depth squared. With it, each layer adds the same number."""
+    def growth(depths=(2, 4, 8)):
+        a, b, c = (fused_adds_in_backward(model_class, depth) for depth in depths)
+        return b - a, c - b  # 2 and 4 more layers
+
+    two, four = growth()
+    assert four == 2 * two, (two, four)
+    module = sys.modules[model_class.__module__]
+    monkeypatch.setattr(module, 'residual_boundary', lambda x: x)
+    two, four = growth()
+    assert four > 2.5 * two, (two, four)  # the quadratic growth the marks remove, so this test can fail
+
+
+def test_residual_boundary_is_the_identity_for_every_transformation():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+    t = jax.random.normal(jax.random.key(1), (2, 3, 4))
+    out, tangent = jax.jvp(residual_boundary, (x,), (t,))
+    np.testing.assert_array_equal(out, x)
+    np.testing.assert_array_equal(tangent, t)
+    f = lambda x: jnp.sum(jnp.sin(residual_boundary(x)) ** 2)
+    plain = lambda x: jnp.sum(jnp.sin(x) ** 2)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(x), jax.grad(plain)(x), rtol=1e-6)
+    # forward over reverse (Hessian-vector products) and batching
+    np.testing.assert_allclose(jax.jvp(jax.grad(f), (x,), (t,))[1], jax.jvp(jax.grad(plain), (x,), (t,))[1],
+                               rtol=1e-5)
+    np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), jax.vmap(jax.grad(plain))(x), rtol=1e-6)
+    # a NaN in the primal takes the conditional's other branch, which returns the tangent too
+    nan = x.at[0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(jax.jit(lambda x, t: jax.jvp(residual_boundary, (x,), (t,))[1])(nan, t), t)

@@ -27,7 +27,7 @@ from einops import rearrange
 
 from vit_flax.layers import (
     LayerNorm, Linear, attention_weights, check_attention_impl, check_sincos_dim, fused_attention, gelu, pair,
-    posemb_sincos_2d, record_attention_map, uses_fused_attention,
+    posemb_sincos_2d, record_attention_map, residual_boundary, uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import check_image_config, patchify
@@ -112,7 +112,9 @@ class Transformer(nn.Module):
             attention, feed_forward = remat(Attention, self.remat_policy), remat(FeedForward, self.remat_policy)
             for i in range(self.depth):
                 x = attention(self.dim, self.heads, self.dim_head, self.attention_impl, name=f'layers_{i}_0')(x) + x
+                x = residual_boundary(x)  # linear, not quadratic, backward work on CPU (layers.py)
                 x = feed_forward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
+                x = residual_boundary(x)
         return LayerNorm(name='norm')(x)
 
 

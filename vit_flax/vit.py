@@ -30,7 +30,7 @@ from einops import rearrange, repeat
 
 from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, attention_weights, check_attention_impl, fused_attention, gelu, pair,
-    randn, record_attention_map, uses_fused_attention,
+    randn, record_attention_map, residual_boundary, uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
@@ -133,7 +133,9 @@ class Transformer(nn.Module):
             for i in range(self.depth):
                 x = attention(self.dim, self.heads, self.dim_head, self.dropout, self.attention_impl,
                               name=f'layers_{i}_0')(x, train) + x
+                x = residual_boundary(x)  # linear, not quadratic, backward work on CPU (layers.py)
                 x = feed_forward(self.dim, self.mlp_dim, self.dropout, name=f'layers_{i}_1')(x, train) + x
+                x = residual_boundary(x)
         return x
 
 
