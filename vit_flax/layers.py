@@ -7,7 +7,6 @@ that training from scratch behaves like vit-pytorch.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from typing import Callable, Sequence
@@ -98,8 +97,11 @@ def kaiming_normal(key, shape, dtype=jnp.float32):
 
 # numerics
 
-# torch's nn.GELU() is the exact erf form; Flax's default is the tanh approximation.
-gelu = functools.partial(nn.gelu, approximate=False)
+def gelu(x):
+    """torch's nn.GELU(): the exact form x / 2 * (1 + erf(x / sqrt(2))), as torch's CPU kernel writes it. (Flax's
+    default is the tanh approximation; jax.nn.gelu(approximate=False) goes through erfc, which XLA's CPU code
+    evaluates about 2.5x slower than erf, forward, and 1.5x backward.)"""
+    return 0.5 * x * (1 + jax.lax.erf(x * 0.7071067811865476))
 
 class LayerNorm(nn.Module):
     """torch.nn.LayerNorm over the last axis: eps 1e-5 and a two-pass variance, parameters `scale` and `bias`.
