@@ -318,3 +318,25 @@ def test_trainer_path_and_files(tmp_path):
     # an unscanned model's sidecar is as it was: no flax_kwargs
     converters.save_torch(tmp_path / 'plain.pt', build('vit.ViT'), variables_for(build('vit.ViT'), 'vit.ViT'))
     assert 'flax_kwargs' not in json.loads((tmp_path / 'plain.json').read_text())
+
+
+def test_fsdp_never_splits_a_scanned_layer_axis():
+    """FSDP splits an array's largest dimension the axis divides; a scanned stack's leading layer axis is left whole,
+    for parameters and for the optimiser moments that mirror them."""
+    import optax
+    from jax.sharding import PartitionSpec as P
+
+    from vit_flax.training.sharding import layer_axes, param_spec
+
+    assert param_spec((32, 16, 8), fsdp_size=4, min_size=1) == P('fsdp', None, None)
+    assert param_spec((32, 16, 8), fsdp_size=4, min_size=1, layer_axes=1) == P(None, 'fsdp', None)
+    assert param_spec((32, 6), fsdp_size=4, min_size=1, layer_axes=1) == P()  # nothing else divides: replicated
+
+    params = jax.eval_shape(build('vit.ViT', scan_layers=True).init, jax.random.key(0), IMAGES)['params']
+    state = {'params': params, 'opt_state': jax.eval_shape(optax.adam(1e-3).init, params)}
+    axes = {jax.tree_util.keystr(path): layer_axes(path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]}
+    assert axes["['params']['transformer']['layers_scan']['0']['to_qkv']['kernel']"] == 1
+    assert axes["['params']['transformer']['norm']['scale']"] == 0
+    moments = [key for key in axes if key.startswith("['opt_state']") and "['layers_scan']" in key]
+    assert moments and all(axes[key] == 1 for key in moments)

@@ -3,7 +3,9 @@
 Mesh axes ('data', 'fsdp'). Batches are split over both axes. Parameters (and the optimiser state that
 mirrors them) are replicated for data parallelism; with an 'fsdp' axis larger than 1 each array of at least
 `mesh.fsdp_min_size` elements is split along its largest dimension that the axis size divides (ZeRO-3 style),
-and XLA inserts the gathers. Small arrays stay replicated: gathering them costs more than storing them.
+and XLA inserts the gathers. Small arrays stay replicated: gathering them costs more than storing them. The
+leading layer axis of a scanned stack's parameters (scan_layers=True) is never split: the scan takes one layer
+per step, and a split layer axis would have XLA gather every layer at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from vit_flax.scan import scanned_axes
 
 MESH_AXES = ('data', 'fsdp')
 BATCH_AXES = MESH_AXES
@@ -46,12 +50,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
-    """FSDP rule for one array: split its largest dimension divisible by the fsdp axis, if big enough."""
+def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int, layer_axes: int = 0) -> P:
+    """FSDP rule for one array: split its largest dimension divisible by the fsdp axis, if big enough; never one of
+    its first `layer_axes` (a scanned stack's layer axes)."""
     if fsdp_size == 1 or math.prod(shape) < min_size or not shape:
         return P()
-    for axis in np.argsort(shape)[::-1]:
-        if shape[axis] % fsdp_size == 0:
+    for axis in np.argsort(shape, kind='stable')[::-1]:
+        if axis >= layer_axes and shape[axis] % fsdp_size == 0:
             spec = [None] * len(shape)
             spec[axis] = 'fsdp'
             return P(*spec)
@@ -61,8 +66,17 @@ def param_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int) -> P:
 def state_shardings(mesh: Mesh, abstract_state, fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE):
     """NamedShardings for every leaf of a (possibly abstract) train state."""
     fsdp_size = mesh.shape['fsdp']
-    return jax.tree_util.tree_map(
-        lambda leaf: NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, fsdp_min_size)), abstract_state)
+
+    def sharding(path, leaf):
+        return NamedSharding(mesh, param_spec(tuple(leaf.shape), fsdp_size, fsdp_min_size, layer_axes(path)))
+
+    return jax.tree_util.tree_map_with_path(sharding, abstract_state)
+
+
+def layer_axes(path) -> int:
+    """How many leading layer axes the leaf at `path` (a jax.tree_util key path into a train state) has: one per
+    scanned module on the way. Optimiser moments mirror the parameters' paths, so theirs are found the same way."""
+    return scanned_axes(tuple(str(getattr(key, 'key', getattr(key, 'name', key))) for key in path))
 
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
