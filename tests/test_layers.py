@@ -345,16 +345,15 @@ def fused_adds_in_backward(model_class, depth: int) -> int:
 def test_residual_boundaries_keep_the_backward_pass_linear_in_depth(model_class, monkeypatch):
     """Without `residual_boundary`, XLA's CPU fusion recomputes the running sum of the residual gradient inside every
     layer's backward fusions: the additions grow with depth squared. With it, each layer adds the same number."""
-    def growth(depths=(2, 4, 8)):
-        a, b, c = (fused_adds_in_backward(model_class, depth) for depth in depths)
-        return b - a, c - b  # 2 and 4 more layers
+    def growth():  # the additions each further layer brings, from depth 1 to 4
+        return np.diff([fused_adds_in_backward(model_class, depth) for depth in (1, 2, 3, 4)])
 
-    two, four = growth()
-    assert four == 2 * two, (two, four)
+    steps = growth()
+    assert len(set(steps)) == 1, steps
     module = sys.modules[model_class.__module__]
     monkeypatch.setattr(module, 'residual_boundary', lambda x: x)
-    two, four = growth()
-    assert four > 2.5 * two, (two, four)  # the quadratic growth the marks remove, so this test can fail
+    steps = growth()
+    assert (np.diff(steps) > 0).all(), steps  # the quadratic growth the marks remove, so this test can fail
 
 
 def test_residual_boundary_is_the_identity_for_every_transformation():

@@ -88,6 +88,7 @@ def assert_teacher_follows_student_by_ema(config, workdir, centres):
     assert_exports_as_the_model(config, workdir)
 
 
+@pytest.mark.slow  # 30 s; DINO's loss, EMA and gradients are checked against vit-pytorch in make test (test_dino.py)
 def test_dino_trains_the_student_and_moves_the_teacher_by_ema(tmp_path):
     config, metrics, curve = pretrain(tmp_path, 'dino', steps=10, objective_kwargs={
         'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2})

@@ -352,7 +352,7 @@ def residual_boundary(x):
     later layer, with each LayerNorm's mean term) into each layer's backward fusions instead of computing it once,
     so the backward pass redoes O(depth^2) elementwise work: about 0.3 s of ViT-S/16's 2 s training step on 2 cores
     (README, Performance). `lax.optimization_barrier` cannot stop this, because XLA's CPU pipeline removes barriers
-    before fusion; a conditional is a boundary fusion does not cross. A scanned stack (scan_layers=True) needs no
+    before fusion; a conditional is a boundary that fusion does not cross. A scanned stack (scan_layers=True) needs no
     marks: each layer is a loop iteration. GPUs and TPUs get the plain identity.
     """
     return x

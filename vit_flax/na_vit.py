@@ -359,7 +359,8 @@ class Attention(nn.Module):
         k = RMSNorm(self.heads, self.dim_head, name='k_norm')(k)
 
         # scale 1: the RMSNorm already multiplies by sqrt(dim_head). A row with no key allowed (an empty image slot
-        # of the pool, a padding token) gets uniform weights instead of torch's NaN or zeros; it is never read.
+        # of the pool, a padding token) is never read: the explicit path gives it uniform weights instead of torch's
+        # NaN or zeros, the fused one lets it see every key (layers.fused_attention).
         if uses_fused_attention(self.attention_impl, self.dropout, train):
             q, k, v = (rearrange(t, 'b h n d -> b n h d') for t in (q, k, v))
             out = rearrange(fused_attention(q, k, v, 1.0, self.attention_impl, mask), 'b n h d -> b n (h d)')
