@@ -430,6 +430,21 @@ def fused_attention(q, k, v, scale: float, attention_impl: str, mask=None):
     return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation=implementation)
 
 
+def multi_head_attention(module: nn.Module, q, k, v, heads: int, scale: float, attention_impl: str,
+                         dropout: float = 0.0, train: bool = False):
+    """The core of vit.py's and simple_vit.py's attention, for q, k, v of shape (b, n, heads * d), returning the same
+    shape: jax.nn.dot_product_attention where `attention_impl` asks for it and no attention dropout acts, else
+    vit-pytorch's softmax(q k^T * scale) v, its map offered to the Recorder as `module`'s and then dropped out."""
+    if uses_fused_attention(attention_impl, dropout, train):
+        q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=heads) for t in (q, k, v))
+        return rearrange(fused_attention(q, k, v, scale, attention_impl), 'b n h d -> b n (h d)')
+    q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=heads) for t in (q, k, v))
+    attn = attention_weights(q, k, scale=scale)
+    record_attention_map(module, attn)
+    attn = nn.Dropout(dropout, deterministic=not train)(attn)
+    return rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
+
+
 def check_sincos_dim(dim: int):
     if dim % 4:
         raise ValueError(f'feature dimension must be a multiple of 4 for the sin-cos embedding, got dim={dim}')

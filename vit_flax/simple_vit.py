@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
-from einops import rearrange
 
 from vit_flax.layers import (
-    LayerNorm, Linear, attention_weights, check_attention_impl, check_sincos_dim, fused_attention, gelu, pair,
-    posemb_sincos_2d, record_attention_map, residual_boundary, uses_fused_attention,
+    LayerNorm, Linear, check_attention_impl, check_sincos_dim, gelu, multi_head_attention, pair, posemb_sincos_2d,
+    residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import check_image_config, patchify
@@ -56,17 +55,8 @@ class Attention(nn.Module):
         inner_dim = self.dim_head * self.heads
         x = LayerNorm(name='norm')(x)
 
-        qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
-        if uses_fused_attention(self.attention_impl, dropout=0.0, train=False):
-            q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=self.heads) for t in qkv)
-            out = rearrange(fused_attention(q, k, v, self.dim_head**-0.5, self.attention_impl), 'b n h d -> b n (h d)')
-        else:
-            q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
-
-            attn = attention_weights(q, k, scale=self.dim_head**-0.5)
-            record_attention_map(self, attn)
-            out = jnp.einsum('bhij,bhjd->bhid', attn, v)
-            out = rearrange(out, 'b h n d -> b n (h d)')
+        q, k, v = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
+        out = multi_head_attention(self, q, k, v, self.heads, self.dim_head**-0.5, self.attention_impl)
         return Linear(self.dim, use_bias=False, name='to_out')(out)
 
 

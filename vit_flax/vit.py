@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import (
-    LayerNorm, Linear, add_position_embedding, attention_weights, check_attention_impl, fused_attention, gelu, pair,
-    randn, record_attention_map, residual_boundary, uses_fused_attention,
+    LayerNorm, Linear, add_position_embedding, check_attention_impl, gelu, multi_head_attention, pair, randn,
+    residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
@@ -64,19 +64,9 @@ class Attention(nn.Module):
 
         x = LayerNorm(name='norm')(x)
 
-        qkv = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
-        if uses_fused_attention(self.attention_impl, self.dropout, train):
-            q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=self.heads) for t in qkv)
-            out = rearrange(fused_attention(q, k, v, self.dim_head**-0.5, self.attention_impl), 'b n h d -> b n (h d)')
-        else:
-            q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in qkv)
-
-            attn = attention_weights(q, k, scale=self.dim_head**-0.5)
-            record_attention_map(self, attn)
-            attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
-
-            out = jnp.einsum('bhij,bhjd->bhid', attn, v)
-            out = rearrange(out, 'b h n d -> b n (h d)')
+        q, k, v = jnp.split(Linear(inner_dim * 3, use_bias=False, name='to_qkv')(x), 3, axis=-1)
+        out = multi_head_attention(self, q, k, v, self.heads, self.dim_head**-0.5, self.attention_impl, self.dropout,
+                                   train)
         if not project_out:
             return out
         out = Linear(self.dim, name='to_out_0')(out)
