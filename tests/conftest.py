@@ -1,5 +1,8 @@
-"""Shared test set-up: exact float32 matmuls, one torch thread per pytest worker, vit-pytorch importable."""
+"""Shared test set-up: exact float32 matmuls, one torch thread per pytest worker, vit-pytorch importable, and the
+float64 oracle every parity comparison is judged against."""
 
+import contextlib
+import copy
 import gc
 
 import jax
@@ -82,8 +85,6 @@ def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
 def new_torch_model(entry, config):
     """A freshly initialised vit-pytorch model for a registry config, in eval mode (built under the input spec's
     `torch_construction()` context where it has one: vit-pytorch's Dino runs torchvision transforms in __init__)."""
-    import contextlib
-
     from vit_flax import registry
 
     construction = getattr(entry.inputs, 'torch_construction', contextlib.nullcontext)
@@ -122,10 +123,79 @@ def converted_pair(entry, config, seed=0):
     return model, converters.from_torch(model, torch_model.state_dict()), torch_model
 
 
+def float64_reference(torch_model):
+    """A float64 copy of a vit-pytorch model: the exact answer that its float32 self, and ours, round.
+
+    Parity is judged against this copy, never against torch's float32 run: float32 round-off depends on the CPU
+    (oneDNN and MKL pick other kernels, so other summation orders, on an AVX-512 Intel than on an AMD EPYC), on
+    ATen's SIMD width and on the thread count, and a float32 oracle makes a test pass or fail by the machine it runs
+    on. Our float32 results keep their tolerances against the truth.
+
+    The copy runs with torch's default dtype float64, so the tensors vit-pytorch makes in its forward (MAE's
+    `torch.zeros` for the decoder tokens) are float64 too; where it casts to float32 itself and feeds a layer
+    (CrossFormer's `rel_pos.float()`), the layer takes the tensor in float64: such casts carry small integers or
+    masks, which float64 holds exactly.
+    """
+    exact = copy.deepcopy(torch_model).double()
+
+    def float64_inputs(module, args, kwargs):
+        cast = lambda a: a.double() if isinstance(a, torch.Tensor) and a.dtype == torch.float32 else a  # noqa: E731
+        return tuple(cast(a) for a in args), {name: cast(a) for name, a in kwargs.items()}
+
+    for module in exact.modules():
+        module.register_forward_pre_hook(float64_inputs, with_kwargs=True)
+
+    def forward_in_float64(*args, **kwargs):
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:  # the class's forward at call time: a test context may patch it (mae.torch_runs_on_2d_pos_embedding)
+            return type(exact).forward(exact, *args, **kwargs)
+        finally:
+            torch.set_default_dtype(default)
+
+    exact.forward = forward_in_float64
+    return exact
+
+
+def nchw(x, dtype=torch.float64):
+    """Channels-last images as vit-pytorch takes them (channels first), float64 by default for the reference."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1))).to(dtype)
+
+
 def torch_forward(torch_model, x):
-    """vit-pytorch on channels-last images, without gradients."""
+    """vit-pytorch's exact answer (its float64 reference) on channels-last images, without gradients."""
     with torch.no_grad():
-        return torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
+        return float64_reference(torch_model)(nchw(x))
+
+
+def torch_inputs(entry, inputs, dtype=torch.float64):
+    """An entry's example inputs as vit-pytorch takes them (tensors, or lists of tensors for NaViT), floats in
+    `dtype`: float64 for the reference, float32 to run vit-pytorch as users do."""
+    def convert(a):
+        if isinstance(a, (list, tuple)):
+            return [convert(item) for item in a]
+        t = torch.from_numpy(a)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    return [convert(a) for a in entry.inputs.to_torch_layout(inputs)]
+
+
+def torch_context(entry):
+    return entry.torch_context() if entry.torch_context else contextlib.nullcontext()
+
+
+def same_draws(entry, model, inputs):
+    """(Flax rngs, torch context) under which a model that is random in eval mode draws the same numbers on both
+    sides (the input spec's optional `randomness`, e.g. ats_vit); (None, a null context) for every other model."""
+    if hasattr(entry.inputs, 'randomness'):
+        return entry.inputs.randomness(model, inputs)
+    return None, contextlib.nullcontext()
+
+
+def run_torch(entry, torch_model, inputs):
+    """vit-pytorch's exact answer (its float64 reference) on an entry's example inputs, without gradients."""
+    with torch.no_grad(), torch_context(entry):
+        return float64_reference(torch_model)(*torch_inputs(entry, inputs))
 
 
 def numpy_tree(tree):

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import converters
-from tests.conftest import assert_close_outputs, randomised_torch_model, torch_forward
-from tests.test_parity import run_torch
+from tests.conftest import assert_close_outputs, randomised_torch_model, run_torch, torch_forward
 from vit_flax import layers, na_vit, registry
 from vit_flax.recorder import Recorder
 

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import assert_close_outputs, converted_pair
-from tests.test_parity import same_draws, torch_inputs
+from tests.conftest import assert_close_outputs, converted_pair, float64_reference, same_draws, torch_inputs
 from vit_flax import registry
 from vit_flax.extractor import Extractor, flax_path
 from vit_flax.vit import ViT
@@ -58,7 +57,11 @@ FAST = ('vit.ViT', 'cross_vit.CrossViT', 'cvt.CvT', 'cct.CCT')
 TORCH_INPUT_UPDATED_IN_PLACE = {('cct.CCT', 'classifier'), ('cct_3d.CCT', 'classifier')}
 
 
-def torch_extract(torch_model, inputs, **kwargs):
+def torch_extract(torch_model, inputs, layer=None, **kwargs):
+    """vit-pytorch's Extractor on the model's float64 reference (`layer`: a dotted submodule name, found in it)."""
+    torch_model = float64_reference(torch_model)
+    if layer is not None:
+        kwargs['layer'] = torch_model.get_submodule(layer)
     extractor = converters.import_vit_pytorch('vit_pytorch.extractor').Extractor(torch_model, **kwargs)
     with torch.no_grad():
         result = extractor(*inputs)
@@ -145,9 +148,8 @@ def vit_pair():
 def test_nested_layers_by_torch_or_flax_path():
     """'transformer.layers.1.0' (torch's dotted name, which vit-pytorch reaches with `layer=`) and Flax's path."""
     model, variables, torch_model, images = vit_pair()
-    torch_layer = torch_model.transformer.layers[1][0]
     for save_input in (False, True):
-        expected = torch_extract(torch_model, torch_inputs(VIT, (images,)), layer=torch_layer,
+        expected = torch_extract(torch_model, torch_inputs(VIT, (images,)), layer='transformer.layers.1.0',
                                  layer_save_input=save_input, return_embeddings_only=True)
         for layer_name in ('transformer.layers.1.0', 'transformer/layers_1_0'):
             found = Extractor(model, layer_name=layer_name, layer_save_input=save_input,

@@ -7,9 +7,6 @@
 - initialisers draw from vit-pytorch's distributions.
 """
 
-import contextlib
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +15,8 @@ import torch
 from flax import traverse_util
 
 import converters
-from tests.conftest import apply, assert_close_outputs, init_variables, new_torch_model, randomised_torch_model
+from tests.conftest import (apply, assert_close_outputs, float64_reference, init_variables, new_torch_model,
+                            randomised_torch_model, run_torch, same_draws, torch_context, torch_inputs)
 from vit_flax import registry
 
 # `make test` checks the first configuration of every entry; `make test-slow` the others (the suite must stay under
@@ -46,34 +44,6 @@ def randomised_flax_variables(model, seed=0):
         else:
             noisy[path] = leaf + jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
     return traverse_util.unflatten_dict(noisy)
-
-
-def torch_inputs(entry, inputs, dtype=None):
-    """The example inputs as vit-pytorch takes them: tensors, or lists of tensors (NaViT); floats cast to `dtype`."""
-    def convert(a):
-        if isinstance(a, (list, tuple)):
-            return [convert(item) for item in a]
-        t = torch.from_numpy(a)
-        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-    return [convert(a) for a in entry.inputs.to_torch_layout(inputs)]
-
-
-def torch_context(entry):
-    return entry.torch_context() if entry.torch_context else contextlib.nullcontext()
-
-
-def run_torch(entry, torch_model, inputs):
-    with torch.no_grad(), torch_context(entry):
-        return torch_model(*torch_inputs(entry, inputs))
-
-
-def same_draws(entry, model, inputs):
-    """(Flax rngs, torch context) under which a model that is random in eval mode draws the same numbers on both
-    sides (the input spec's optional `randomness`, e.g. ats_vit); (None, a null context) for every other model."""
-    if hasattr(entry.inputs, 'randomness'):
-        return entry.inputs.randomness(model, inputs)
-    return None, contextlib.nullcontext()
 
 
 @pytest.mark.parametrize('entry, index', CASES)
@@ -130,39 +100,35 @@ def test_round_trip_is_bit_exact(entry, index, dtype):
         assert torch.equal(again[key], tensor), key
 
 
-def torch_gradients(entry, torch_model, inputs, draws, dtype):
-    """vit-pytorch's gradients of sum(output * w) in `dtype` (a copy of the model), and the output weights w."""
-    torch_model = copy.deepcopy(torch_model).to(dtype)
+def torch_gradients(entry, torch_model, inputs, draws):
+    """vit-pytorch's exact gradients of sum(output * w) (its float64 reference), and the output weights w."""
+    torch_model = float64_reference(torch_model)
     with draws, torch_context(entry):
-        out = torch_model(*torch_inputs(entry, inputs, dtype))
+        out = torch_model(*torch_inputs(entry, inputs))
     outs = out if isinstance(out, (tuple, list)) else (out,)
     weights = [np.random.default_rng(7 + i).standard_normal(tuple(t.shape), dtype=np.float32)
                for i, t in enumerate(outs)]
-    sum(((t * torch.from_numpy(w).to(dtype)).sum() for t, w in zip(outs, weights)), torch.zeros((), dtype=dtype)).backward()
-    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.double().numpy()
+    sum(((t * torch.from_numpy(w)).sum() for t, w in zip(outs, weights)), torch.zeros((), dtype=torch.float64)).backward()
+    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy()
              for name, p in torch_model.named_parameters()}
     return grads, weights
 
 
 @pytest.mark.parametrize('entry, index', CASES)
 def test_gradients_match(entry, index):
-    """d(sum(output * w)) / d(weights) on both sides, compared in torch's layout (relative 1e-4).
+    """d(sum(output * w)) / d(weights): ours in float32 against vit-pytorch's exact (float64) ones, compared in
+    torch's layout (relative 1e-4).
 
     A parameter whose true gradient is zero (a bias that shifts every softmax logit alike, a shift a later
-    LayerNorm removes) holds only round-off on both sides, which no relative test can compare. torch's float64
-    gradients tell those apart; for them Flax's float32 gradient must be round-off small next to the largest
-    gradient of the model.
+    LayerNorm removes) holds only round-off in float32, which no relative test can compare: for them Flax's
+    gradient must be round-off small next to the largest gradient of the model.
     """
     torch_model = randomised_torch_model(entry, entry.configs[index])
     model = entry.build(index)
     variables = converters.from_torch(model, torch_model.state_dict())
     inputs = entry.inputs.example(model, batch=2, rng=np.random.default_rng(index))
     rngs, draws = same_draws(entry, model, inputs)
-    expected_grads, weights = torch_gradients(entry, torch_model, inputs, draws, torch.float32)
-    try:
-        exact_grads, _ = torch_gradients(entry, torch_model, inputs, draws, torch.float64)
-    except RuntimeError:  # the torch code casts to float32 itself (CrossFormer's position bias): no exact reference
-        exact_grads = expected_grads
+    exact_grads, weights = torch_gradients(entry, torch_model, inputs, draws)
 
     def loss(params):
         out = model.apply({**variables, 'params': params}, *inputs, rngs=rngs)
@@ -172,8 +138,8 @@ def test_gradients_match(entry, index):
     grads = jax.jit(jax.grad(loss))(variables['params'])
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
     largest = max(float(np.abs(g).max(initial=0.0)) for g in exact_grads.values())
-    for name, expected in expected_grads.items():
-        if np.abs(exact_grads[name]).max(initial=0.0) <= 1e-9 * largest:  # truly zero
+    for name, expected in exact_grads.items():
+        if np.abs(expected).max(initial=0.0) <= 1e-9 * largest:  # truly zero
             assert np.abs(flax_grads[name]).max(initial=0.0) <= 1e-5 * largest, name
             continue
         scale = float(np.abs(expected).max(initial=0.0))

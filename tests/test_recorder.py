@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import assert_close_outputs, converted_pair
-from tests.test_parity import same_draws, torch_inputs
+from tests.conftest import assert_close_outputs, converted_pair, float64_reference, same_draws, torch_inputs
 from vit_flax import registry
 from vit_flax.recorder import Recorder
 from vit_flax.vit import Transformer, ViT
@@ -51,7 +50,7 @@ def assert_recorder_matches(entry, model, variables, torch_model, batch=2, seed=
     rngs, torch_draws = same_draws(entry, model, inputs)
     preds, attns = jax.jit(Recorder(model).apply)(variables, *inputs, rngs=rngs)
     with torch_draws:
-        torch_preds, torch_attns = torch_recorder_run(torch_model, torch_inputs(entry, inputs))
+        torch_preds, torch_attns = torch_recorder_run(float64_reference(torch_model), torch_inputs(entry, inputs))
     assert attns.shape == tuple(torch_attns.shape)
     assert_close_outputs((preds, attns), (torch_preds, torch_attns), entry.tolerance)
     return attns
