@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow demo pretrain-demo readme-table notebooks clean
+.PHONY: test test-slow test-kernels demo pretrain-demo readme-table notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ test: $(STAMP)
 # harness's smoke run and the slowest objective checks
 test-slow: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m slow -q
+
+# make test's tests (KERNEL_TESTS picks others) on other float32 kernels than this CPU's defaults, as another CPU
+# would give: oneDNN limited to AVX2, MKL's compatible code path, ATen's scalar kernels, two torch threads per worker,
+# XLA's 512-bit vectors on one thread. Parity holds against vit-pytorch's float64 reference whatever the kernels.
+KERNEL_TESTS ?= -m 'not slow'
+test-kernels: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default TORCH_TEST_THREADS=2 \
+	XLA_FLAGS='--xla_cpu_prefer_vector_width=512 --xla_cpu_multi_thread_eigen=false' \
+	    $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q $(KERNEL_TESTS)
 
 # the main job: train on the embedded digits, export to vit-pytorch, check the exported model
 demo: $(STAMP)

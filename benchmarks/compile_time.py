@@ -12,7 +12,6 @@ so no weights are allocated. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from benchmarks.machine import cpu_count, cpu_model
 from vit_flax.scan import REMAT_POLICIES
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -79,6 +79,13 @@ def train_step_compile_times(model, batch: int, image_size: int, num_classes: in
     return lowered_at - start, time.perf_counter() - lowered_at
 
 
+def device_description() -> str:
+    device = jax.devices()[0]
+    if device.platform == 'cpu':
+        return f'{cpu_count()} cores of {cpu_model()}'
+    return device.device_kind
+
+
 def main(argv=None) -> str:
     args = parse_args(argv)
     config = dict(image_size=args.image_size, patch_size=args.patch_size, num_classes=args.num_classes, dim=args.dim,
@@ -102,7 +109,7 @@ def main(argv=None) -> str:
 
     header = (f'{args.model}, dim {args.dim}, heads {args.heads}, mlp {args.mlp_dim}, image {args.image_size}, '
               f'patch {args.patch_size}, batch {args.batch}, remat_policy {args.remat_policy}; AdamW train step; '
-              f'jax {jax.__version__} on {jax.devices()[0].device_kind} ({platform.machine()}); '
+              f'jax {jax.__version__} on {device_description()}; '
               f'`{shlex.join([*PROGRAM.split(), *(sys.argv[1:] if argv is None else argv)])}`')
     report = header + '\n\n' + '\n'.join(rows) + '\n'
     print(report, end='')

@@ -4,6 +4,7 @@ float64 oracle every parity comparison is judged against."""
 import contextlib
 import copy
 import gc
+import os
 
 import jax
 import numpy as np
@@ -16,7 +17,9 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 # optimisation passes cost more than they save here (about 30% of the suite). Numerics do not depend on them
 # (no fast-math either way); the training tests run in subprocesses with the default settings.
 jax.config.update('jax_disable_most_optimizations', True)
-torch.set_num_threads(1)  # pytest-xdist runs one worker per core
+# pytest-xdist runs one worker per core; `make test-kernels` gives torch two (TORCH_TEST_THREADS=2), which changes
+# how it splits and sums its work
+torch.set_num_threads(int(os.environ.get('TORCH_TEST_THREADS', '1')))
 
 # The oracle is the real vit-pytorch package. Its __init__ imports torchvision (for Dino's augmentations),
 # which cannot load against the CPU torch build on our machines: converters.oracle puts a minimal stand-in
