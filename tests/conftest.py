@@ -7,9 +7,11 @@ import gc
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 
 # float32 parity needs exact matmuls (no TF32 / bf16 passes on accelerators)
 jax.config.update('jax_default_matmul_precision', 'highest')
@@ -117,6 +119,21 @@ def randomised_torch_model(entry, config, seed=0):
     return model
 
 
+def randomised_flax_variables(model, seed=0):
+    """Flax init moved off its LayerNorm ones / zeros (numpy noise: eager jax.random per leaf compiles per shape)."""
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(init_variables(model, seed))
+    noisy = {}
+    for path, leaf in flat.items():
+        if path[0] == 'buffers':  # index tables and masks are structure, not weights
+            noisy[path] = leaf
+        elif path[0] == 'batch_stats' and path[-1] == 'var':
+            noisy[path] = jnp.asarray(0.5 + rng.random(leaf.shape, np.float32))
+        else:
+            noisy[path] = leaf + jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
+    return traverse_util.unflatten_dict(noisy)
+
+
 def converted_pair(entry, config, seed=0):
     """(Flax model, its variables, the randomised vit-pytorch model they were converted from)."""
     import converters
@@ -124,6 +141,18 @@ def converted_pair(entry, config, seed=0):
     torch_model = randomised_torch_model(entry, config, seed)
     model = entry.flax_class(**config)
     return model, converters.from_torch(model, torch_model.state_dict()), torch_model
+
+
+@contextlib.contextmanager
+def float64_default():
+    """torch's default dtype float64 inside: what vit-pytorch computes with tensors it makes itself (in a forward,
+    or a constructor's initial values) comes out exact."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
 
 
 def float64_reference(torch_model):
@@ -149,12 +178,9 @@ def float64_reference(torch_model):
         module.register_forward_pre_hook(float64_inputs, with_kwargs=True)
 
     def forward_in_float64(*args, **kwargs):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:  # the class's forward at call time: a test context may patch it (mae.torch_runs_on_2d_pos_embedding)
+        # the class's forward at call time: a test context may patch it (mae.torch_runs_on_2d_pos_embedding)
+        with float64_default():
             return type(exact).forward(exact, *args, **kwargs)
-        finally:
-            torch.set_default_dtype(default)
 
     exact.forward = forward_in_float64
     return exact

@@ -11,17 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_class
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class
 from vit_flax import ats_vit, registry
 from vit_flax.ats_vit import AdaptiveTokenSampling, Transformer, ViT
 
 ENTRY = registry.BY_NAME['ats_vit.ViT']
 TINY = ENTRY.configs[0]  # 16 patches, budgets (8, 4)
 DYNAMIC = ENTRY.configs[2]  # 9 patches, budgets (6, 6, 4): the third layer samples only for some batches
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
 _forwards = {}
@@ -37,8 +33,8 @@ def flax_forward(model, variables, x, rngs):
 
 
 def torch_forward_same_draws(torch_model, model, x, seed=0):
-    """vit-pytorch's (logits, ids) with the noise Flax draws for `seed`; also the rngs and the noise shapes torch
-    asked for."""
+    """vit-pytorch's exact (float64) logits and its ids with the noise Flax draws for `seed`; also the rngs and the
+    noise shapes torch asked for."""
     import vit_pytorch.ats_vit as module
 
     rngs, draws = ENTRY.inputs.randomness(model, (x,), seed)
@@ -53,7 +49,7 @@ def torch_forward_same_draws(torch_model, model, x, seed=0):
         module.sample_gumbel = recording
         try:
             with torch.no_grad():
-                logits, ids = torch_model(nchw(x), return_sampled_token_ids=True)
+                logits, ids = float64_reference(torch_model)(nchw(x), return_sampled_token_ids=True)
         finally:
             module.sample_gumbel = same_noise
     return logits.numpy(), ids.numpy(), rngs, asked
@@ -180,8 +176,8 @@ def test_adaptive_token_sampling_alone_matches_torch():
     original = module.sample_gumbel
     module.sample_gumbel = lambda shape, device, dtype: torch.from_numpy(np.array(noise)).to(dtype)
     try:
-        t_attn, t_mask, t_ids = module.AdaptiveTokenSampling(k)(*(torch.from_numpy(np.array(a))
-                                                                  for a in (attn, value, mask)))
+        exact = float64_reference(module.AdaptiveTokenSampling(k))
+        t_attn, t_mask, t_ids = exact(*(torch.from_numpy(np.array(a)) for a in (attn, value, mask)))
     finally:
         module.sample_gumbel = original
     width = t_ids.shape[1]

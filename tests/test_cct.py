@@ -9,8 +9,8 @@ from flax import traverse_util
 
 import converters
 from converters import rules
-from tests.conftest import (apply, assert_close_outputs, converted_pair, images, init_variables, torch_class,
-                            torch_forward)
+from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
+                            nchw, torch_class, torch_forward)
 from vit_flax import cct, registry
 from vit_flax.cct import CCT
 
@@ -33,10 +33,6 @@ MULTI_TOKEN = [
 ]
 
 
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-
-
 def image_batch(config, batch=2, seed=0):
     height, width = cct.pair(config['img_size'])
     return images((batch, height, width, config.get('n_input_channels', 3)), seed)
@@ -52,19 +48,20 @@ def test_multi_token_parity_and_gradients(index):
     assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
 
     # gradients, against the largest gradient of all: attention_pool.bias's true gradient is zero (a shift of all
-    # the softmax logits), so both sides hold round-off there, which a per-tensor scale cannot compare
+    # the softmax logits), so ours holds round-off there, which a per-tensor scale cannot compare
     weights = images((2, config['num_classes']), seed=7)
-    (torch_model(nchw(x)) * torch.from_numpy(weights)).sum().backward()
+    exact = float64_reference(torch_model)
+    (exact(nchw(x)) * torch.from_numpy(weights)).sum().backward()
     grads = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, x) * weights).sum()))(variables['params'])
     flax_grads = converters.to_torch(model, {'params': grads}, as_numpy=True)
-    expected = {name: np.zeros(p.shape, np.float32) if p.grad is None else p.grad.numpy()
-                for name, p in torch_model.named_parameters()}
+    expected = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for name, p in exact.named_parameters()}
     scale = max(float(np.abs(g).max(initial=0.0)) for g in expected.values())
     for name, grad in expected.items():
         np.testing.assert_allclose(flax_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+    assert np.abs(expected['classifier.attention_pool.bias']).max() <= 1e-9 * scale  # truly zero
     assert np.abs(flax_grads['classifier.attention_pool.bias']).max() <= 1e-6 * scale
     if config.get('positional_embedding', 'sine') == 'sine':  # requires_grad=False in torch: stopped here
-        assert torch_model.classifier.positional_emb.grad is None
+        assert exact.classifier.positional_emb.grad is None
         np.testing.assert_array_equal(flax_grads['classifier.positional_emb'], 0.0)
 
     # Flax -> torch, strict (Flax's own init, moved off its zero biases and LayerNorm ones)
@@ -107,11 +104,15 @@ def test_preset_defaults_follow_torch():
 def test_sine_embedding_and_drop_rates_follow_torch():
     import vit_pytorch.cct
 
+    # vit-pytorch builds the table in float32 itself (torch.FloatTensor): the stored init table, within 16 ulps
     for n, dim in [(1, 8), (17, 32), (49, 20)]:
         np.testing.assert_allclose(cct.sinusoidal_embedding(n, dim), vit_pytorch.cct.sinusoidal_embedding(n, dim),
                                    rtol=0, atol=1e-6)
-    for rate, n in [(0.1, 1), (0.1, 7), (0.3, 12), (0.7, 5)]:
-        assert cct.torch_linspace(0, rate, n) == [v.item() for v in torch.linspace(0, rate, n)]
+    # vit-pytorch's drop rates, torch.linspace in float32: the float32 nearest each exact rate (torch's float32 kernel
+    # rounds some of them either way by the CPU's SIMD width)
+    for rate, n in [(0.1, 0), (0.1, 1), (0.1, 7), (0.3, 12), (0.7, 5), (0.1, 9), (0.37, 15), (0.9, 40)]:
+        exact = torch.linspace(0, np.float32(rate).item(), n, dtype=torch.float64)
+        assert cct.drop_path_rates(rate, n) == [v.item() for v in exact.float()], (rate, n)
 
     variables = init_variables(CCT(**TINY))  # the sine init is torch's table, a fixed parameter
     np.testing.assert_allclose(variables['params']['classifier']['positional_emb'],
@@ -137,7 +138,7 @@ def test_stochastic_depth_matches_torch_given_the_same_draw(monkeypatch):
     assert 'blocks_0' not in blocks
     draws = [np.asarray(u) for i in (1, 2) for u in blocks[f'blocks_{i}']['drop_path']['drop_path_uniforms']]
     assert len(draws) == 4 and all(d.shape == (6, 1, 1) for d in draws)
-    keep_probs = [1 - p for p in cct.torch_linspace(0, 0.6, 3)[1:] for _ in range(2)]
+    keep_probs = [1 - p for p in cct.drop_path_rates(0.6, 3)[1:] for _ in range(2)]
     kept = np.concatenate([d < k for d, k in zip(draws, keep_probs)])
     assert kept.any() and not kept.all()
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_class, torch_forward
+from tests.conftest import (
+    apply, assert_close_outputs, converted_pair, float64_reference, images, torch_class, torch_forward,
+)
 from vit_flax import registry
 from vit_flax.cross_vit import Attention, CrossTransformer, CrossViT
 
@@ -103,7 +105,8 @@ def test_cross_attention_normalises_only_the_query():
             'to_out.0.weight': tensor(params['to_out_0']['kernel'].T),
             'to_out.0.bias': tensor(params['to_out_0']['bias']),
         })
-        expected = torch_attention(tensor(cls), context=tensor(context), kv_include_self=True)
+        expected = float64_reference(torch_attention)(tensor(cls).double(), context=tensor(context).double(),
+                                                      kv_include_self=True)
     run = jax.jit(lambda q, c: attention.apply({'params': params}, q, c, kv_include_self=True))
     out = run(cls, context)
     assert out.shape == (2, 1, dim)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw,
-                            torch_forward)
+from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
+                            nchw, torch_forward)
 from vit_flax import registry
 from vit_flax.deepvit import Attention, DeepViT
 

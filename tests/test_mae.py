@@ -2,8 +2,6 @@
 2-D pos_embedding breakage patched on the torch side only), the encoder's variables being a plain ViT's, the
 reconstruction method, bad configurations and modes."""
 
-import copy
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, images, init_variables, randomised_torch_model, torch_forward
+from tests.conftest import apply, float64_reference, images, init_variables, nchw, randomised_torch_model, torch_forward
 from vit_flax import mae, registry, simple_vit, vit
 from vit_flax.layers import pair
 from vit_flax.mae import MAE
@@ -28,50 +26,39 @@ BEYOND = dict(
 )
 
 
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-
-
 def input_shape(model, batch=2):
     return (batch, *pair(model.image_size), model.channels)
 
 
-def torch_loss_and_grads(entry, torch_model, x, draws, dtype):
-    torch_model = copy.deepcopy(torch_model).to(dtype)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # MAE's decoder tokens start as torch.zeros(...) of the default dtype
-    try:
-        with draws, entry.torch_context():
-            loss = torch_model(nchw(x).to(dtype))
-    finally:
-        torch.set_default_dtype(default_dtype)
+def torch_loss_and_grads(entry, torch_model, x, draws):
+    """vit-pytorch's exact (float64) loss and parameter gradients on `x` under the masks `draws` makes."""
+    exact = float64_reference(torch_model)
+    with draws, entry.torch_context():
+        loss = exact(nchw(x))
     loss.backward()
-    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.double().numpy()
-             for name, p in torch_model.named_parameters()}
+    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for name, p in exact.named_parameters()}
     return float(loss.detach()), grads
 
 
 def check_loss_and_gradients(entry, config, x=None, seed=0):
-    """The objective's loss and its gradients for every weight equal vit-pytorch's under the same masks
-    (the registry's tolerance; gradients relative 1e-4, with float64 torch telling truly-zero gradients apart,
-    as tests/test_parity.py does). Returns the Flax model and variables."""
+    """The objective's loss and its gradients for every weight equal vit-pytorch's exact ones under the same masks
+    (the registry's tolerance; gradients relative 1e-4, truly-zero gradients told apart as tests/test_parity.py
+    does). Returns the Flax model and variables."""
     torch_model = randomised_torch_model(entry, config, seed)
     model = entry.flax_class(**config)
     variables = converters.from_torch(model, torch_model.state_dict())
     x = images(input_shape(model), seed) if x is None else x
     rngs, draws = entry.inputs.randomness(model, (x,), seed)
-
-    torch_loss, expected = torch_loss_and_grads(entry, torch_model, x, draws, torch.float32)
-    _, exact = torch_loss_and_grads(entry, torch_model, x, draws, torch.float64)
+    torch_loss, expected = torch_loss_and_grads(entry, torch_model, x, draws)
 
     loss_fn = lambda params: model.apply({**variables, 'params': params}, x, rngs=rngs)  # noqa: E731
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
     assert abs(float(loss) - torch_loss) <= entry.tolerance * max(1.0, abs(torch_loss)), (float(loss), torch_loss)
 
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    largest = max(float(np.abs(g).max(initial=0.0)) for g in exact.values())
+    largest = max(float(np.abs(g).max(initial=0.0)) for g in expected.values())
     for name, expected_grad in expected.items():
-        if np.abs(exact[name]).max(initial=0.0) <= 1e-9 * largest:  # truly zero (unused, or removed by a norm)
+        if np.abs(expected_grad).max(initial=0.0) <= 1e-9 * largest:  # truly zero (unused, or removed by a norm)
             assert np.abs(flax_grads[name]).max(initial=0.0) <= 1e-5 * largest, name
             continue
         scale = float(np.abs(expected_grad).max())

@@ -8,16 +8,12 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
 from vit_flax import registry
 from vit_flax.mobile_vit import MobileViT
 
 ENTRY = registry.BY_NAME['mobile_vit.MobileViT']
 TINY = ENTRY.configs[0]
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
 def test_parameter_tree_mirrors_torch():
@@ -39,16 +35,16 @@ def test_train_mode_batchnorm_statistics_match_torch():
     model, variables, torch_model = converted_pair(ENTRY, TINY)
     x = images((3, 64, 64, 3), seed=5)
     eval_out = torch_forward(torch_model, x)
-    torch_model.train()
+    reference = float64_reference(torch_model).train()  # its running statistics are the ones compared below
     with torch.no_grad():
-        torch_out = torch_model(nchw(x))
+        torch_out = reference(nchw(x))
     assert not np.allclose(eval_out, torch_out, atol=1e-3)
 
     out, updates = apply(model, variables, x, train=True, mutable=['batch_stats'])
     assert_close_outputs(out, torch_out, ENTRY.tolerance)
     new_state = converters.to_torch(model, {**variables, **updates}, as_numpy=True)
     old_state = converters.to_torch(model, variables, as_numpy=True)
-    torch_state = torch_model.state_dict()
+    torch_state = reference.state_dict()
     keys = [k for k in torch_state if k.endswith(('running_mean', 'running_var'))]
     assert len(keys) == 2 * (1 + 4 * 3 + 3 * 3 + 3 * 4 + 1)
     for key in keys:

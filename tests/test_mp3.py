@@ -13,8 +13,10 @@ from tests.conftest import (
     apply,
     assert_close_outputs,
     converted_pair,
+    float64_reference,
     images,
     init_variables,
+    nchw,
     torch_class,
     torch_forward,
 )
@@ -66,9 +68,10 @@ def test_transformer_with_and_without_context_matches_torch(config):
     model, variables, torch_transformer = transformer_pair(config)
     x, context = images((2, 7, config['dim']), seed=1), images((2, 4, config['dim']), seed=2)
     run = jax.jit(lambda v, x, c: model.apply(v, x, context=c))
+    exact = float64_reference(torch_transformer)
     with torch.no_grad():
-        expected_cross = torch_transformer(torch.from_numpy(x), torch.from_numpy(context))
-        expected_self = torch_transformer(torch.from_numpy(x))
+        expected_cross = exact(torch.from_numpy(x).double(), torch.from_numpy(context).double())
+        expected_self = exact(torch.from_numpy(x).double())
     assert_close_outputs(run(variables, x, context), expected_cross, ENTRY.tolerance)
     assert_close_outputs(jax.jit(model.apply)(variables, x), expected_self, ENTRY.tolerance)
     # and the context matters
@@ -87,11 +90,11 @@ def test_vit_pieces_as_mp3_uses_them():
         return vit.transformer(tokens, context)
 
     out = jax.jit(lambda v, img: model.apply(v, img, method=mp3_tokens))(variables, x)
+    exact = float64_reference(torch_model)
     with torch.no_grad():
-        tokens = torch_model.to_patch_embedding(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))))
-        tokens = rearrange(tokens, 'b ... d -> b (...) d')
+        tokens = rearrange(exact.to_patch_embedding(nchw(x)), 'b ... d -> b (...) d')
         context = tokens[torch.arange(2)[:, None], torch.from_numpy(unmasked)]
-        expected = torch_model.transformer(tokens, context)
+        expected = exact.transformer(tokens, context)
     assert out.shape == (2, 16, 32)
     assert_close_outputs(out, expected, ENTRY.tolerance)
 

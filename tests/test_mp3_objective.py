@@ -5,15 +5,16 @@ stream, the encoder's parameters being a plain mp3.ViT's, bad configs and inputs
 import jax
 import numpy as np
 import pytest
-import torch
 
 import converters
 from tests.conftest import (
     apply,
     assert_close_outputs,
     converted_pair,
+    float64_reference,
     images,
     init_variables,
+    nchw,
     torch_class,
     torch_forward,
 )
@@ -25,21 +26,18 @@ VIT_ENTRY = registry.BY_NAME['mp3.ViT']
 TINY = ENTRY.configs[0]  # 16x16 images, 4x4 patches (16 tokens), dim 32, depth 2, masking_ratio 0.5
 
 
-def channels_first(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-
-
 def shared_draw(model, x, seed):
     """(Flax rngs, torch context) drawing the same masking permutation: the registry's input-spec hook."""
     return ENTRY.inputs.randomness(model, (x,), seed)
 
 
 def torch_loss_and_grads(torch_model, x, draws):
-    torch_model.zero_grad()
+    """vit-pytorch's exact (float64) loss and parameter gradients on `x` under the permutation `draws` makes."""
+    exact = float64_reference(torch_model)
     with draws:
-        loss = torch_model(channels_first(x))
+        loss = exact(nchw(x))
     loss.backward()
-    return loss.detach(), {name: p.grad for name, p in torch_model.named_parameters()}
+    return loss.detach(), {name: p.grad for name, p in exact.named_parameters()}
 
 
 @pytest.mark.parametrize('config, size, train', [

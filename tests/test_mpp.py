@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import assert_close_outputs, converted_pair, images, init_variables, torch_class
+from tests.conftest import (assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw,
+                            torch_class, torch_forward)
 from vit_flax import mpp, registry, vit
 from vit_flax.mpp import MPP
 
@@ -20,22 +21,19 @@ TINY = ENTRY.configs[0]  # 16x16x3 images, 4x4 patches (16), cls pool, bits 3 (5
 MEAN_POOL = ENTRY.configs[1]  # 8x12x1 images (6 patches), mean pool, bits 2, random patches, normalised targets
 
 
-def channels_first(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-
-
 def torch_mpp():
     return converters.import_vit_pytorch('vit_pytorch.mpp')
 
 
 def torch_loss_and_grads(model, torch_model, x, rngs):
-    """vit-pytorch's loss and parameter gradients on `x`, drawing what the Flax call with `rngs` draws."""
+    """vit-pytorch's exact (float64) loss and parameter gradients on `x`, drawing what the Flax call with `rngs`
+    draws."""
     draws = model.apply({}, x, rngs=rngs, method=MPP.masking_draws)
-    torch_model.zero_grad()
+    exact = float64_reference(torch_model)
     with model.torch_draws(draws), mpp.torch_mpp_runs():
-        loss = torch_model(channels_first(x))
+        loss = exact(nchw(x))
     loss.backward()
-    return loss.item(), {name: p.grad for name, p in torch_model.named_parameters()}
+    return loss.item(), {name: p.grad for name, p in exact.named_parameters()}
 
 
 def assert_loss_and_gradients_match(model, variables, torch_model, x, seed, train=False):
@@ -115,8 +113,9 @@ def test_quantised_targets_and_loss_match_torch_mpp_loss(bits, max_pixel_val, me
 
     loss = mpp.MPPLoss(p, c, bits, max_pixel_val, mean, std)
     flax_loss = loss.apply({}, predicted, target, mask)
-    torch_loss = torch_mpp().MPPLoss(p, c, bits, max_pixel_val, mean and list(mean), std and list(std))(
-        torch.from_numpy(predicted), channels_first(target), torch.from_numpy(mask))
+    torch_loss_fn = torch_mpp().MPPLoss(p, c, bits, max_pixel_val, mean and list(mean), std and list(std))
+    torch_loss = float64_reference(torch_loss_fn)(torch.from_numpy(predicted).double(), nchw(target),
+                                                  torch.from_numpy(mask))
     assert_close_outputs(flax_loss, torch_loss, TOL)
 
 
@@ -153,9 +152,8 @@ def test_encoder_params_are_a_plain_vit_and_export_to_torch():
     for key, tensor in torch_model.transformer.state_dict().items():
         assert torch.equal(state_dict[key], tensor), key
     x = images((2, 16, 16, 3), seed=3)
-    with torch.no_grad():
-        expected = torch_vit(channels_first(x))
-    assert_close_outputs(jax.jit(encoder.apply)({'params': variables['params']['transformer']}, x), expected, TOL)
+    assert_close_outputs(jax.jit(encoder.apply)({'params': variables['params']['transformer']}, x),
+                         torch_forward(torch_vit, x), TOL)
 
 
 def test_converters_write_and_check_the_shared_patch_embedding():
@@ -180,7 +178,7 @@ def test_vit_pytorch_fails_without_the_fix():
     """vit-pytorch 1.26.11's MPP cannot run on its own ViT (2-D cls_token); with pool='mean' its `[:, 1:]` also
     drops a patch's prediction. `torch_mpp_runs` is the smallest patch; it leaves the state dict alone."""
     _, _, torch_model = converted_pair(ENTRY, TINY)
-    x = channels_first(images((1, 16, 16, 3)))
+    x = nchw(images((1, 16, 16, 3)), dtype=torch.float32)  # vit-pytorch's own failure, as users run it
     with pytest.raises(Exception, match='dim'):  # einops: '() n d' on a 2-D tensor
         torch_model(x)
     keys = list(torch_model.state_dict())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
 from vit_flax import registry
 from vit_flax.nest import NesT
 
@@ -55,10 +55,9 @@ def test_last_position_embedding_gets_no_gradient(index):
     model, variables, torch_model = converted(config, seed=index)
     (x,) = example(model, batch=2, seed=index)
     weights = images((2, config['num_classes']), seed=7)
-    torch_model = torch_model.double()
-    (torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).double())
-     * torch.from_numpy(weights).double()).sum().backward()
-    expected = {name: p.grad.numpy() for name, p in torch_model.named_parameters()}
+    reference = float64_reference(torch_model)
+    (reference(nchw(x)) * torch.from_numpy(weights).double()).sum().backward()
+    expected = {name: p.grad.numpy() for name, p in reference.named_parameters()}
     scale = max(float(np.abs(g).max()) for g in expected.values())
     last = f"layers.{config['num_hierarchies'] - 1}.0.pos_emb"
     assert np.abs(expected[last]).max() <= 1e-12 * scale

@@ -16,7 +16,8 @@ from flax import traverse_util
 
 import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, init_variables, new_torch_model,
-                            randomised_torch_model, run_torch, same_draws, torch_context, torch_inputs)
+                            randomised_flax_variables, randomised_torch_model, run_torch, same_draws, torch_context,
+                            torch_inputs)
 from vit_flax import registry
 
 # `make test` checks the first configuration of every entry; `make test-slow` the others (the suite must stay under
@@ -29,21 +30,6 @@ CASES = [
     for entry in registry.ENTRIES
     for index in range(len(entry.configs))
 ]
-
-
-def randomised_flax_variables(model, seed=0):
-    """Flax init moved off its LayerNorm ones / zeros (numpy noise: eager jax.random per leaf compiles per shape)."""
-    rng = np.random.default_rng(seed)
-    flat = traverse_util.flatten_dict(init_variables(model, seed))
-    noisy = {}
-    for path, leaf in flat.items():
-        if path[0] == 'buffers':  # index tables and masks are structure, not weights
-            noisy[path] = leaf
-        elif path[0] == 'batch_stats' and path[-1] == 'var':
-            noisy[path] = jnp.asarray(0.5 + rng.random(leaf.shape, np.float32))
-        else:
-            noisy[path] = leaf + jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
-    return traverse_util.unflatten_dict(noisy)
 
 
 @pytest.mark.parametrize('entry, index', CASES)

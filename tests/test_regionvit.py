@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, images, init_variables, randomised_torch_model, torch_class, \
-    torch_forward
+from tests.conftest import (apply, assert_close_outputs, float64_reference, images, init_variables, nchw,
+                            randomised_torch_model, torch_class, torch_forward)
 from vit_flax import registry
 from vit_flax.regionvit import R2LTransformer, RegionViT, local_bias_indices
 
@@ -77,7 +77,7 @@ def test_r2l_transformer_alone(local_size, region_size):
     variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=(local[:1], region[:1]))
     out = jax.jit(model.apply)(variables, local, region)
     with torch.no_grad():
-        expected = torch_model(*(torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))) for a in (local, region)))
+        expected = float64_reference(torch_model)(nchw(local), nchw(region))
     assert_close_outputs([np.moveaxis(np.asarray(o), -1, 1) for o in out], expected, ENTRY.tolerance)
 
 

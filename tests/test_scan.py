@@ -15,9 +15,9 @@ from flax import traverse_util
 
 import converters
 from tests.conftest import (
-    apply, assert_close_outputs, images, new_torch_model, randomised_torch_model, torch_forward,
+    apply, assert_close_outputs, images, new_torch_model, randomised_flax_variables, randomised_torch_model,
+    torch_forward,
 )
-from tests.test_parity import randomised_flax_variables
 from vit_flax import mae, registry, simple_vit_3d, vit_3d
 from vit_flax.extractor import Extractor
 from vit_flax.recorder import Recorder

@@ -8,17 +8,13 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
 from vit_flax import registry
 from vit_flax.sep_vit import DSSA, SepViT
 
 ENTRY = registry.BY_NAME['sep_vit.SepViT']
 TINY = ENTRY.configs[0]  # two stages: 56 x 56 images give 14 x 14 (2 x 2 windows), then 7 x 7 (one window)
 ONE_STAGE = ENTRY.configs[1]
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
 def test_parameter_tree_mirrors_torch():
@@ -78,15 +74,16 @@ def test_one_window_skips_the_point_wise_attention():
     gradient is zero here, None in torch; the rest match."""
     model, variables, torch_model = converted_pair(ENTRY, ONE_STAGE)
     x = images((2, 28, 28, 1), seed=3)
-    torch_out = torch_model(nchw(x))
+    exact = float64_reference(torch_model)
+    torch_out = exact(nchw(x))
     weights = images(tuple(torch_out.shape), seed=4)
-    (torch_out * torch.from_numpy(weights)).sum().backward()
+    (torch_out * torch.from_numpy(weights).double()).sum().backward()
     loss = lambda p: (model.apply({**variables, 'params': p}, x) * weights).sum()
     grads = jax.jit(jax.grad(loss))(variables['params'])
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    unused = [name for name, p in torch_model.named_parameters() if p.grad is None]
+    unused = [name for name, p in exact.named_parameters() if p.grad is None]
     assert len(unused) == 2 * 4 and all('window_tokens_to_qk' in name for name in unused)  # 2 layers x 2 modules
-    for name, parameter in torch_model.named_parameters():
+    for name, parameter in exact.named_parameters():
         if parameter.grad is None:
             assert not np.any(flax_grads[name]), name
         else:
@@ -110,7 +107,7 @@ def test_dssa_alone_with_its_own_window_size(window_size, size):
     variables = converters.from_torch(attention, torch_attention.state_dict(), example_inputs=(x,))
     out = jax.jit(attention.apply)(variables, x)
     with torch.no_grad():
-        torch_out = torch_attention(nchw(x))
+        torch_out = float64_reference(torch_attention)(nchw(x))
     assert_close_outputs(np.moveaxis(np.asarray(out), -1, 1), torch_out, ENTRY.tolerance)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_default, images, torch_forward
 from vit_flax import registry
 from vit_flax.layers import posemb_sincos_3d
 from vit_flax.simple_vit_3d import SimpleViT
@@ -20,7 +20,10 @@ TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, 4 frames in pairs, d
 @pytest.mark.parametrize('grid, dim', [((2, 3, 4), 24), ((3, 1, 2), 32), ((1, 2, 2), 12), ((2, 2, 3), 17), ((2, 1, 1), 4)])
 def test_posemb_matches_torch(grid, dim):
     """vit-pytorch's embedding of a (b, f, h, w, dim) patch grid: dim // 6 frequencies, zero-padded; none below 6."""
-    torch_pe = converters.import_vit_pytorch('vit_pytorch.simple_vit_3d').posemb_sincos_3d(torch.zeros(1, *grid, dim))
+    posemb = converters.import_vit_pytorch('vit_pytorch.simple_vit_3d').posemb_sincos_3d
+    with float64_default():  # the exact embedding: its aranges divide into torch's default dtype
+        torch_pe = posemb(torch.zeros(1, *grid, dim))
+    assert torch_pe.dtype == torch.float64
     np.testing.assert_allclose(posemb_sincos_3d(*grid, dim), torch_pe.numpy(), rtol=0, atol=1e-6)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
+from tests.conftest import apply, assert_close_outputs, converted_pair, images, run_torch, torch_forward
 from vit_flax import registry
 from vit_flax.vit_with_patch_merger import PatchMerger, ViT
 
@@ -96,8 +96,7 @@ def test_patch_merger_alone_broadcasts_leading_axes_like_torch(shape):
     x = images(shape)
     out = model.apply(variables, x)
     assert out.shape == (*shape[:-2], 4, 16)
-    with torch.no_grad():
-        assert_close_outputs(out, torch_model(torch.from_numpy(x)), MERGER.tolerance)
+    assert_close_outputs(out, run_torch(MERGER, torch_model, (x,)), MERGER.tolerance)
 
 
 def test_patch_merger_outputs_are_convex_combinations_of_normed_tokens():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vit_flax
-from tests.conftest import apply, assert_close_outputs, converted_pair, images
+from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw
 from vit_flax import registry, vivit
 from vit_flax.vivit import ViT, ViViT
 
@@ -16,10 +16,10 @@ ENCODER_CLS, SELF_ATTENTION_MEAN, ENCODER_MEAN, SELF_ATTENTION_CLS = VIVIT.confi
 
 
 def torch_forward(torch_model, video, mask=None):
-    """vit-pytorch on a channels-last video (and an optional (batch, frames) mask), without gradients."""
+    """vit-pytorch's exact answer (its float64 reference) on a channels-last video and an optional (batch, frames)
+    mask, without gradients."""
     with torch.no_grad():
-        video = torch.from_numpy(np.ascontiguousarray(np.moveaxis(video, -1, 1)))
-        return torch_model(video, mask=None if mask is None else torch.from_numpy(mask))
+        return float64_reference(torch_model)(nchw(video), mask=None if mask is None else torch.from_numpy(mask))
 
 
 def video_for(config, batch=2, seed=0, frames=None, size=None):

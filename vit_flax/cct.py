@@ -95,14 +95,11 @@ def sinusoidal_embedding(n_channels: int, dim: int) -> np.ndarray:
     return pe[None]
 
 
-def torch_linspace(start: float, end: float, steps: int) -> list[float]:
-    """torch.linspace in float32 (CPU kernel: from the start for the first half, from the end for the second)."""
-    start, end = np.float32(start), np.float32(end)
-    if steps == 1:
-        return [float(start)]
-    step = (end - start) / np.float32(steps - 1)
-    return [float(start + step * np.float32(i) if i < steps // 2 else end - step * np.float32(steps - i - 1))
-            for i in range(steps)]
+def drop_path_rates(rate: float, num_layers: int) -> list[float]:
+    """vit-pytorch's per-layer drop rates, `torch.linspace(0, rate, num_layers)` in float32, each the float32 nearest
+    the exact value. torch's own float32 kernel rounds some of them (9 layers and more) one ulp the other way,
+    depending on the CPU's SIMD width, so no fixed float32 formula matches it on every machine."""
+    return [float(np.float32(value)) for value in np.linspace(0.0, float(np.float32(rate)), num_layers)]
 
 
 # modules
@@ -298,8 +295,7 @@ class TransformerClassifier(nn.Module):
 
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
-        for i, layer_dpr in enumerate(torch_linspace(0, self.stochastic_depth_rate, self.num_layers)
-                                      if self.num_layers > 0 else []):
+        for i, layer_dpr in enumerate(drop_path_rates(self.stochastic_depth_rate, self.num_layers)):
             x = TransformerEncoderLayer(self.embedding_dim, self.num_heads, dim_feedforward, self.dropout_rate,
                                         self.attention_dropout, layer_dpr, name=f'blocks_{i}')(x, train)
 

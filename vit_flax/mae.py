@@ -185,8 +185,8 @@ def torch_runs_on_2d_pos_embedding():
 
 def torch_draws(noise):
     """A context under which `torch.rand` returns `noise` (numpy, (batch, num_patches)): vit-pytorch's MAE and
-    SimMIM then mask what the Flax objective masks with the rngs that drew it (`masking_noise`). Reusable (the
-    parity tests enter it once per dtype)."""
+    SimMIM then mask what the Flax objective masks with the rngs that drew it (`masking_noise`). Reusable: each
+    entry replays the same noise, in the dtype torch asks for."""
     from unittest import mock
 
     import numpy as np
