@@ -16,7 +16,9 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import converted_pair, images, init_variables, torch_class
+from tests import objective_helpers
+from tests.conftest import converted_pair, float64_reference, images, init_variables, nchw, torch_class
+from tests.objective_helpers import assert_moving_average_matches_torch, assert_same_gradients, assert_same_loss
 from vit_flax import dino, registry
 from vit_flax.cvt import CvT
 from vit_flax.dino import Dino
@@ -47,24 +49,15 @@ CONFIGS = {  # the first is a fast test, the rest run with `make test-slow`
 }
 
 
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))
-
-
 def torch_learner(config, seed=0):
     """(Flax model, variables converted from it, the randomised vit-pytorch Dino)."""
     return converted_pair(ENTRY, config, seed)
 
 
 def torch_loss(torch_model, model, x, seed, train=False, **kwargs):
-    """vit-pytorch's loss on the crops the Flax call draws with `seed`, with gradients; and the Flax rngs."""
-    rngs, draws = ENTRY.inputs.randomness(model, (x,), seed)
-    torch_model.train(train)
-    torch_model.zero_grad()
-    with draws:
-        loss = torch_model(nchw(x), **kwargs)
-    loss.backward()
-    return loss, rngs
+    """(vit-pytorch's exact loss, its float64 reference with gradients and buffers, the Flax rngs) on the crops the
+    Flax call draws with `seed`."""
+    return objective_helpers.torch_loss(ENTRY, torch_model, model, x, seed, train, **kwargs)
 
 
 def flax_loss_and_grads(model, variables, x, rngs, train=False, **kwargs):
@@ -75,30 +68,17 @@ def flax_loss_and_grads(model, variables, x, rngs, train=False, **kwargs):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
 
 
-def assert_same_gradients(model, variables, grads, torch_model):
-    flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    largest = max(float(p.grad.abs().max()) for p in torch_model.parameters() if p.grad is not None)
-    for name, p in torch_model.named_parameters():
-        if p.grad is None:  # the teacher, and layers after the hidden layer: no gradient in torch, zero here
-            np.testing.assert_array_equal(flax_grads[name], 0.0, err_msg=name)
-            continue
-        expected = p.grad.double().numpy()
-        scale = float(np.abs(expected).max(initial=0.0))
-        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=max(1e-4 * scale, 1e-7 * largest),
-                                   err_msg=name)
-
-
 def check_against_torch(name):
     model, variables, torch_model = torch_learner(CONFIGS[name])
     x = images((3, 16, 16, 3), seed=1)
-    loss, rngs = torch_loss(torch_model, model, x, seed=2)
+    loss, exact, rngs = torch_loss(torch_model, model, x, seed=2)
     (flax_loss, updates), grads = flax_loss_and_grads(model, variables, x, rngs)
-    assert abs(float(flax_loss) - loss.item()) <= 2e-5 * max(1.0, abs(loss.item()))
-    assert_same_gradients(model, variables, grads, torch_model)
+    assert_same_loss(flax_loss, loss)
+    assert_same_gradients(model, variables, grads, exact)
 
     # the buffer torch's forward sets, returned with mutable=['buffers']
     np.testing.assert_allclose(np.asarray(updates['buffers']['last_teacher_centers']),
-                               torch_model.last_teacher_centers.numpy(), rtol=1e-5, atol=2e-5)
+                               exact.last_teacher_centers.numpy(), rtol=1e-5, atol=2e-5)
     np.testing.assert_array_equal(np.asarray(updates['buffers']['teacher_centers']),
                                   np.asarray(variables['buffers']['teacher_centers']))
 
@@ -131,20 +111,21 @@ def test_train_mode_and_call_temperatures_match_torch():
     torch_model.teacher_centers.copy_(torch.from_numpy(centers))
     variables = {**variables, 'buffers': {**variables['buffers'], 'teacher_centers': jnp.asarray(centers)}}
     x = images((2, 16, 16, 3), seed=4)
-    loss, rngs = torch_loss(torch_model, model, x, seed=5, train=True, student_temp=0.3, teacher_temp=0.1)
+    loss, exact, rngs = torch_loss(torch_model, model, x, seed=5, train=True, student_temp=0.3, teacher_temp=0.1)
     (flax_loss, _), grads = flax_loss_and_grads(model, variables, x, rngs, train=True, student_temp=0.3,
                                                 teacher_temp=0.1)
-    assert abs(float(flax_loss) - loss.item()) <= 2e-5 * max(1.0, abs(loss.item()))
-    assert_same_gradients(model, variables, grads, torch_model)
+    assert_same_loss(flax_loss, loss)
+    assert_same_gradients(model, variables, grads, exact)
 
 
 @pytest.mark.slow  # compiles for 6-25 s
 def test_return_embedding_matches_torch():
     model, variables, torch_model = torch_learner(CONFIGS['cvt-layers'])
     x = images((2, 16, 16, 3), seed=6)
+    exact = float64_reference(torch_model)
     with dino.torch_transforms(), torch.no_grad():
-        torch_projection, torch_embedding = torch_model(nchw(x), return_embedding=True)
-        torch_embedding_only = torch_model(nchw(x), return_embedding=True, return_projection=False)
+        torch_projection, torch_embedding = exact(nchw(x), return_embedding=True)
+        torch_embedding_only = exact(nchw(x), return_embedding=True, return_projection=False)
     projection, embedding = model.apply(variables, x, return_embedding=True)
     embedding_only = model.apply(variables, x, return_embedding=True, return_projection=False)
     np.testing.assert_allclose(np.asarray(projection), torch_projection.numpy(), rtol=1e-5, atol=2e-5)
@@ -163,22 +144,6 @@ def test_update_moving_average_matches_torch():
                               np.asarray(variables['params']['student_encoder']['projector']['net_0']['kernel']))
 
     assert_moving_average_matches_torch(model, variables, torch_model, dino.update_moving_average)
-
-
-def assert_moving_average_matches_torch(model, variables, torch_model, update_moving_average):
-    """`update_moving_average(variables, ...)` (decays 0.7 / 0.8) leaves the state dict torch's
-    `update_moving_average()` leaves (DINO's and EsViT's)."""
-    torch_model.teacher_ema_updater = type(torch_model.teacher_ema_updater)(0.7)
-    torch_model.teacher_centering_ema_updater = type(torch_model.teacher_centering_ema_updater)(0.8)
-    with torch.no_grad():
-        torch_model.update_moving_average()
-    updated = jax.jit(lambda v: update_moving_average(v, moving_average_decay=0.7,
-                                                      center_moving_average_decay=0.8))(variables)
-    state = converters.to_torch(model, updated)
-    expected = torch_model.state_dict()
-    assert state.keys() == expected.keys()
-    for key, value in expected.items():
-        torch.testing.assert_close(state[key], value, rtol=1e-6, atol=1e-7, msg=key)
 
 
 def test_init_copies_the_student_and_reset_moving_average():
@@ -240,11 +205,11 @@ def test_encoder_params_are_a_plain_vit():
     encoder_params = variables['params']['student_encoder']['net']
     state = converters.to_torch(VIT, {'params': encoder_params})
     plain = torch_class(registry.BY_NAME['vit.ViT'])(**registry.torch_kwargs(VIT)).eval()
-    plain.load_state_dict(state, strict=True)
+    plain.load_state_dict(state, strict=True)  # loads into the float32 model users build; the expected from float64
     x = images((2, 16, 16, 3), seed=9)
     with torch.no_grad():
-        expected = plain(nchw(x)).numpy()
-        also = torch_model.net(nchw(x)).numpy()  # the learner's own net is that network
+        expected = float64_reference(plain)(nchw(x)).numpy()
+        also = float64_reference(torch_model.net)(nchw(x)).numpy()  # the learner's own net is that network
     np.testing.assert_allclose(np.asarray(VIT.apply({'params': encoder_params}, x)), expected, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(also, expected, rtol=0, atol=0)
 

@@ -10,8 +10,8 @@ import torch
 
 import converters
 from tests.conftest import (
-    apply, assert_close_outputs, converted_pair, images, init_variables, new_torch_model, randomised_torch_model,
-    torch_forward,
+    apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw, new_torch_model,
+    randomised_torch_model, torch_forward, torch_inputs,
 )
 from vit_flax import distill, registry, vit
 from vit_flax.distill import DistillableEfficientViT, DistillableT2TViT, DistillableViT, DistillWrapper
@@ -23,10 +23,6 @@ TINY = ENTRY.configs[0]
 MEAN = ENTRY.configs[1]
 T2T = dict(image_size=16, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8, t2t_layers=((3, 2), (3, 2)))
 EFFICIENT = registry.BY_NAME['efficient.ViT'].configs[0]
-
-
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
 def vit_pytorch_distill():
@@ -48,7 +44,7 @@ def test_distill_token_path_matches_torch(config, n):
     x, t = images((2, height, width, config.get('channels', 3))), token(config['dim'], n)
     out, distill_tokens = apply(model, variables, x, t)
     with torch.no_grad():
-        torch_out, torch_tokens = torch_model(nchw(x), distill_token=torch.from_numpy(t))
+        torch_out, torch_tokens = float64_reference(torch_model)(nchw(x), distill_token=torch.from_numpy(t).double())
     assert distill_tokens.shape == (2, config['dim'])
     assert_close_outputs((out, distill_tokens), (torch_out, torch_tokens), TOL)
 
@@ -120,11 +116,11 @@ def torch_distill_forward(torch_model, img, distill_token):
 
 
 def test_the_fixed_torch_forward_reproduces_torch_distillable_vit():
-    """The helper above is vit-pytorch's own forward where vit-pytorch works."""
-    torch_model = randomised_torch_model(ENTRY, TINY)
-    x, t = nchw(images((2, 16, 16, 3))), torch.from_numpy(token(32))
+    """The helper above is vit-pytorch's own forward where vit-pytorch works (in float64, as the test below uses it)."""
+    exact = float64_reference(randomised_torch_model(ENTRY, TINY))
+    x, t = nchw(images((2, 16, 16, 3))), torch.from_numpy(token(32)).double()
     with torch.no_grad():
-        for a, b in zip(torch_distill_forward(torch_model, x, t), torch_model(x, distill_token=t)):
+        for a, b in zip(torch_distill_forward(exact, x, t), exact(x, distill_token=t)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -167,11 +163,11 @@ def test_broken_torch_distillables_parity_as_far_as_torch_allows(name, plain, cl
 
     # with a token: vit-pytorch's forward with its bug fixed
     with torch.no_grad():
-        torch_out = torch_distill_forward(torch_model, nchw(x), torch.from_numpy(t))
+        torch_out = torch_distill_forward(float64_reference(torch_model), nchw(x), torch.from_numpy(t).double())
     flax_out = jax.jit(lambda v, x, t: model.apply(v, x, distill_token=t))(variables, x, t)
     assert_close_outputs(flax_out, torch_out, TOL)
 
-    # Flax -> torch loads strictly into vit-pytorch's distillable class, and back bit-exact
+    # Flax -> torch loads strictly into vit-pytorch's float32 distillable class, and back bit-exact
     state = converters.to_torch(model, variables, example_inputs=example)
     torch_class(**registry.torch_keywords(config)).load_state_dict(state, strict=True)
     back = converters.from_torch(model, state, example_inputs=example)
@@ -190,9 +186,9 @@ def wrapper_inputs(model, seed=0, batch=3):
     return WRAPPER.inputs.example(model, batch=batch, rng=np.random.default_rng(seed))
 
 
-def torch_loss(torch_model, inputs, **kwargs):
-    img, labels = (torch.from_numpy(a) for a in WRAPPER.inputs.to_torch_layout(inputs))
-    return torch_model(img, labels, **kwargs)
+def torch_loss(exact, inputs, **kwargs):
+    """The loss of `exact`, a vit-pytorch DistillWrapper's float64 reference."""
+    return exact(*torch_inputs(WRAPPER, inputs), **kwargs)
 
 
 _compiled = {}
@@ -221,15 +217,16 @@ def flax_grad(model):
 @pytest.mark.parametrize('temperature, alpha', [(1.0, 0.5), (3.0, 0.9), (0.5, 0.1)])
 def test_loss_and_gradients_match_torch(index, temperature, alpha):
     model, variables, torch_model = wrapper_pair(index)
+    exact = float64_reference(torch_model)
     inputs = wrapper_inputs(model, seed=index)
-    loss = torch_loss(torch_model, inputs, temperature=temperature, alpha=alpha)
+    loss = torch_loss(exact, inputs, temperature=temperature, alpha=alpha)
     loss.backward()
     T, a = jnp.float32(temperature), jnp.float32(alpha)
     assert_close_outputs(flax_loss(model)(variables, *inputs, T, a), loss, TOL)
 
     grads = flax_grad(model)(variables['params'], variables, *inputs, T, a)
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    for name, parameter in torch_model.named_parameters():
+    for name, parameter in exact.named_parameters():
         if name.startswith('teacher.'):
             assert parameter.grad is None and not flax_grads[name].any(), name  # the teacher is not trained
             continue
@@ -248,7 +245,7 @@ def test_soft_and_hard_and_layernorm_both_ways_match_torch():
         assert ('distill_mlp_0' in variables['params']) == layernorm
         inputs = wrapper_inputs(model, seed=2)
         with torch.no_grad():
-            expected = torch_loss(torch_model, inputs)
+            expected = torch_loss(float64_reference(torch_model), inputs)
         assert_close_outputs(apply(model, variables, *inputs), expected, TOL)
 
 
@@ -258,7 +255,7 @@ def test_ignored_labels_match_torch():
     labels = labels.copy()
     labels[1] = -100
     with torch.no_grad():
-        expected = torch_loss(torch_model, (img, labels), temperature=1.0, alpha=0.5)
+        expected = torch_loss(float64_reference(torch_model), (img, labels), temperature=1.0, alpha=0.5)
     assert_close_outputs(flax_loss(model)(variables, img, labels, jnp.float32(1.0), jnp.float32(0.5)), expected, TOL)
 
 
@@ -327,5 +324,5 @@ def test_random_configs_match_torch(config):
     model, variables, torch_model = converted_pair(ENTRY, config)
     x, t = images((2, *config['image_size'], config['channels']), seed=3), token(config['dim'])
     with torch.no_grad():
-        expected = torch_model(nchw(x), distill_token=torch.from_numpy(t))
+        expected = float64_reference(torch_model)(nchw(x), distill_token=torch.from_numpy(t).double())
     assert_close_outputs(apply(model, variables, x, t), expected, TOL)

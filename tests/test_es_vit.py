@@ -18,8 +18,11 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import _cached, _model_key, converted_pair, images, init_variables, torch_class
-from tests.test_dino import assert_moving_average_matches_torch, assert_same_gradients
+from tests import objective_helpers
+from tests.conftest import (
+    _cached, _model_key, converted_pair, float64_reference, images, init_variables, nchw, torch_class,
+)
+from tests.objective_helpers import assert_moving_average_matches_torch, assert_same_gradients, assert_same_loss
 from vit_flax import dino, es_vit, registry
 from vit_flax.cvt import CvT
 from vit_flax.es_vit import EsViTTrainer
@@ -45,20 +48,11 @@ CONFIGS = {  # the first is a fast test, the rest run with `make test-slow`
 }
 
 
-def nchw(x):
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))
-
-
 def torch_loss(torch_model, model, x, seed, train=False, **kwargs):
-    """vit-pytorch's loss (intended projector) on the crops the Flax call draws with `seed`, with gradients; and
-    the Flax rngs."""
-    rngs, draws = ENTRY.inputs.randomness(model, (x,), seed)
-    torch_model.train(train)
-    torch_model.zero_grad()
-    with draws, es_vit.torch_l2norm_over_features():
-        loss = torch_model(nchw(x), **kwargs)
-    loss.backward()
-    return loss, rngs
+    """(vit-pytorch's exact loss (intended projector), its float64 reference with gradients, buffers and BatchNorm
+    statistics, the Flax rngs) on the crops the Flax call draws with `seed`."""
+    return objective_helpers.torch_loss(ENTRY, torch_model, model, x, seed, train, es_vit.torch_l2norm_over_features,
+                                        **kwargs)
 
 
 def loss_and_grads(model, train=False):
@@ -73,21 +67,17 @@ def loss_and_grads(model, train=False):
     return _cached((*_model_key(model), "es_vit loss_and_grads", train), lambda: jax.jit(run))
 
 
-def assert_same_loss(flax_loss, torch_loss_):
-    assert abs(float(flax_loss) - torch_loss_.item()) <= 2e-5 * max(1.0, abs(torch_loss_.item()))
-
-
 def check_against_torch(config, shape=(3, 16, 16, 3)):
     model, variables, torch_model = converted_pair(ENTRY, config)
     x = images(shape, seed=1)
-    loss, rngs = torch_loss(torch_model, model, x, seed=2)
+    loss, exact, rngs = torch_loss(torch_model, model, x, seed=2)
     (flax_loss, updates), grads = loss_and_grads(model)(variables, x, rngs, {})
     assert_same_loss(flax_loss, loss)
-    assert_same_gradients(model, variables, grads, torch_model)
+    assert_same_gradients(model, variables, grads, exact)
 
     # the buffers torch's forward sets, returned with mutable=['buffers']; the EMA'd ones untouched
     for name in ('last_teacher_view_centers', 'last_teacher_region_centers'):
-        np.testing.assert_allclose(np.asarray(updates['buffers'][name]), getattr(torch_model, name).numpy(),
+        np.testing.assert_allclose(np.asarray(updates['buffers'][name]), getattr(exact, name).numpy(),
                                    rtol=1e-5, atol=2e-5, err_msg=name)
     for name in ('teacher_view_centers', 'teacher_region_centers'):
         np.testing.assert_array_equal(np.asarray(updates['buffers'][name]), np.asarray(variables['buffers'][name]))
@@ -117,12 +107,12 @@ def test_train_mode_batch_statistics_and_call_temperatures_match_torch():
     variables = {**variables, 'buffers': buffers}
     x = images((2, 16, 16, 3), seed=4)
     temps = dict(student_temp=0.3, teacher_temp=0.1)
-    loss, rngs = torch_loss(torch_model, model, x, seed=5, train=True, **temps)
+    loss, exact, rngs = torch_loss(torch_model, model, x, seed=5, train=True, **temps)
     (flax_loss, updates), grads = loss_and_grads(model, train=True)(variables, x, rngs, temps)
     assert_same_loss(flax_loss, loss)
-    assert_same_gradients(model, variables, grads, torch_model)
+    assert_same_gradients(model, variables, grads, exact)
     state = converters.to_torch(model, {**variables, **updates}, as_numpy=True)
-    running = {key: value for key, value in torch_model.state_dict().items() if 'running' in key}
+    running = {key: value for key, value in exact.state_dict().items() if 'running' in key}
     assert running and any(key.startswith('teacher_encoder.') for key in running)
     for key, value in running.items():
         np.testing.assert_allclose(state[key], value.numpy(), rtol=1e-4, atol=1e-5, err_msg=key)
@@ -132,9 +122,10 @@ def test_train_mode_batch_statistics_and_call_temperatures_match_torch():
 def test_return_embedding_matches_torch():
     model, variables, torch_model = converted_pair(ENTRY, TINY, seed=6)
     x = images((2, 16, 16, 3), seed=6)
+    exact = float64_reference(torch_model)
     with dino.torch_transforms(), es_vit.torch_l2norm_over_features(), torch.no_grad():
-        torch_outputs = torch_model(nchw(x), return_embedding=True)
-        global_latent, feature_map = torch_model(nchw(x), return_embedding=True, return_projection=False)
+        torch_outputs = exact(nchw(x), return_embedding=True)
+        global_latent, feature_map = exact(nchw(x), return_embedding=True, return_projection=False)
     outputs = model.apply(variables, x, return_embedding=True)
     for flax_out, torch_out in zip(outputs, torch_outputs, strict=True):
         np.testing.assert_allclose(np.asarray(flax_out), torch_out.numpy(), rtol=1e-5, atol=2e-5)
@@ -153,10 +144,11 @@ def test_region_loss_matches_torch():
     arrays = [rng.standard_normal(shape, dtype=np.float32)
               for shape in ((2, 6, 10), (2, 4, 10), (2, 6, 5), (2, 4, 5), (1, 10))]
     teacher_logits, student_logits, teacher_latent, student_latent, centers = arrays
-    student = torch.from_numpy(student_logits).requires_grad_()
-    expected = es_vit_torch.region_loss_fn(torch.from_numpy(teacher_logits), student,
-                                           torch.from_numpy(teacher_latent), torch.from_numpy(student_latent),
-                                           teacher_temp=0.1, student_temp=0.7, centers=torch.from_numpy(centers))
+    float64 = lambda a: torch.from_numpy(a).double()  # noqa: E731  (vit-pytorch's exact loss)
+    student = float64(student_logits).requires_grad_()
+    expected = es_vit_torch.region_loss_fn(float64(teacher_logits), student, float64(teacher_latent),
+                                           float64(student_latent), teacher_temp=0.1, student_temp=0.7,
+                                           centers=float64(centers))
     expected.backward()
 
     def loss(student_logits):
@@ -191,12 +183,13 @@ def test_projector_normalises_each_region_over_its_features():
     other = regions.copy()
     other[:, 1:] *= 3.0  # the other regions change, region 0 does not
 
+    exact = float64_reference(torch_mlp)
     with torch.no_grad():
-        broken = [torch_mlp(torch.from_numpy(r))[:, 0].numpy() for r in (regions, other)]
+        broken = [exact(torch.from_numpy(r).double())[:, 0].numpy() for r in (regions, other)]
         with es_vit.torch_l2norm_over_features():
-            fixed = torch_mlp(torch.from_numpy(regions)).numpy()
-            fixed_2d = torch_mlp(torch.from_numpy(regions[:, 0])).numpy()
-        unpatched_2d = torch_mlp(torch.from_numpy(regions[:, 0])).numpy()
+            fixed = exact(torch.from_numpy(regions).double()).numpy()
+            fixed_2d = exact(torch.from_numpy(regions[:, 0]).double()).numpy()
+        unpatched_2d = exact(torch.from_numpy(regions[:, 0]).double()).numpy()
     assert not np.allclose(broken[0], broken[1], atol=1e-3)  # vit-pytorch: region 0 depends on the others
 
     out = np.asarray(mlp.apply(params, regions))
@@ -286,11 +279,11 @@ def test_encoder_variables_are_a_plain_cvt():
     encoder = {collection: variables[collection]['student_encoder']['net'] for collection in ('params', 'batch_stats')}
     state = converters.to_torch(net, encoder)
     plain = torch_class(registry.BY_NAME['cvt.CvT'])(**registry.torch_kwargs(net)).eval()
-    plain.load_state_dict(state, strict=True)
+    plain.load_state_dict(state, strict=True)  # loads into the float32 model users build; the expected from float64
     x = images((2, 16, 16, 3), seed=9)
     with torch.no_grad():
-        expected = plain(nchw(x)).numpy()
-        also = torch_model.net.eval()(nchw(x)).numpy()  # the learner's own net is that network
+        expected = float64_reference(plain)(nchw(x)).numpy()
+        also = float64_reference(torch_model.net.eval())(nchw(x)).numpy()  # the learner's own net is that network
     np.testing.assert_allclose(np.asarray(jax.jit(net.apply)(encoder, x)), expected, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(also, expected, rtol=0, atol=0)
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from converters.__main__ import export
-from tests.conftest import assert_close_outputs, torch_class
+from tests.conftest import assert_close_outputs, float64_reference, nchw, torch_class
 from tests.test_train import losses, tiny_config
 from vit_flax import data, registry
 from vit_flax.probe import probe_workdir
@@ -45,11 +45,11 @@ def assert_exports_as_the_model(config, workdir):
     out = export(workdir, workdir / 'encoder.safetensors')
     entry = registry.BY_NAME[config.model_name]
     torch_model = torch_class(entry)(**registry.torch_keywords(config.model.to_dict())).eval()
-    torch_model.load_state_dict(load_file(out), strict=True)
+    torch_model.load_state_dict(load_file(out), strict=True)  # the float32 model users load; expected from float64
     encoder = objectives.encoder_variables(config.objective, checkpoint.restore_variables(workdir))
     images = np.random.default_rng(0).standard_normal((2, 8, 8, 1), dtype=np.float32)
     with torch.no_grad():
-        expected = torch_model(torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, 1))))
+        expected = float64_reference(torch_model)(nchw(images))
     assert_close_outputs(build_model(config).apply(encoder, images), expected, entry.tolerance)
 
 

@@ -191,6 +191,9 @@ def test_bad_configs_are_named(tmp_path, overrides, message):
 
 
 def test_cli_overrides_export_and_import(tmp_path):
+    # not at the top: the layout runs' subprocesses import this module and keep JAX's default settings
+    from tests.conftest import float64_reference, nchw
+
     workdir = tmp_path / 'run'
     subprocess.run([sys.executable, '-m', 'vit_flax.train', '--config=vit_flax/configs/digits.py',
                     f'--workdir={workdir}', '--config.model.depth=1', '--config.model.dim=16',
@@ -211,11 +214,12 @@ def test_cli_overrides_export_and_import(tmp_path):
     # a PyTorch user reproduces the Flax predictions from the sidecar alone
     images, labels = data.raw_eval_split(tiny_config())
     mean, std = np.array(sidecar['input']['mean']), np.array(sidecar['input']['std'])
-    torch_model = converters.load_torch(out)
+    torch_model = converters.load_torch(out)  # loads as users do (float32); the expected logits from float64
+    normalised = ((images - mean) / std).astype(np.float32)
     with torch.no_grad():
-        torch_logits = torch_model(torch.from_numpy(((images - mean) / std).astype(np.float32)).permute(0, 3, 1, 2))
+        torch_logits = float64_reference(torch_model)(nchw(normalised))
     model, variables = converters.load_flax(out)
-    flax_logits = np.asarray(model.apply(variables, ((images - mean) / std).astype(np.float32)))
+    flax_logits = np.asarray(model.apply(variables, normalised))
     np.testing.assert_allclose(flax_logits, torch_logits.numpy(), atol=2e-5 * max(1, np.abs(flax_logits).max()))
 
     imported = tmp_path / 'imported'
