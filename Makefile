@@ -27,7 +27,8 @@ test-slow: $(STAMP)
 
 # make test's tests (KERNEL_TESTS picks others) on other float32 kernels than this CPU's defaults, as another CPU
 # would give: oneDNN limited to AVX2, MKL's compatible code path, ATen's scalar kernels, two torch threads per worker,
-# XLA's 512-bit vectors on one thread. Parity holds against vit-pytorch's float64 reference whatever the kernels.
+# XLA's 512-bit vectors without its Eigen thread pool. The tests judge vit-pytorch by its float64 reference, so they
+# pass whatever kernels torch gets (README, Conventions).
 KERNEL_TESTS ?= -m 'not slow'
 test-kernels: $(STAMP)
 	ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=default TORCH_TEST_THREADS=2 \
