@@ -186,6 +186,13 @@ def float64_reference(torch_model):
     return exact
 
 
+def truly_zero(exact_gradient, largest):
+    """Whether a float64 reference gradient is zero but for round-off: below 1e-9 of the model's largest gradient
+    (float64 round-off is about 1e-16 of it, float32's about 1e-7, so the line sits far from both). Such a gradient
+    cannot be compared relatively: ours must then be round-off small."""
+    return float(np.abs(np.asarray(exact_gradient)).max(initial=0.0)) <= 1e-9 * largest
+
+
 def nchw(x, dtype=torch.float64):
     """Channels-last images as vit-pytorch takes them (channels first), float64 by default for the reference."""
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1))).to(dtype)

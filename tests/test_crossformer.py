@@ -8,9 +8,8 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import (
-    apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class, torch_forward,
-)
+from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class,
+                            torch_forward, truly_zero)
 from vit_flax import registry
 from vit_flax.crossformer import CrossFormer, relative_position_indices
 
@@ -76,7 +75,7 @@ def test_windowed_gradients_match_and_the_last_position_bias_gets_none():
         if name.endswith('dpb.9.bias'):
             uniform_shifts += 1
             assert np.abs(flax_grads[name]).max() <= 1e-5 * scale, name
-            assert np.abs(expected).max() <= 1e-9 * scale, name  # truly zero: float64 round-off only
+            assert truly_zero(expected, scale), name
             continue
         tensor_scale = float(np.abs(expected).max())
         assert tensor_scale > 1e-6 * scale, name  # every other weight matters

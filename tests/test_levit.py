@@ -15,18 +15,8 @@ import pytest
 import torch
 
 import converters
-from tests.conftest import (
-    apply,
-    assert_close_outputs,
-    converted_pair,
-    float64_reference,
-    images,
-    init_variables,
-    nchw,
-    new_torch_model,
-    torch_class,
-    torch_forward,
-)
+from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
+                            nchw, new_torch_model, torch_class, torch_forward, truly_zero)
 from vit_flax import registry
 from vit_flax.levit import LeViT, relative_position_indices
 
@@ -126,7 +116,7 @@ def test_multi_token_gradients_and_the_key_norm_bias_gets_none():
         expected = parameter.grad.numpy()
         if name.endswith('to_k.1.bias'):
             assert np.abs(flax_grads[name]).max() <= 1e-6 * overall, name
-            assert np.abs(expected).max() <= 1e-9 * overall, name  # truly zero
+            assert truly_zero(expected, overall), name
             continue
         scale = float(np.abs(expected).max(initial=0.0))
         np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)

@@ -17,7 +17,7 @@ from flax import traverse_util
 import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, init_variables, new_torch_model,
                             randomised_flax_variables, randomised_torch_model, run_torch, same_draws, torch_context,
-                            torch_inputs)
+                            torch_inputs, truly_zero)
 from vit_flax import registry
 
 # `make test` checks the first configuration of every entry; `make test-slow` the others (the suite must stay under
@@ -125,7 +125,7 @@ def test_gradients_match(entry, index):
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
     largest = max(float(np.abs(g).max(initial=0.0)) for g in exact_grads.values())
     for name, expected in exact_grads.items():
-        if np.abs(expected).max(initial=0.0) <= 1e-9 * largest:  # truly zero
+        if truly_zero(expected, largest):
             assert np.abs(flax_grads[name]).max(initial=0.0) <= 1e-5 * largest, name
             continue
         scale = float(np.abs(expected).max(initial=0.0))
