@@ -9,11 +9,11 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: test test-slow test-kernels demo pretrain-demo readme-table notebooks clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt parity/torchvision_stand_in/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0          # CPU build; any other request downloads the CUDA build
-	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps vit-pytorch  # its torchvision dependency has no CPU build: see converters/oracle.py
+	$(PIP) ./parity/torchvision_stand_in  # no torchvision build loads beside it: see that pyproject.toml
+	$(PIP) -e '.[torch,train,dev]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -39,7 +39,7 @@ test-kernels: $(STAMP)
 demo: $(STAMP)
 	rm -rf demo_out/digits
 	$(PY) -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=demo_out/digits
-	$(PY) -m converters export --workdir=demo_out/digits --out=demo_out/digits.safetensors
+	$(PY) -m vit_flax export --workdir=demo_out/digits --out=demo_out/digits.safetensors
 	$(PY) -m vit_flax.demo --weights=demo_out/digits.safetensors
 
 # MAE pretraining on the digits, then linear probes and 300-step fine-tunes of the MAE and a fresh encoder
@@ -47,8 +47,8 @@ DIGITS := $(PY) -m vit_flax.train --config=vit_flax/configs/digits.py --config.p
 pretrain-demo: $(STAMP)
 	rm -rf demo_out/mae demo_out/mae_encoder demo_out/finetune_scratch demo_out/finetune_mae
 	$(DIGITS) --workdir=demo_out/mae --config.objective=mae --config.total_steps=1000
-	$(PY) -m converters export --workdir=demo_out/mae --out=demo_out/mae_encoder.safetensors
-	$(PY) -m converters import --weights=demo_out/mae_encoder.safetensors --out=demo_out/mae_encoder
+	$(PY) -m vit_flax export --workdir=demo_out/mae --out=demo_out/mae_encoder.safetensors
+	$(PY) -m vit_flax import --weights=demo_out/mae_encoder.safetensors --out=demo_out/mae_encoder
 	$(PY) -m vit_flax.probe --workdir=demo_out/mae --random
 	$(PY) -m vit_flax.probe --workdir=demo_out/mae
 	$(DIGITS) --workdir=demo_out/finetune_scratch --config.total_steps=300 --config.eval_every=300

@@ -178,7 +178,7 @@ class FlaxRunner:
         import jax.numpy as jnp
         import optax
 
-        import converters
+        from vit_flax import converters
         from vit_flax import registry
         from vit_flax.training.state import TrainState
         from vit_flax.training.steps import cast_floats
@@ -257,16 +257,15 @@ class TorchRunner:
     def __init__(self, spec: dict, data, compiled: bool):
         import torch
 
-        from converters import import_vit_pytorch
-        from vit_flax import registry
+        from vit_flax import converters, registry
 
         entry = registry.BY_NAME[spec['registry_name']]
-        torch_class = getattr(import_vit_pytorch(entry.torch_module), entry.torch_class_name)
+        torch_class = getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)
         self.device = torch.device(spec['device'])
         if self.device.type == 'cuda':
             # JAX's float32 matmuls on GPU are TF32 by default; torch's are full float32 unless told
             torch.set_float32_matmul_precision('high')
-        model = torch_class(**registry.torch_keywords(registry.tuples_from_json(spec['config'])))
+        model = torch_class(**converters.torch_keywords(registry.tuples_from_json(spec['config'])))
         model.load_state_dict({key.removeprefix('state/'): torch.from_numpy(data[key])
                                for key in data.files if key.startswith('state/')}, strict=True)
         self.model = model.to(self.device)
@@ -323,8 +322,6 @@ def worker(spec: dict):
         jax.devices()  # the backend's own footprint belongs to the baseline
     else:
         import torch
-
-        import converters  # noqa: F401  (vit-pytorch's import goes through it)
 
         if spec['threads']:
             torch.set_num_threads(spec['threads'])
@@ -399,14 +396,13 @@ def prepare(model: Model, config: dict, args, path: Path):
     """The shared start: vit-pytorch's initialisation (torch.manual_seed) and a random batch, saved for the workers."""
     import torch
 
-    from converters import import_vit_pytorch, to_numpy
-    from vit_flax import registry
+    from vit_flax import converters, registry
 
     entry = registry.BY_NAME[model.registry_name]
     torch.manual_seed(args.seed)
-    torch_model = getattr(import_vit_pytorch(entry.torch_module), entry.torch_class_name)(
-        **registry.torch_keywords(config))
-    state = {f'state/{key}': to_numpy(value) for key, value in torch_model.state_dict().items()}
+    torch_model = getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)(
+        **converters.torch_keywords(config))
+    state = {f'state/{key}': converters.to_numpy(value) for key, value in torch_model.state_dict().items()}
     rng = np.random.default_rng(args.seed)
     images = rng.standard_normal((args.batch, args.image_size, args.image_size, 3), dtype=np.float32)
     labels = rng.integers(0, config['num_classes'], args.batch).astype(np.int32)

@@ -23,17 +23,10 @@ jax.config.update('jax_disable_most_optimizations', True)
 # how it splits and sums its work
 torch.set_num_threads(int(os.environ.get('TORCH_TEST_THREADS', '1')))
 
-# The oracle is the real vit-pytorch package. Its __init__ imports torchvision (for Dino's augmentations),
-# which cannot load against the CPU torch build on our machines: converters.oracle puts a minimal stand-in
-# module in its place when, and only when, the real one fails to import.
-from converters.oracle import ensure_torchvision  # noqa: E402
-
-ensure_torchvision()
-
 
 def torch_class(entry):
     """The vit-pytorch class an entry mirrors."""
-    import converters
+    from vit_flax import converters
 
     return getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)
 
@@ -94,7 +87,7 @@ def new_torch_model(entry, config):
 
     construction = getattr(entry.inputs, 'torch_construction', contextlib.nullcontext)
     with construction():
-        return torch_class(entry)(**registry.torch_keywords(config)).eval()
+        return torch_class(entry)(**converters.torch_keywords(config)).eval()
 
 
 def images(shape, seed=0):
@@ -136,7 +129,7 @@ def randomised_flax_variables(model, seed=0):
 
 def converted_pair(entry, config, seed=0):
     """(Flax model, its variables, the randomised vit-pytorch model they were converted from)."""
-    import converters
+    from vit_flax import converters
 
     torch_model = randomised_torch_model(entry, config, seed)
     model = entry.flax_class(**config)
@@ -236,7 +229,7 @@ def run_torch(entry, torch_model, inputs):
 
 def numpy_tree(tree):
     """Model outputs (arrays, tensors, or tuples of them) as a list of numpy arrays."""
-    import converters
+    from vit_flax import converters
 
     if isinstance(tree, (tuple, list)):
         return [leaf for item in tree for leaf in numpy_tree(item)]

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import float64_reference, nchw
 
 

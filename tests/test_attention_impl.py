@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import converters
+from vit_flax import converters
 from tests.conftest import assert_close_outputs, randomised_torch_model, run_torch, torch_forward
 from vit_flax import layers, na_vit, registry
 from vit_flax.recorder import Recorder

@@ -7,8 +7,8 @@ import pytest
 import torch
 from flax import traverse_util
 
-import converters
-from converters import rules
+from vit_flax import converters
+from vit_flax.converters import rules
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, torch_class, torch_forward, truly_zero)
 from vit_flax import cct, registry

@@ -12,9 +12,9 @@ import flax.linen as nn
 import torch
 from flax import traverse_util
 
-import converters
-from converters import legacy
-from converters.rules import LEAF_RULES, slots, torch_module_path
+from vit_flax import converters
+from vit_flax.converters import legacy
+from vit_flax.converters.rules import LEAF_RULES, slots, torch_module_path
 from tests.conftest import (
     apply, assert_close_outputs, float64_reference, init_variables, run_torch, torch_class, torch_forward,
 )

@@ -15,7 +15,7 @@ import optax
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests import objective_helpers
 from tests.conftest import converted_pair, float64_reference, images, init_variables, nchw, torch_class
 from tests.objective_helpers import assert_moving_average_matches_torch, assert_same_gradients, assert_same_loss

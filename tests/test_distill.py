@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw, new_torch_model,
     randomised_torch_model, torch_forward, torch_inputs,
@@ -137,7 +137,7 @@ def test_broken_torch_distillables_parity_as_far_as_torch_allows(name, plain, cl
     torch_class = getattr(vit_pytorch_distill(), name)
     plain_class = getattr(converters.import_vit_pytorch(plain[0]), plain[1])
     torch.manual_seed(0)
-    torch_model = torch_class(**registry.torch_keywords(config)).eval()
+    torch_model = torch_class(**converters.torch_keywords(config)).eval()
     with torch.no_grad():
         for parameter in torch_model.parameters():
             parameter.add_(0.1 * torch.randn_like(parameter))
@@ -152,7 +152,7 @@ def test_broken_torch_distillables_parity_as_far_as_torch_allows(name, plain, cl
     variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=example)
 
     # without a token: the plain vit-pytorch class (same state dict, strict) is the oracle
-    plain_torch = plain_class(**registry.torch_keywords(config)).eval()
+    plain_torch = plain_class(**converters.torch_keywords(config)).eval()
     plain_torch.load_state_dict(torch_model.state_dict(), strict=True)
     out = jax.jit(model.apply)(variables, x)
     assert_close_outputs(out, torch_forward(plain_torch, x), TOL)
@@ -169,7 +169,7 @@ def test_broken_torch_distillables_parity_as_far_as_torch_allows(name, plain, cl
 
     # Flax -> torch loads strictly into vit-pytorch's float32 distillable class, and back bit-exact
     state = converters.to_torch(model, variables, example_inputs=example)
-    torch_class(**registry.torch_keywords(config)).load_state_dict(state, strict=True)
+    torch_class(**converters.torch_keywords(config)).load_state_dict(state, strict=True)
     back = converters.from_torch(model, state, example_inputs=example)
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, variables)
 

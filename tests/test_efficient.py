@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn as tnn
 
-import converters
+from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, converted_pair, images, init_variables, torch_class, torch_forward,
 )
@@ -26,7 +26,7 @@ def test_parameter_tree_mirrors_torch():
     assert params['pos_embedding'].shape == (1, 17, 32) and params['cls_token'].shape == (1, 1, 32)
     assert set(params['mlp_head_0']) == {'scale', 'bias'} and params['mlp_head_1']['kernel'].shape == (32, 10)
     assert set(params['transformer']) == {'layers_0_0', 'layers_0_1', 'layers_1_0', 'layers_1_1', 'norm'}
-    torch_keys = set(registry.torch_keywords(TINY)['transformer'].state_dict())
+    torch_keys = set(converters.torch_keywords(TINY)['transformer'].state_dict())
     assert {k.removeprefix('transformer.') for k in converters.to_torch(ViT(**TINY), variables) if
             k.startswith('transformer.')} == torch_keys
 
@@ -148,7 +148,7 @@ class TorchLinearAttention(tnn.Module):
 def torch_linear_vit(config):
     """vit_pytorch.efficient.ViT around vit_pytorch.vit.Transformer with its attentions swapped for the twin."""
     t = config['transformer']
-    kwargs = registry.torch_keywords({**config, 'transformer': vit.Transformer(t.dim, t.depth, t.heads, t.dim_head, t.mlp_dim)})
+    kwargs = converters.torch_keywords({**config, 'transformer': vit.Transformer(t.dim, t.depth, t.heads, t.dim_head, t.mlp_dim)})
     for layer in kwargs['transformer'].layers:
         layer[0] = TorchLinearAttention(t.dim, t.heads, t.dim_head)
     return torch_class(ENTRY)(**kwargs).eval()

@@ -17,7 +17,7 @@ import optax
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests import objective_helpers
 from tests.conftest import (
     _cached, _model_key, converted_pair, float64_reference, images, init_variables, nchw, torch_class,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import assert_close_outputs, converted_pair, float64_reference, same_draws, torch_inputs
 from vit_flax import registry
 from vit_flax.extractor import Extractor, flax_path

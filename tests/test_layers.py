@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import assert_close_outputs, float64_default, float64_reference, nchw
 from vit_flax.layers import (
     BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, posemb_sincos_2d, residual_boundary,

@@ -8,7 +8,7 @@ import optax
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, new_torch_model, randomised_torch_model, torch_class, torch_forward)
 from vit_flax import registry, vit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, float64_reference, images, init_variables, nchw, randomised_torch_model,
                             torch_forward, truly_zero)
 from vit_flax import mae, registry, simple_vit, vit

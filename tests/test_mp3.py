@@ -8,7 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
-import converters
+from vit_flax import converters
 from tests.conftest import (
     apply,
     assert_close_outputs,

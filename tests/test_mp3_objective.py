@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-import converters
+from vit_flax import converters
 from tests.conftest import (
     apply,
     assert_close_outputs,
@@ -125,7 +125,7 @@ def test_encoder_params_are_a_plain_vits_and_export_to_torch():
 @pytest.mark.parametrize('ratio', [0, 1, -0.5, 1.5])
 def test_masking_ratio_outside_zero_one_is_refused(ratio):
     with pytest.raises(AssertionError):  # as torch's assert
-        torch_class(ENTRY)(vit=registry.torch_keywords(dict(vit=TINY['vit']))['vit'], masking_ratio=ratio)
+        torch_class(ENTRY)(vit=converters.torch_keywords(dict(vit=TINY['vit']))['vit'], masking_ratio=ratio)
     with pytest.raises(ValueError, match=f'masking_ratio={ratio}'):
         MP3(vit=TINY['vit'], masking_ratio=ratio)
 
@@ -148,7 +148,7 @@ def test_bad_inputs_name_the_shape(shape, message):
 
 
 def test_more_patches_than_positions_fails_in_torch_too():
-    torch_model = torch_class(ENTRY)(**registry.torch_keywords(TINY)).eval()
+    torch_model = torch_class(ENTRY)(**converters.torch_keywords(TINY)).eval()
     with pytest.raises((IndexError, RuntimeError)):
         torch_forward(torch_model, images((1, 20, 16, 3)))  # labels up to 19 for 16 classes
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw,
                             torch_class, torch_forward)
 from vit_flax import mpp, registry, vit

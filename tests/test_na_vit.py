@@ -63,7 +63,7 @@ def test_readme_examples_shapes():
 
 @pytest.mark.parametrize('max_seq_len, drop', [(20, None), (16, 0.25), (24, lambda h, w: 0.5 if h > 16 else 0.0)])
 def test_auto_grouping_follows_torch(max_seq_len, drop):
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     torch_group = import_vit_pytorch('vit_pytorch.na_vit').group_images_by_max_seq_len
     images = mixed_images(SIZES)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from converters.__main__ import export
+from vit_flax.__main__ import export
 from tests.conftest import assert_close_outputs, float64_reference, nchw, torch_class
 from tests.test_train import losses, tiny_config
-from vit_flax import data, registry
+from vit_flax import converters, data, registry
 from vit_flax.probe import probe_workdir
 from vit_flax.train import build_model, build_trainee, train_and_evaluate
 from vit_flax.training import checkpoint, objectives
@@ -44,7 +44,7 @@ def assert_exports_as_the_model(config, workdir):
     gives the same outputs as the Flax model on the checkpoint's variables."""
     out = export(workdir, workdir / 'encoder.safetensors')
     entry = registry.BY_NAME[config.model_name]
-    torch_model = torch_class(entry)(**registry.torch_keywords(config.model.to_dict())).eval()
+    torch_model = torch_class(entry)(**converters.torch_keywords(config.model.to_dict())).eval()
     torch_model.load_state_dict(load_file(out), strict=True)  # the float32 model users load; expected from float64
     encoder = objectives.encoder_variables(config.objective, checkpoint.restore_variables(workdir))
     images = np.random.default_rng(0).standard_normal((2, 8, 8, 1), dtype=np.float32)

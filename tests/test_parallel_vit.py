@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import converters
+from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_class, torch_forward
 from vit_flax import registry
 from vit_flax.parallel_vit import ViT

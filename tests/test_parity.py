@@ -14,7 +14,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, init_variables, new_torch_model,
                             randomised_flax_variables, randomised_torch_model, run_torch, same_draws, torch_context,
                             torch_inputs, truly_zero)

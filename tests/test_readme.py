@@ -57,7 +57,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
 
 def test_top_level_names_are_vit_pytorchs():
     """`from vit_flax import MAE` as `from vit_pytorch import MAE` (LoopedViT, newer than our scope, excepted)."""
-    import converters
+    from vit_flax import converters
     import vit_flax
 
     vit_pytorch = converters.import_vit_pytorch('vit_pytorch')

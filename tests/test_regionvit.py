@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, images, init_variables, nchw,
                             randomised_torch_model, torch_class, torch_forward)
 from vit_flax import registry

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, randomised_torch_model, torch_forward, truly_zero)
 from vit_flax import registry

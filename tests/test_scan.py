@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-import converters
+from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, images, new_torch_model, randomised_flax_variables, randomised_torch_model,
     torch_forward,

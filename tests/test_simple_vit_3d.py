@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_default, images, torch_forward
 from vit_flax import registry
 from vit_flax.layers import posemb_sincos_3d

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import converters
+from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, nchw, torch_class, torch_forward
 from vit_flax import deepvit, registry, vit
 from vit_flax.layers import Linear

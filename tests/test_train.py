@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-import converters
-from converters.__main__ import main as converters_main
+from vit_flax import converters
+from vit_flax.__main__ import main as converters_main
 from vit_flax import data
 from vit_flax.configs import digits
 from vit_flax.train import TrainingDiverged, train_and_evaluate

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import converters
+from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_default, float64_reference, images,
                             init_variables, nchw, torch_class, torch_forward)
 from vit_flax import registry

@@ -1,7 +1,7 @@
 """The last step of `make demo`: check an exported model in PyTorch against Flax on the same test split.
 
     python -m vit_flax.train --config=vit_flax/configs/digits.py --workdir=demo_out/digits
-    python -m converters export --workdir=demo_out/digits --out=demo_out/digits.safetensors
+    python -m vit_flax export --workdir=demo_out/digits --out=demo_out/digits.safetensors
     python -m vit_flax.demo --weights=demo_out/digits.safetensors
 
 The PyTorch side uses only the exported file and its sidecar: the vit-pytorch class and keywords, and the
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-import converters
+from vit_flax import converters
 from vit_flax import data
 
 

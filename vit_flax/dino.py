@@ -616,7 +616,7 @@ class torch_transforms:
         self.modules = modules
 
     def __enter__(self):
-        from converters import import_vit_pytorch
+        from vit_flax.converters import import_vit_pytorch
 
         self._saved = []
         for name in self.modules:

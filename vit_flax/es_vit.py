@@ -228,7 +228,7 @@ def torch_l2norm_over_features():
     patch that makes vit-pytorch compute the intended EsViT projector."""
     import torch.nn.functional as F
 
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     module = import_vit_pytorch('vit_pytorch.es_vit')
     saved = module.L2Norm.forward
@@ -252,7 +252,7 @@ def torch_construction():
     momentum=None, which CvT does not use), so a fresh torch learner would not round-trip bit-exactly."""
     import torch
 
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     trainer = import_vit_pytorch('vit_pytorch.es_vit').EsViTTrainer
     saved = trainer.__init__

@@ -178,7 +178,7 @@ def torch_uses_3d_pos_embedding(torch_class, pad_mean_pool: bool = False):
 
 def torch_runs_on_2d_pos_embedding():
     """A context under which vit-pytorch 1.26.11's MAE runs on its own ViT (see the module docstring)."""
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     return torch_uses_3d_pos_embedding(import_vit_pytorch('vit_pytorch.mae').MAE)
 

@@ -317,7 +317,7 @@ class MPP(nn.Module):
 
         import torch
 
-        from converters import import_vit_pytorch
+        from vit_flax.converters import import_vit_pytorch
 
         module = import_vit_pytorch('vit_pytorch.mpp')
         as_tensor = lambda a, dtype: torch.from_numpy(np.array(a)).to(dtype)
@@ -364,7 +364,7 @@ def torch_mpp_runs():
 
     import torch.nn.functional as F
 
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     module = import_vit_pytorch('vit_pytorch.mpp')
     forward = module.MPP.forward

@@ -44,7 +44,7 @@ def torch_keeps_gradients():
 
     import torch
 
-    from converters import import_vit_pytorch
+    from vit_flax.converters import import_vit_pytorch
 
     module = import_vit_pytorch('vit_pytorch.na_vit_nested_tensor')
     return mock.patch.object(module, 'nested_tensor', torch.nested.as_nested_tensor)

@@ -203,7 +203,7 @@ class TokenSampledImages(Images):
 
         import torch
 
-        from converters import import_vit_pytorch
+        from vit_flax.converters import import_vit_pytorch
 
         rngs = {ats_vit.TOKEN_SAMPLING: jax.random.key(seed)}
         noise = model.apply({}, *inputs, rngs=rngs, method=type(model).token_sampling_noise)
@@ -1252,40 +1252,6 @@ def torch_kwargs(model: nn.Module) -> dict[str, Any]:
         for field in dataclasses.fields(model)
         if field.name not in FLAX_ONLY_FIELDS
     }
-
-
-def torch_twin_name(module: nn.Module) -> tuple[str, str]:
-    """vit-pytorch's (file, class) for a vit_flax module: the class of the same name in the file of the same name
-    (vit_flax.vit.Transformer -> vit_pytorch.vit.Transformer). Raises ValueError naming the module if there is
-    none (a module of your own, such as efficient.LinearTransformer)."""
-    from converters import import_vit_pytorch
-
-    flax_module, name = type(module).__module__, type(module).__name__
-    if not flax_module.startswith('vit_flax.'):
-        raise ValueError(f'{flax_module}.{name} is not a vit_flax module, so it has no vit-pytorch twin')
-    torch_module = 'vit_pytorch.' + flax_module.removeprefix('vit_flax.')
-    try:
-        has_twin = hasattr(import_vit_pytorch(torch_module), name)
-    except ImportError:
-        has_twin = False
-    if not has_twin:
-        raise ValueError(f'{flax_module}.{name} has no vit-pytorch twin ({torch_module}.{name})')
-    return torch_module, name
-
-
-def torch_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """vit-pytorch's constructor keywords for Flax ones: a module-valued keyword (a plugged-in `transformer`,
-    Adapter's `vit`, DistillWrapper's `teacher` and `student`) becomes a new instance of its vit-pytorch twin
-    with the same keywords; its weights come from a state dict."""
-    from converters import import_vit_pytorch
-
-    def twin(value):
-        if not isinstance(value, nn.Module):
-            return value
-        torch_module, name = torch_twin_name(value)
-        return getattr(import_vit_pytorch(torch_module), name)(**torch_keywords(torch_kwargs(value)))
-
-    return {key: twin(value) for key, value in kwargs.items()}
 
 
 def markdown_table() -> str:

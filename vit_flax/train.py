@@ -4,7 +4,7 @@
 
 Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Writes
 WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR/tensorboard. Export the result with
-`python -m converters export --workdir=WORKDIR --out=model.safetensors`.
+`python -m vit_flax export --workdir=WORKDIR --out=model.safetensors`.
 """
 
 from __future__ import annotations

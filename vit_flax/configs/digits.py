@@ -61,6 +61,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**14))
     config.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, float32 parameters and optimiser state
     config.distributed = False  # jax.distributed.initialize() for multi-host runs
-    config.init_from = ''  # an orbax checkpoint written by `python -m converters import`, to fine-tune from
+    config.init_from = ''  # an orbax checkpoint written by `python -m vit_flax import`, to fine-tune from
     config.progress_bar = True
     return config

@@ -60,7 +60,7 @@ class Checkpoints:
 
 def restore_variables(directory: str | Path) -> dict:
     """The model variables ({'params': ..., 'batch_stats': ..., 'buffers': ...}, those it has) of a trainer checkpoint folder (its latest step)
-    or of a folder written by `python -m converters import`."""
+    or of a folder written by `python -m vit_flax import`."""
     directory = Path(directory).absolute()
     if (directory / 'checkpoints').is_dir():
         directory = directory / 'checkpoints'

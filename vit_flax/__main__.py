@@ -1,8 +1,11 @@
 """Command line: trained checkpoints to vit-pytorch files, and vit-pytorch files to checkpoints.
 
-    python -m converters export --workdir=DIR --out=model.safetensors   # or model.pt; writes model.json too
-    python -m converters import --weights=model.safetensors --out=DIR   # an orbax checkpoint to fine-tune from
-                                                                        # (--config.init_from=DIR)
+    vit-flax export --workdir=DIR --out=model.safetensors   # or model.pt; writes model.json too
+    vit-flax import --weights=model.safetensors --out=DIR   # an orbax checkpoint to fine-tune from
+                                                            # (--config.init_from=DIR)
+
+(`python -m vit_flax export ...` is the same.) It joins the trainer's workdirs and the converters, so it needs both
+the [train] and the [torch] extras.
 """
 
 from __future__ import annotations
@@ -15,17 +18,15 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-import converters
+from vit_flax import converters, data, registry
+from vit_flax.train import build_model, input_spec
+from vit_flax.training import objectives
+from vit_flax.training.checkpoint import restore_variables, save_variables
 
 
 def export(workdir: Path, out: Path) -> Path:
     """The latest checkpoint of a training workdir as a vit-pytorch state dict with its sidecar: the configured
     model's, also after self-supervised pretraining or distillation (the objective's own parts stay behind)."""
-    from vit_flax import data
-    from vit_flax.train import build_model, input_spec
-    from vit_flax.training import objectives
-    from vit_flax.training.checkpoint import restore_variables
-
     config_path = workdir / 'config.json'
     if not config_path.is_file():
         raise FileNotFoundError(f'{workdir} has no config.json: is it a `python -m vit_flax.train` workdir?')
@@ -36,9 +37,7 @@ def export(workdir: Path, out: Path) -> Path:
 
 
 def import_(weights: Path, out: Path) -> Path:
-    from vit_flax import registry
-    from vit_flax.training.checkpoint import save_variables
-
+    """A vit-pytorch file with its sidecar as an orbax checkpoint, with the model it holds in model.json."""
     model, variables = converters.load_flax(weights)
     save_variables(out, variables)
     # what the checkpoint holds, for the config of the run that fine-tunes from it
@@ -48,7 +47,7 @@ def import_(weights: Path, out: Path) -> Path:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m converters', description=__doc__,
+    parser = argparse.ArgumentParser(prog='vit-flax', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
     export_parser = commands.add_parser('export', help='training workdir -> vit-pytorch .safetensors / .pt')

@@ -1,0 +1,204 @@
+"""Files: vit-pytorch state dicts as .safetensors or .pt, with a JSON sidecar naming the vit-pytorch class and
+keywords, so that a PyTorch user gets a ready model and a Flax user the model that was saved.
+
+    save_torch('vit.safetensors', model, variables)   # + vit.json, the sidecar
+    torch_model = load_torch('vit.safetensors')       # a ready vit-pytorch model
+    model, variables = load_flax('vit.safetensors')   # and back into Flax
+
+A model with JAX-only options (`scan_layers`, `remat_policy`: registry.FLAX_ONLY_FIELDS) exports to the state dict
+and vit-pytorch keywords of the same model without them; its sidecar records the options apart, under
+`flax_kwargs`, so `load_flax` gives back the model that was saved (scanned stays scanned). torch is imported only
+where torch tensors or `.pt` files are involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.linen as nn
+
+from vit_flax import registry
+
+from .arrays import contiguous, is_torch_tensor, to_numpy, to_tensor
+from .tree import from_torch, to_torch
+from .vit_pytorch import import_vit_pytorch, torch_twin_name
+
+SIDECAR_FORMAT = 1
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix('.json')
+
+
+def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
+    """Write a state dict to `.safetensors` (no torch needed) or `.pt` (torch.save)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == '.safetensors':
+        from safetensors.numpy import save_file
+
+        save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(path))
+    elif path.suffix == '.pt':
+        import torch
+
+        torch.save({key: value if is_torch_tensor(value) else to_tensor(to_numpy(value))
+                    for key, value in state_dict.items()}, path)
+    else:
+        raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read a state dict from `.safetensors` (numpy arrays) or `.pt` (torch tensors, weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'no weights file at {path}')
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.numpy import load_file
+
+            return load_file(str(path))
+        if path.suffix == '.pt':
+            import torch
+
+            state_dict = torch.load(path, map_location='cpu', weights_only=True)
+            if not isinstance(state_dict, Mapping):
+                raise ValueError(f'holds a {type(state_dict).__name__}, not a state dict')
+            return dict(state_dict)
+    except Exception as error:  # a truncated or foreign file: say which
+        raise ValueError(f'could not read weights from {path}: {error}') from error
+    raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
+
+
+def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_spec: dict | None = None) -> Path:
+    """Export a registered Flax model's variables as a vit-pytorch state dict plus its JSON sidecar.
+
+    `input_spec` (layout, size, channels, mean, std, ...) goes into the sidecar's `input` section, so a PyTorch
+    user can prepare images the way the model was trained.
+    """
+    path = Path(path)
+    entry = registry.entry_for(model)
+    sidecar = {
+        'format': SIDECAR_FORMAT,
+        'weights': path.name,
+        'module': entry.torch_module,
+        'class': entry.torch_class_name,
+        'kwargs': _sidecar_kwargs(model),
+        'vit_pytorch_version': _version('vit-pytorch'),
+        'vit_flax_class': f'vit_flax.{entry.name}',
+    }
+    flax_kwargs = _flax_only_kwargs(model)
+    if flax_kwargs:
+        sidecar['flax_kwargs'] = flax_kwargs
+    if input_spec is not None:
+        sidecar['input'] = input_spec
+    sidecar_text = json.dumps(sidecar, indent=2) + '\n'  # fails before anything is written
+    save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
+    _sidecar_path(path).write_text(sidecar_text)
+    return path
+
+
+def _sidecar_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The module's vit-pytorch keywords for JSON. A keyword holding a module (T2TViT's or efficient.ViT's
+    `transformer`, Adapter's `vit`) is written as its vit-pytorch twin: {'module', 'class', 'kwargs'}."""
+
+    def encode(value, where):
+        if isinstance(value, nn.Module):
+            try:
+                torch_module, name = torch_twin_name(value)
+            except ValueError as error:
+                raise ValueError(
+                    f'{where}: {error}, so a PyTorch user could not build the model. Export the weights alone '
+                    f'with vit_flax.converters.save_state_dict(path, vit_flax.converters.to_torch(model, variables))'
+                ) from None
+            return {'module': torch_module, 'class': name,
+                    'kwargs': {key: encode(v, f'{where}.{key}') for key, v in registry.torch_kwargs(value).items()}}
+        if isinstance(value, (tuple, list)):
+            return [encode(v, f'{where}[{i}]') for i, v in enumerate(value)]
+        return value
+
+    return {key: encode(value, key) for key, value in registry.torch_kwargs(model).items()}
+
+
+def _flax_only_kwargs(model: nn.Module) -> dict[str, Any]:
+    """The JAX-only options the model sets to other than their defaults (layer scan, remat). They are kept apart
+    from `kwargs`, which vit-pytorch's constructor takes as they are; a module-valued keyword is written with its
+    vit-pytorch keywords only, so its own JAX-only options are not kept (it loads unscanned, same weights)."""
+    return {field.name: getattr(model, field.name) for field in dataclasses.fields(model)
+            if field.name in registry.FLAX_ONLY_FIELDS - {'parent', 'name'}
+            and getattr(model, field.name) != field.default}
+
+
+def _is_encoded_module(value) -> bool:
+    return isinstance(value, dict) and value.keys() == {'module', 'class', 'kwargs'}
+
+
+def _torch_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
+    def decode(value):
+        if _is_encoded_module(value):
+            torch_class = getattr(import_vit_pytorch(value['module']), value['class'])
+            return torch_class(**_torch_kwargs_from_sidecar(value['kwargs']))
+        return value
+
+    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
+
+
+def _flax_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
+    def decode(value):
+        if _is_encoded_module(value):
+            flax_module = importlib.import_module('vit_flax.' + value['module'].removeprefix('vit_pytorch.'))
+            return getattr(flax_module, value['class'])(**_flax_kwargs_from_sidecar(value['kwargs']))
+        return value
+
+    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _read_sidecar(path: Path) -> dict:
+    sidecar_path = _sidecar_path(path)
+    if not sidecar_path.is_file():
+        raise FileNotFoundError(f'{path} has no sidecar {sidecar_path.name} naming its vit-pytorch class and keywords')
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f'sidecar {sidecar_path} is not valid JSON: {error}') from error
+    for field in ('module', 'class', 'kwargs'):
+        if field not in sidecar:
+            raise ValueError(f'sidecar {sidecar_path} lacks the field {field!r}')
+    return sidecar
+
+
+def load_torch(path: str | Path):
+    """The ready vit-pytorch model (eval mode) saved by `save_torch`: class and keywords from the sidecar."""
+    path = Path(path)
+    sidecar = _read_sidecar(path)
+    torch_class = getattr(import_vit_pytorch(sidecar['module']), sidecar['class'])
+    torch_model = torch_class(**_torch_kwargs_from_sidecar(sidecar['kwargs']))
+    state_dict = {key: value if is_torch_tensor(value) else to_tensor(value)
+                  for key, value in load_state_dict(path).items()}
+    torch_model.load_state_dict(state_dict, strict=True)
+    return torch_model.eval()
+
+
+def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
+    """The Flax model and variables for a vit-pytorch state dict with a sidecar, with the JAX-only options it was
+    saved with (its `flax_kwargs`: a model saved scanned loads scanned). The same weights load into the model with
+    other options too: `converters.from_torch(model, converters.load_state_dict(path))`."""
+    path = Path(path)
+    sidecar = _read_sidecar(path)
+    # the Flax class saved it (a DistillableT2TViT exports as vit-pytorch's T2TViT), else vit-pytorch's namesake
+    name = sidecar.get('vit_flax_class', '').removeprefix('vit_flax.') or (
+        f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}")
+    model = registry.build(name, {**_flax_kwargs_from_sidecar(sidecar['kwargs']), **sidecar.get('flax_kwargs', {})})
+    return model, from_torch(model, load_state_dict(path))
