@@ -56,7 +56,7 @@ pretrain-demo: $(STAMP)
 	    --config.init_from=$(CURDIR)/demo_out/mae_encoder
 
 readme-table: $(STAMP)
-	$(PY) -m vit_flax.registry --write README.md
+	$(PY) -m parity.readme_table --write README.md
 
 # re-execute the notebooks in place, so the committed files carry fresh outputs and plots (tests/test_notebooks.py
 # runs them and checks that the committed copies keep their outputs)

@@ -13,6 +13,8 @@ import pytest
 import torch
 from flax import traverse_util
 
+from vit_flax import converters
+
 # float32 parity needs exact matmuls (no TF32 / bf16 passes on accelerators)
 jax.config.update('jax_default_matmul_precision', 'highest')
 # Compiling dominates the suite's time and the tests run each program a few times at most: XLA's and LLVM's
@@ -26,8 +28,6 @@ torch.set_num_threads(int(os.environ.get('TORCH_TEST_THREADS', '1')))
 
 def torch_class(entry):
     """The vit-pytorch class an entry mirrors."""
-    from vit_flax import converters
-
     return getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)
 
 
@@ -83,10 +83,7 @@ def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
 def new_torch_model(entry, config):
     """A freshly initialised vit-pytorch model for a registry config, in eval mode (built under the input spec's
     `torch_construction()` context where it has one: vit-pytorch's Dino runs torchvision transforms in __init__)."""
-    from vit_flax import registry
-
-    construction = getattr(entry.inputs, 'torch_construction', contextlib.nullcontext)
-    with construction():
+    with entry.torch_construction():
         return torch_class(entry)(**converters.torch_keywords(config)).eval()
 
 
@@ -129,8 +126,6 @@ def randomised_flax_variables(model, seed=0):
 
 def converted_pair(entry, config, seed=0):
     """(Flax model, its variables, the randomised vit-pytorch model they were converted from)."""
-    from vit_flax import converters
-
     torch_model = randomised_torch_model(entry, config, seed)
     model = entry.flax_class(**config)
     return model, converters.from_torch(model, torch_model.state_dict()), torch_model
@@ -210,15 +205,13 @@ def torch_inputs(entry, inputs, dtype=torch.float64):
 
 
 def torch_context(entry):
-    return entry.torch_context() if entry.torch_context else contextlib.nullcontext()
+    return entry.torch_context()
 
 
 def same_draws(entry, model, inputs):
     """(Flax rngs, torch context) under which a model that is random in eval mode draws the same numbers on both
-    sides (the input spec's optional `randomness`, e.g. ats_vit); (None, a null context) for every other model."""
-    if hasattr(entry.inputs, 'randomness'):
-        return entry.inputs.randomness(model, inputs)
-    return None, contextlib.nullcontext()
+    sides (the parity spec's optional `draws`, e.g. ats_vit's); (None, a null context) for every other model."""
+    return entry.same_draws(model, inputs)
 
 
 def run_torch(entry, torch_model, inputs):
@@ -229,8 +222,6 @@ def run_torch(entry, torch_model, inputs):
 
 def numpy_tree(tree):
     """Model outputs (arrays, tensors, or tuples of them) as a list of numpy arrays."""
-    from vit_flax import converters
-
     if isinstance(tree, (tuple, list)):
         return [leaf for item in tree for leaf in numpy_tree(item)]
     return [np.asarray(converters.to_numpy(tree.detach() if isinstance(tree, torch.Tensor) else tree))]

@@ -15,7 +15,7 @@ from tests.conftest import float64_reference, nchw
 def torch_loss(entry, torch_model, model, x, seed, train=False, patch=contextlib.nullcontext, **kwargs):
     """(vit-pytorch's exact loss, the float64 reference that computed it with its gradients and the buffers its
     forward set, the Flax rngs): the loss on the crops the Flax call draws with `seed`, under `patch()`."""
-    rngs, draws = entry.inputs.randomness(model, (x,), seed)
+    rngs, draws = entry.same_draws(model, (x,), seed)
     exact = float64_reference(torch_model).train(train)
     with draws, patch():
         loss = exact(nchw(x), **kwargs)

@@ -2,7 +2,7 @@
 batch-dependent sampling, jit, AdaptiveTokenSampling alone, bad configs and input, random configs.
 
 vit-pytorch draws its Gumbel noise with `sample_gumbel`; every comparison here patches it to return the noise
-the Flax model draws (registry.TokenSampledImages.randomness), so both sides sample the same tokens.
+the Flax model draws (parity/ats_vit.py: draws), so both sides sample the same tokens.
 """
 
 import jax
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class
 from vit_flax import ats_vit, registry
 from vit_flax.ats_vit import AdaptiveTokenSampling, Transformer, ViT
 
-ENTRY = registry.BY_NAME['ats_vit.ViT']
+ENTRY = parity.BY_NAME['ats_vit.ViT']
 TINY = ENTRY.configs[0]  # 16 patches, budgets (8, 4)
 DYNAMIC = ENTRY.configs[2]  # 9 patches, budgets (6, 6, 4): the third layer samples only for some batches
 
@@ -37,7 +38,7 @@ def torch_forward_same_draws(torch_model, model, x, seed=0):
     noise shapes torch asked for."""
     import vit_pytorch.ats_vit as module
 
-    rngs, draws = ENTRY.inputs.randomness(model, (x,), seed)
+    rngs, draws = ENTRY.same_draws(model, (x,), seed)
     asked = []
     with draws:
         same_noise = module.sample_gumbel

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import parity
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, randomised_torch_model, run_torch, torch_forward
 from vit_flax import layers, na_vit, registry
@@ -22,7 +23,7 @@ IMAGES = np.random.default_rng(0).standard_normal((2, 16, 16, 3), np.float32)
 
 def fused_and_explicit(name, attention_impl, **options):
     """(fused model, explicit model, variables converted from a randomised vit-pytorch model, that torch model)."""
-    entry = registry.BY_NAME[name]
+    entry = parity.BY_NAME[name]
     torch_model = randomised_torch_model(entry, CONFIGS[name])
     fused = entry.flax_class(**CONFIGS[name], attention_impl=attention_impl, **options)
     explicit = entry.flax_class(**CONFIGS[name], **options)
@@ -56,7 +57,7 @@ NAVITS = ['na_vit.NaViT', pytest.param('na_vit_nested_tensor.NaViT', marks=pytes
 def test_masked_fused_attention_matches_vit_pytorch_and_the_explicit_path(name):
     """NaViT's masks (each token sees its own image, padding is seen by none, one pool query per image slot) pass to
     the fused kernel: rows of two, one and three images, so the sequences hold padding and the pool has empty slots."""
-    entry = registry.BY_NAME[name]
+    entry = parity.BY_NAME[name]
     config = entry.configs[0]
     torch_model = randomised_torch_model(entry, config)
     fused, explicit = entry.flax_class(**config, attention_impl='xla'), entry.flax_class(**config)
@@ -71,7 +72,7 @@ def test_masked_fused_attention_matches_vit_pytorch_and_the_explicit_path(name):
 
 def test_packed_batch_fused_equals_explicit():
     """A PackedBatch from the grain packer (padding, and a row with empty image slots) through the fused kernel."""
-    entry = registry.BY_NAME['na_vit.NaViT']
+    entry = parity.BY_NAME['na_vit.NaViT']
     config = entry.configs[0]
     fused, explicit = entry.flax_class(**config, attention_impl='xla'), entry.flax_class(**config)
     rng = np.random.default_rng(0)
@@ -102,7 +103,7 @@ def test_attention_dropout_in_training_keeps_the_explicit_path():
     same draws, so the same output); evaluation and dropout-free training run fused."""
     name = 'vit.ViT'
     config = {**CONFIGS[name], 'dropout': 0.5}
-    entry = registry.BY_NAME[name]
+    entry = parity.BY_NAME[name]
     fused, explicit = entry.flax_class(**config, attention_impl='xla'), entry.flax_class(**config)
     variables = explicit.init(jax.random.key(0), IMAGES)
     rngs = {'dropout': jax.random.key(1)}
@@ -121,7 +122,7 @@ def test_recorder_records_a_fused_model_through_the_explicit_path():
 
 def test_unknown_implementation_is_refused_by_name():
     with pytest.raises(ValueError, match=r"unknown attention_impl='flash'.*explicit, xla, cudnn, auto"):
-        registry.BY_NAME['vit.ViT'].flax_class(**CONFIGS['vit.ViT'], attention_impl='flash')
+        parity.BY_NAME['vit.ViT'].flax_class(**CONFIGS['vit.ViT'], attention_impl='flash')
 
 
 def test_the_option_is_jax_only_and_kept_by_the_sidecar(tmp_path):

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
-from vit_flax import registry
+
 from vit_flax.cait import CaiT, LayerScale, layer_drop_draw, layers_to_keep
 from vit_flax.vit import FeedForward
 
-ENTRY = registry.BY_NAME['cait.CaiT']
+ENTRY = parity.BY_NAME['cait.CaiT']
 TOLERANCE = 2e-5
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=16, depth=2, cls_depth=1, heads=2, mlp_dim=32, dim_head=8)
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 from flax import traverse_util
 
+import parity
 from vit_flax import converters
 from vit_flax.converters import rules
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, torch_class, torch_forward, truly_zero)
-from vit_flax import cct, cct_3d, registry
+from vit_flax import cct, cct_3d
 from vit_flax.cct_3d import CCT
 
-ENTRY = registry.BY_NAME['cct_3d.CCT']
+ENTRY = parity.BY_NAME['cct_3d.CCT']
 # 4 x 4 x 4 tokens
 TINY = dict(img_size=8, num_frames=4, embedding_dim=32, kernel_size=3, stride=1, padding=1, num_layers=2, num_heads=4,
             mlp_ratio=2, num_classes=10)

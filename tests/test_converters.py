@@ -12,6 +12,7 @@ import flax.linen as nn
 import torch
 from flax import traverse_util
 
+import parity
 from vit_flax import converters
 from vit_flax.converters import legacy
 from vit_flax.converters.rules import LEAF_RULES, slots, torch_module_path
@@ -22,7 +23,7 @@ from vit_flax import registry
 from vit_flax.vit import ViT
 
 FIXTURES = Path(__file__).parent / 'fixtures'
-VIT = registry.BY_NAME['vit.ViT']
+VIT = parity.BY_NAME['vit.ViT']
 
 
 def tiny_vit(**overrides):
@@ -189,7 +190,7 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
         np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf))
 
 
-@pytest.mark.parametrize('entry', registry.ENTRIES, ids=lambda e: e.name)
+@pytest.mark.parametrize('entry', parity.ENTRIES, ids=lambda e: e.name)
 def test_every_architecture_round_trips_through_files(tmp_path, entry):
     """Shapes survive the file formats too, 0-d parameters (learned temperatures) included."""
     model = entry.build(0)

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, converted_pair, float64_reference, images, torch_class, torch_forward,
 )
-from vit_flax import registry
+
 from vit_flax.cross_vit import Attention, CrossTransformer, CrossViT
 
-ENTRY = registry.BY_NAME['cross_vit.CrossViT']
+ENTRY = parity.BY_NAME['cross_vit.CrossViT']
 TINY = ENTRY.configs[0]  # image 16, patches 4 / 8, widths 16 / 32, one layer of everything
 
 

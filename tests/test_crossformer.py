@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class,
                             torch_forward, truly_zero)
-from vit_flax import registry
+
 from vit_flax.crossformer import CrossFormer, relative_position_indices
 
-ENTRY = registry.BY_NAME['crossformer.CrossFormer']
+ENTRY = parity.BY_NAME['crossformer.CrossFormer']
 # windows of 2 and 4 keys a side, different for short and long attention; two heads in stage 2 (dim 64), a stage
 # of depth 0 below dim_head (16)
 WINDOWED = dict(dim=(32, 64, 16, 32), depth=(1, 1, 0, 0), local_window_size=(2, 4, 1, 1),

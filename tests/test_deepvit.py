@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, torch_forward, truly_zero)
-from vit_flax import registry
+
 from vit_flax.deepvit import Attention, DeepViT
 
-ENTRY = registry.BY_NAME['deepvit.DeepViT']
+ENTRY = parity.BY_NAME['deepvit.DeepViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 

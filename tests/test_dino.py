@@ -15,6 +15,7 @@ import optax
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests import objective_helpers
 from tests.conftest import converted_pair, float64_reference, images, init_variables, nchw, torch_class
@@ -24,7 +25,7 @@ from vit_flax.cvt import CvT
 from vit_flax.dino import Dino
 from vit_flax.vit import ViT
 
-ENTRY = registry.BY_NAME['dino.Dino']
+ENTRY = parity.BY_NAME['dino.Dino']
 IDENTITY = dict(augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0), augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0))
 TINY = ENTRY.configs[0]
 VIT = ViT(image_size=16, patch_size=8, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8)
@@ -123,7 +124,7 @@ def test_return_embedding_matches_torch():
     model, variables, torch_model = torch_learner(CONFIGS['cvt-layers'])
     x = images((2, 16, 16, 3), seed=6)
     exact = float64_reference(torch_model)
-    with dino.torch_transforms(), torch.no_grad():
+    with parity.dino.torch_transforms(), torch.no_grad():
         torch_projection, torch_embedding = exact(nchw(x), return_embedding=True)
         torch_embedding_only = exact(nchw(x), return_embedding=True, return_projection=False)
     projection, embedding = model.apply(variables, x, return_embedding=True)
@@ -204,7 +205,7 @@ def test_encoder_params_are_a_plain_vit():
     _, variables, torch_model = torch_learner(TINY, seed=8)
     encoder_params = variables['params']['student_encoder']['net']
     state = converters.to_torch(VIT, {'params': encoder_params})
-    plain = torch_class(registry.BY_NAME['vit.ViT'])(**registry.torch_kwargs(VIT)).eval()
+    plain = torch_class(parity.BY_NAME['vit.ViT'])(**registry.torch_kwargs(VIT)).eval()
     plain.load_state_dict(state, strict=True)  # loads into the float32 model users build; the expected from float64
     x = images((2, 16, 16, 3), seed=9)
     with torch.no_grad():

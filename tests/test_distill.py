@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw, new_torch_model,
@@ -16,13 +17,13 @@ from tests.conftest import (
 from vit_flax import distill, registry, vit
 from vit_flax.distill import DistillableEfficientViT, DistillableT2TViT, DistillableViT, DistillWrapper
 
-ENTRY = registry.BY_NAME['distill.DistillableViT']
-WRAPPER = registry.BY_NAME['distill.DistillWrapper']
+ENTRY = parity.BY_NAME['distill.DistillableViT']
+WRAPPER = parity.BY_NAME['distill.DistillWrapper']
 TOL = ENTRY.tolerance
 TINY = ENTRY.configs[0]
 MEAN = ENTRY.configs[1]
 T2T = dict(image_size=16, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8, t2t_layers=((3, 2), (3, 2)))
-EFFICIENT = registry.BY_NAME['efficient.ViT'].configs[0]
+EFFICIENT = parity.BY_NAME['efficient.ViT'].configs[0]
 
 
 def vit_pytorch_distill():

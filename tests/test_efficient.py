@@ -9,14 +9,15 @@ import pytest
 import torch
 from torch import nn as tnn
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, converted_pair, images, init_variables, torch_class, torch_forward,
 )
-from vit_flax import registry, vit
+from vit_flax import vit
 from vit_flax.efficient import LinearAttention, LinearTransformer, ViT, linear_attention
 
-ENTRY = registry.BY_NAME['efficient.ViT']
+ENTRY = parity.BY_NAME['efficient.ViT']
 TINY = ENTRY.configs[0]
 
 

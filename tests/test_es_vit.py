@@ -1,7 +1,7 @@
 """EsViTTrainer beyond the registry configs: loss, gradients and centre buffers against vit-pytorch under shared
 crops (CvT's whole feature map and a stage's, train mode with its BatchNorm statistics, call-time temperatures),
 the region loss and the projector's L2 normalisation (vit-pytorch's normalises the region projector over the
-tokens: fixed here, torch patched by `es_vit.torch_l2norm_over_features`), the EMA of the teacher and the four
+tokens: fixed here, torch patched by `parity.es_vit.torch_l2norm_over_features`), the EMA of the teacher and the four
 centres against `learner.update_moving_average()`, the optimiser mask with optax, the encoder's params exporting
 as a plain CvT, hidden layers that give no feature map, bad configs.
 
@@ -17,6 +17,7 @@ import optax
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests import objective_helpers
 from tests.conftest import (
@@ -28,7 +29,7 @@ from vit_flax.cvt import CvT
 from vit_flax.es_vit import EsViTTrainer
 from vit_flax.vit import ViT
 
-ENTRY = registry.BY_NAME['es_vit.EsViTTrainer']
+ENTRY = parity.BY_NAME['es_vit.EsViTTrainer']
 IDENTITY = dict(augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0), augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0))
 TINY = ENTRY.configs[0]
 CVT = CvT(num_classes=3, s1_emb_dim=8, s1_emb_kernel=3, s1_emb_stride=2, s1_heads=1, s2_emb_dim=12, s2_heads=2,
@@ -51,7 +52,7 @@ CONFIGS = {  # the first is a fast test, the rest run with `make test-slow`
 def torch_loss(torch_model, model, x, seed, train=False, **kwargs):
     """(vit-pytorch's exact loss (intended projector), its float64 reference with gradients, buffers and BatchNorm
     statistics, the Flax rngs) on the crops the Flax call draws with `seed`."""
-    return objective_helpers.torch_loss(ENTRY, torch_model, model, x, seed, train, es_vit.torch_l2norm_over_features,
+    return objective_helpers.torch_loss(ENTRY, torch_model, model, x, seed, train, parity.es_vit.torch_l2norm_over_features,
                                         **kwargs)
 
 
@@ -123,7 +124,7 @@ def test_return_embedding_matches_torch():
     model, variables, torch_model = converted_pair(ENTRY, TINY, seed=6)
     x = images((2, 16, 16, 3), seed=6)
     exact = float64_reference(torch_model)
-    with dino.torch_transforms(), es_vit.torch_l2norm_over_features(), torch.no_grad():
+    with parity.dino.torch_transforms(), parity.es_vit.torch_l2norm_over_features(), torch.no_grad():
         torch_outputs = exact(nchw(x), return_embedding=True)
         global_latent, feature_map = exact(nchw(x), return_embedding=True, return_projection=False)
     outputs = model.apply(variables, x, return_embedding=True)
@@ -186,7 +187,7 @@ def test_projector_normalises_each_region_over_its_features():
     exact = float64_reference(torch_mlp)
     with torch.no_grad():
         broken = [exact(torch.from_numpy(r).double())[:, 0].numpy() for r in (regions, other)]
-        with es_vit.torch_l2norm_over_features():
+        with parity.es_vit.torch_l2norm_over_features():
             fixed = exact(torch.from_numpy(regions).double()).numpy()
             fixed_2d = exact(torch.from_numpy(regions[:, 0]).double()).numpy()
         unpatched_2d = exact(torch.from_numpy(regions[:, 0]).double()).numpy()
@@ -242,7 +243,7 @@ def test_trainable_mask_keeps_optax_off_the_teacher():
 
     optimizer = optax.masked(optax.adamw(1e-2, weight_decay=0.5), mask)
     x = images((3, 16, 16, 3))
-    (_, updates), grads = loss_and_grads(model)(variables, x, ENTRY.inputs.randomness(model, (x,), 1)[0], {})
+    (_, updates), grads = loss_and_grads(model)(variables, x, ENTRY.same_draws(model, (x,), 1)[0], {})
     for leaf in jax.tree_util.tree_leaves(grads['teacher_encoder']):
         np.testing.assert_array_equal(np.asarray(leaf), 0.0)
 
@@ -278,7 +279,7 @@ def test_encoder_variables_are_a_plain_cvt():
     net = TINY['net']
     encoder = {collection: variables[collection]['student_encoder']['net'] for collection in ('params', 'batch_stats')}
     state = converters.to_torch(net, encoder)
-    plain = torch_class(registry.BY_NAME['cvt.CvT'])(**registry.torch_kwargs(net)).eval()
+    plain = torch_class(parity.BY_NAME['cvt.CvT'])(**registry.torch_kwargs(net)).eval()
     plain.load_state_dict(state, strict=True)  # loads into the float32 model users build; the expected from float64
     x = images((2, 16, 16, 3), seed=9)
     with torch.no_grad():

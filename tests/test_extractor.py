@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, converted_pair, float64_reference, same_draws, torch_inputs
-from vit_flax import registry
+
 from vit_flax.extractor import Extractor, flax_path
 from vit_flax.vit import ViT
 
@@ -82,14 +83,14 @@ def in_flax_layout(torch_tree, flax_tree):
 
 
 def test_every_registered_architecture_is_listed():
-    assert set(EXTRACTABLE) <= set(registry.BY_NAME)
+    assert set(EXTRACTABLE) <= set(parity.BY_NAME)
 
 
 @pytest.mark.parametrize('name', [
     pytest.param(name, marks=[] if name in FAST else [pytest.mark.slow]) for name in EXTRACTABLE
 ])
 def test_extractor_matches_vit_pytorch(name):
-    entry = registry.BY_NAME[name]
+    entry = parity.BY_NAME[name]
     model, variables, torch_model = converted_pair(entry, entry.configs[0])
     inputs = entry.inputs.example(model, 2, np.random.default_rng(0))
     rngs, torch_draws = same_draws(entry, model, inputs)
@@ -110,7 +111,7 @@ def test_extractor_matches_vit_pytorch(name):
 
 
 def test_cross_vit_gives_both_scales_as_in_the_readme():
-    entry = registry.BY_NAME['cross_vit.CrossViT']
+    entry = parity.BY_NAME['cross_vit.CrossViT']
     model, variables, torch_model = converted_pair(entry, entry.configs[0])
     (images,) = entry.inputs.example(model, 1, np.random.default_rng(0))
     logits, (small, large) = Extractor(model, layer_name='multi_scale_encoder').apply(variables, images)
@@ -123,7 +124,7 @@ def test_cross_vit_gives_both_scales_as_in_the_readme():
 
 def test_cct_classifier_input_is_the_tokenizer_output():
     """vit-pytorch reports CCT's classifier input after the classifier added its position embedding in place."""
-    entry = registry.BY_NAME['cct.CCT']
+    entry = parity.BY_NAME['cct.CCT']
     model, variables, torch_model = converted_pair(entry, entry.configs[0])
     (images,) = entry.inputs.example(model, 2, np.random.default_rng(0))
     tokens = Extractor(model, layer_name='tokenizer', return_embeddings_only=True).apply(variables, images)
@@ -136,7 +137,7 @@ def test_cct_classifier_input_is_the_tokenizer_output():
     assert_close_outputs(tokens + positional, torch_input, entry.tolerance)
 
 
-VIT = registry.BY_NAME['vit.ViT']
+VIT = parity.BY_NAME['vit.ViT']
 
 
 def vit_pair():
@@ -204,7 +205,7 @@ def test_unknown_layer_names_the_layers_there_are():
 
 
 def test_mutable_collections_pass_through_and_no_variables_added():
-    entry = registry.BY_NAME['cvt.CvT']
+    entry = parity.BY_NAME['cvt.CvT']
     model, variables, _ = converted_pair(entry, entry.configs[0])
     (images,) = entry.inputs.example(model, 2, np.random.default_rng(0))
     extractor = Extractor(model, layer_name='layers')

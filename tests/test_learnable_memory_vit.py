@@ -8,14 +8,15 @@ import optax
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, new_torch_model, randomised_torch_model, torch_class, torch_forward)
-from vit_flax import registry, vit
+from vit_flax import vit
 from vit_flax.learnable_memory_vit import Adapter, ViT, memory_attention_mask
 
-VIT_ENTRY = registry.BY_NAME['learnable_memory_vit.ViT']
-ADAPTER_ENTRY = registry.BY_NAME['learnable_memory_vit.Adapter']
+VIT_ENTRY = parity.BY_NAME['learnable_memory_vit.ViT']
+ADAPTER_ENTRY = parity.BY_NAME['learnable_memory_vit.Adapter']
 TINY = VIT_ENTRY.configs[0]  # image_size=16, patch_size=4, dim=32, depth=2: the registry's compiles are reused
 ADAPTER = ADAPTER_ENTRY.configs[0]  # the same backbone, 3 memories per layer, 5 classes
 X = images((2, 16, 16, 3), seed=3)

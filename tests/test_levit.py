@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, new_torch_model, torch_class, torch_forward, truly_zero)
-from vit_flax import registry
+
 from vit_flax.levit import LeViT, relative_position_indices
 
-ENTRY = registry.BY_NAME['levit.LeViT']
+ENTRY = parity.BY_NAME['levit.LeViT']
 
 # multi-token maps: 2x2 then 1x1; 3x3 -> 2x2 -> 1x1 (odd map, ceil on downsampling); 4x4 -> 2x2
 TINY = dict(image_size=32, num_classes=10, dim=(16, 24), depth=1, heads=2, mlp_mult=2, stages=2, dim_key=8,

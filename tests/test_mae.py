@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, float64_reference, images, init_variables, nchw, randomised_torch_model,
                             torch_forward, truly_zero)
@@ -15,7 +16,7 @@ from vit_flax import mae, registry, simple_vit, vit
 from vit_flax.layers import pair
 from vit_flax.mae import MAE
 
-ENTRY = registry.BY_NAME['mae.MAE']
+ENTRY = parity.BY_NAME['mae.MAE']
 CLS, MEAN = ENTRY.configs
 
 # beyond the registry: a two-layer decoder on a cls-pool encoder whose dim equals decoder_dim (no enc_to_dec),
@@ -49,7 +50,7 @@ def check_loss_and_gradients(entry, config, x=None, seed=0):
     model = entry.flax_class(**config)
     variables = converters.from_torch(model, torch_model.state_dict())
     x = images(input_shape(model), seed) if x is None else x
-    rngs, draws = entry.inputs.randomness(model, (x,), seed)
+    rngs, draws = entry.same_draws(model, (x,), seed)
     torch_loss, expected = torch_loss_and_grads(entry, torch_model, x, draws)
 
     loss_fn = lambda params: model.apply({**variables, 'params': params}, x, rngs=rngs)  # noqa: E731

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward,
                             truly_zero)
-from vit_flax import registry
+
 from vit_flax.max_vit import Attention, Dropsample, MaxViT, MBConvResidual
 
-ENTRY = registry.BY_NAME['max_vit.MaxViT']
+ENTRY = parity.BY_NAME['max_vit.MaxViT']
 TINY = ENTRY.configs[0]
 SIZE = ENTRY.inputs.fixed_size
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
-from vit_flax import registry
+
 from vit_flax.mobile_vit import MobileViT
 
-ENTRY = registry.BY_NAME['mobile_vit.MobileViT']
+ENTRY = parity.BY_NAME['mobile_vit.MobileViT']
 TINY = ENTRY.configs[0]
 
 

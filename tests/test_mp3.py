@@ -8,6 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply,
@@ -20,10 +21,10 @@ from tests.conftest import (
     torch_class,
     torch_forward,
 )
-from vit_flax import registry
+
 from vit_flax.mp3 import Transformer, ViT
 
-ENTRY = registry.BY_NAME['mp3.ViT']
+ENTRY = parity.BY_NAME['mp3.ViT']
 TINY = ENTRY.configs[0]  # 16x16 images, 4x4 patches, dim 32, 4 heads of 8, depth 2
 
 

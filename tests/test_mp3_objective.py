@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply,
@@ -21,14 +22,14 @@ from tests.conftest import (
 from vit_flax import mp3, registry, vit
 from vit_flax.mp3 import MP3, ViT
 
-ENTRY = registry.BY_NAME['mp3.MP3']
-VIT_ENTRY = registry.BY_NAME['mp3.ViT']
+ENTRY = parity.BY_NAME['mp3.MP3']
+VIT_ENTRY = parity.BY_NAME['mp3.ViT']
 TINY = ENTRY.configs[0]  # 16x16 images, 4x4 patches (16 tokens), dim 32, depth 2, masking_ratio 0.5
 
 
 def shared_draw(model, x, seed):
     """(Flax rngs, torch context) drawing the same masking permutation: the registry's input-spec hook."""
-    return ENTRY.inputs.randomness(model, (x,), seed)
+    return ENTRY.same_draws(model, (x,), seed)
 
 
 def torch_loss_and_grads(torch_model, x, draws):

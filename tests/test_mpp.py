@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw,
                             torch_class, torch_forward)
 from vit_flax import mpp, registry, vit
 from vit_flax.mpp import MPP
 
-ENTRY = registry.BY_NAME['mpp.MPP']
+ENTRY = parity.BY_NAME['mpp.MPP']
 TOL = ENTRY.tolerance
 TINY = ENTRY.configs[0]  # 16x16x3 images, 4x4 patches (16), cls pool, bits 3 (512 classes), mask_prob 0.15
 MEAN_POOL = ENTRY.configs[1]  # 8x12x1 images (6 patches), mean pool, bits 2, random patches, normalised targets
@@ -30,7 +31,7 @@ def torch_loss_and_grads(model, torch_model, x, rngs):
     draws."""
     draws = model.apply({}, x, rngs=rngs, method=MPP.masking_draws)
     exact = float64_reference(torch_model)
-    with model.torch_draws(draws), mpp.torch_mpp_runs():
+    with parity.mpp.torch_draws(model, draws), parity.mpp.torch_mpp_runs():
         loss = exact(nchw(x))
     loss.backward()
     return loss.item(), {name: p.grad for name, p in exact.named_parameters()}
@@ -147,7 +148,7 @@ def test_encoder_params_are_a_plain_vit_and_export_to_torch():
 
     # params['transformer'] is what vit-pytorch's encoder inside MPP holds
     state_dict = converters.to_torch(encoder, {'params': variables['params']['transformer']})
-    torch_vit = torch_class(registry.BY_NAME['vit.ViT'])(**registry.torch_kwargs(encoder)).eval()
+    torch_vit = torch_class(parity.BY_NAME['vit.ViT'])(**registry.torch_kwargs(encoder)).eval()
     torch_vit.load_state_dict(state_dict, strict=True)
     for key, tensor in torch_model.transformer.state_dict().items():
         assert torch.equal(state_dict[key], tensor), key
@@ -182,7 +183,7 @@ def test_vit_pytorch_fails_without_the_fix():
     with pytest.raises(Exception, match='dim'):  # einops: '() n d' on a 2-D tensor
         torch_model(x)
     keys = list(torch_model.state_dict())
-    with mpp.torch_mpp_runs():
+    with parity.mpp.torch_mpp_runs():
         assert torch.isfinite(torch_model(x))
     assert list(torch_model.state_dict()) == keys and 'cls_token' not in vars(torch_model.transformer)
 
@@ -197,7 +198,7 @@ VALID = dict(transformer=TINY['transformer'], patch_size=4, dim=16)
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(transformer=registry.BY_NAME['simple_vit.SimpleViT'].build(0)), 'transformer must be a vit_flax.vit.ViT'),
+    (dict(transformer=parity.BY_NAME['simple_vit.SimpleViT'].build(0)), 'transformer must be a vit_flax.vit.ViT'),
     (dict(patch_size=8), r"patch_size must be the transformer's, got patch_size=8"),
     (dict(dim=32), r'got dim=32'),
     (dict(channels=1), r'got channels=1'),

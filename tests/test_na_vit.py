@@ -11,11 +11,12 @@ import optax
 import pytest
 import torch
 
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, init_variables
-from vit_flax import na_vit, na_vit_nested_tensor, registry
+from vit_flax import na_vit, na_vit_nested_tensor
 from vit_flax.na_vit import NaViT, PackedBatch, pack, packed_dataset, unpack
 
-ENTRY, NESTED = registry.BY_NAME['na_vit.NaViT'], registry.BY_NAME['na_vit_nested_tensor.NaViT']
+ENTRY, NESTED = parity.BY_NAME['na_vit.NaViT'], parity.BY_NAME['na_vit_nested_tensor.NaViT']
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 
@@ -159,7 +160,7 @@ def test_token_dropout_matches_torch_given_the_same_draws(entry, token_dropout_p
         return draw
 
     torch_model.train()  # dropout rates are 0: only token dropout is random
-    with mock.patch.object(torch, 'randn', randn), na_vit_nested_tensor.torch_keeps_gradients():
+    with mock.patch.object(torch, 'randn', randn), parity.na_vit_nested_tensor.torch_keeps_gradients():
         expected = torch_logits(torch_model, inputs)
     assert not queue
     trained = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs=rngs))(variables, inputs)
@@ -295,7 +296,7 @@ def test_parity_on_random_configurations():
             images = random_images(config, rng, int(rng.integers(1, 6)))
             inputs = images if entry is NESTED else [images[:1], images[1:]] if len(images) > 1 else [images]
             try:
-                with na_vit_nested_tensor.torch_keeps_gradients():
+                with parity.na_vit_nested_tensor.torch_keeps_gradients():
                     expected = torch_logits(torch_model, inputs)
                 assert_close_outputs(jax.jit(model.apply)(variables, inputs), expected, entry.tolerance)
             except AssertionError as error:

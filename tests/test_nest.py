@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
-from vit_flax import registry
+
 from vit_flax.nest import NesT
 
-ENTRY = registry.BY_NAME['nest.NesT']
+ENTRY = parity.BY_NAME['nest.NesT']
 TINY = ENTRY.configs[0]
 TOLERANCE = ENTRY.tolerance
 

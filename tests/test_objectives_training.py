@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import parity
 from vit_flax.__main__ import export
 from tests.conftest import assert_close_outputs, float64_reference, nchw, torch_class
 from tests.test_train import losses, tiny_config
@@ -43,7 +44,7 @@ def assert_exports_as_the_model(config, workdir):
     """`converters export` writes the model inside the objective: it loads strictly into its vit-pytorch class and
     gives the same outputs as the Flax model on the checkpoint's variables."""
     out = export(workdir, workdir / 'encoder.safetensors')
-    entry = registry.BY_NAME[config.model_name]
+    entry = parity.BY_NAME[config.model_name]
     torch_model = torch_class(entry)(**converters.torch_keywords(config.model.to_dict())).eval()
     torch_model.load_state_dict(load_file(out), strict=True)  # the float32 model users load; expected from float64
     encoder = objectives.encoder_variables(config.objective, checkpoint.restore_variables(workdir))

@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_class, torch_forward
-from vit_flax import registry
+
 from vit_flax.parallel_vit import ViT
 
-ENTRY = registry.BY_NAME['parallel_vit.ViT']
+ENTRY = parity.BY_NAME['parallel_vit.ViT']
 TINY = dict(image_size=16, patch_size=4, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8)
 
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 from flax import traverse_util
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, init_variables, new_torch_model,
                             randomised_flax_variables, randomised_torch_model, run_torch, same_draws, torch_context,
                             torch_inputs, truly_zero)
-from vit_flax import registry
+
 
 # `make test` checks the first configuration of every entry; `make test-slow` the others (the suite must stay under
 # 20 minutes on 2 cores)
@@ -27,7 +28,7 @@ FAST_CONFIGS = 1
 CASES = [
     pytest.param(entry, index, id=f'{entry.name}-{index}',
                  marks=[pytest.mark.xdist_group(f'{entry.name}-{index}'), *([pytest.mark.slow] * (index >= FAST_CONFIGS))])
-    for entry in registry.ENTRIES
+    for entry in parity.ENTRIES
     for index in range(len(entry.configs))
 ]
 
@@ -132,7 +133,7 @@ def test_gradients_match(entry, index):
         np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize('entry', registry.ENTRIES, ids=lambda e: e.name)
+@pytest.mark.parametrize('entry', parity.ENTRIES, ids=lambda e: e.name)
 def test_init_follows_torch_distributions(entry):
     """Each Flax parameter is drawn like its vit-pytorch twin: same mean and spread (and range) per tensor."""
     torch.manual_seed(0)

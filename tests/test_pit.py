@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, new_torch_model,
                             torch_forward)
-from vit_flax import registry
+
 from vit_flax.pit import PiT, Pool, conv_output_size
 
-ENTRY = registry.BY_NAME['pit.PiT']
+ENTRY = parity.BY_NAME['pit.PiT']
 TINY = ENTRY.configs[0]  # image_size=12, patch_size=4: a 5 x 5 token grid, then 3 x 3, widths 16 and 32
 
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import parity
+from parity import readme_table
 from vit_flax import registry
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
@@ -14,13 +16,13 @@ README = Path(__file__).resolve().parents[1] / 'README.md'
 
 def test_architecture_table_matches_registry():
     text = README.read_text()
-    assert registry.readme_with_table(text) == text, 'README table is stale: run `make readme-table`'
+    assert readme_table.readme_with_table(text) == text, 'README table is stale: run `make readme-table`'
 
 
 def test_every_registered_class_is_importable_from_its_file():
     import importlib
 
-    for entry in registry.ENTRIES:
+    for entry in parity.ENTRIES:
         assert getattr(importlib.import_module(f'vit_flax.{entry.module}'), entry.class_name) is entry.flax_class
 
 

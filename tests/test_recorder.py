@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, converted_pair, float64_reference, same_draws, torch_inputs
-from vit_flax import registry
+
 from vit_flax.recorder import Recorder
 from vit_flax.vit import Transformer, ViT
 
-RECORDABLE = [entry for entry in registry.ENTRIES if entry.recordable]
+RECORDABLE = [entry for entry in parity.ENTRIES if entry.recordable]
 CASES = [
     pytest.param(entry, index, id=f'{entry.name}-{index}', marks=[pytest.mark.slow] * (index > 0))
     for entry in RECORDABLE
@@ -82,7 +83,7 @@ def random_vit_config(rng):
 ])
 def test_recorder_on_random_configurations(name, seed):
     """Configurations no test names: shapes (batch, depth, heads, n, n) and values as vit-pytorch's."""
-    entry = registry.BY_NAME[name]
+    entry = parity.BY_NAME[name]
     rng = np.random.default_rng(seed)
     config = random_vit_config(rng)
     if name == 'vit.ViT' or name == 'parallel_vit.ViT':
@@ -144,7 +145,7 @@ def test_mutable_collections_pass_through():
     assert 'intermediates' not in state and attns.shape == (2, 3, 2, 17, 17)
 
 
-@pytest.mark.parametrize('entry', [entry for entry in registry.ENTRIES if not entry.recordable], ids=lambda e: e.name)
+@pytest.mark.parametrize('entry', [entry for entry in parity.ENTRIES if not entry.recordable], ids=lambda e: e.name)
 def test_unrecordable_architectures_say_why(entry):
     assert entry.not_recordable, f'{entry.name}: say why it cannot be recorded (registry `not_recordable`)'
     with pytest.raises(ValueError) as error:

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, float64_reference, images, init_variables, nchw,
                             randomised_torch_model, torch_class, torch_forward)
-from vit_flax import registry
+
 from vit_flax.regionvit import R2LTransformer, RegionViT, local_bias_indices
 
-ENTRY = registry.BY_NAME['regionvit.RegionViT']
+ENTRY = parity.BY_NAME['regionvit.RegionViT']
 TINY, THREE_CONV, DROPOUT = ENTRY.configs[:3]
 SIZE = ENTRY.inputs.fixed_size
 

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
                             nchw, randomised_torch_model, torch_forward, truly_zero)
-from vit_flax import registry
+
 from vit_flax.scalable_vit import ScalableViT
 
-ENTRY = registry.BY_NAME['scalable_vit.ScalableViT']
+ENTRY = parity.BY_NAME['scalable_vit.ScalableViT']
 TINY = ENTRY.configs[0]  # two stages, windows (2, None)
 GLOBAL = ENTRY.configs[1]  # two stages (the second of depth 0), window_size None
 SINGLE = ENTRY.configs[2]  # one stage of depth 2, window 2, reduction factor 4

@@ -13,6 +13,7 @@ import pytest
 import torch
 from flax import traverse_util
 
+import parity
 from vit_flax import converters
 from tests.conftest import (
     apply, assert_close_outputs, images, new_torch_model, randomised_flax_variables, randomised_torch_model,
@@ -39,13 +40,13 @@ TOLERANCE = 2e-5  # relative to max(1, max|y|), as the parity tests
 
 
 def build(name, **options):
-    return registry.BY_NAME[name].flax_class(**CONFIGS[name], **options)
+    return parity.BY_NAME[name].flax_class(**CONFIGS[name], **options)
 
 
 @functools.cache
 def torch_state(name):
     """A randomised vit-pytorch model's state dict: the weights the scanned and unscanned models share."""
-    return randomised_torch_model(registry.BY_NAME[name], CONFIGS[name]).state_dict()
+    return randomised_torch_model(parity.BY_NAME[name], CONFIGS[name]).state_dict()
 
 
 def variables_for(model, name):
@@ -114,7 +115,7 @@ def test_scanned_layers_draw_their_own_dropout_masks():
 
 @pytest.mark.parametrize('name', NAMES)
 def test_scanned_parity_with_vit_pytorch(name):
-    entry, config = registry.BY_NAME[name], CONFIGS[name]
+    entry, config = parity.BY_NAME[name], CONFIGS[name]
     model = build(name, scan_layers=True)
 
     # torch -> Flax scanned

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
-from vit_flax import registry
+
 from vit_flax.sep_vit import DSSA, SepViT
 
-ENTRY = registry.BY_NAME['sep_vit.SepViT']
+ENTRY = parity.BY_NAME['sep_vit.SepViT']
 TINY = ENTRY.configs[0]  # two stages: 56 x 56 images give 14 x 14 (2 x 2 windows), then 7 x 7 (one window)
 ONE_STAGE = ENTRY.configs[1]
 

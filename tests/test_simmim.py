@@ -6,14 +6,15 @@ import jax
 import numpy as np
 import pytest
 
+import parity
 from tests.conftest import apply, images, init_variables, randomised_torch_model, torch_forward
 from tests.test_mae import (
     check_encoder_exports, check_encoder_tree, check_loss_and_gradients, input_shape, random_encoder,
 )
-from vit_flax import registry, simmim, simple_vit, vit
+from vit_flax import simmim, simple_vit, vit
 from vit_flax.simmim import SimMIM
 
-ENTRY = registry.BY_NAME['simmim.SimMIM']
+ENTRY = parity.BY_NAME['simmim.SimMIM']
 CLS, MEAN = ENTRY.configs
 
 # beyond the registry: single-head attention without output projection, non-square patches, the default ratio

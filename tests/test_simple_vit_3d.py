@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_default, images, torch_forward
-from vit_flax import registry
+
 from vit_flax.layers import posemb_sincos_3d
 from vit_flax.simple_vit_3d import SimpleViT
 
-ENTRY = registry.BY_NAME['simple_vit_3d.SimpleViT']
+ENTRY = parity.BY_NAME['simple_vit_3d.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, 4 frames in pairs, dim 24
 
 

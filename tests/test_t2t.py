@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, nchw, torch_class, torch_forward
-from vit_flax import deepvit, registry, vit
+from vit_flax import deepvit, vit
 from vit_flax.layers import Linear
 from vit_flax.layers import unfold
 from vit_flax.t2t import T2TViT, check_t2t_layers
 
-ENTRY = registry.BY_NAME['t2t.T2TViT']
+ENTRY = parity.BY_NAME['t2t.T2TViT']
 TINY = dict(image_size=16, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8,
             t2t_layers=((3, 2), (3, 2)))
 

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, nchw,
                             randomised_torch_model, torch_forward, truly_zero)
-from vit_flax import registry
+
 from vit_flax.twins_svt import GlobalAttention, LocalAttention, Transformer, TwinsSVT
 
-ENTRY = registry.BY_NAME['twins_svt.TwinsSVT']
+ENTRY = parity.BY_NAME['twins_svt.TwinsSVT']
 TINY = ENTRY.configs[0]
 SIZE = ENTRY.inputs.fixed_size
 

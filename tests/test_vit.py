@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 import vit_flax
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
-from vit_flax import registry
+
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
 
-VIT, SIMPLE = registry.BY_NAME['vit.ViT'], registry.BY_NAME['simple_vit.SimpleViT']
+VIT, SIMPLE = parity.BY_NAME['vit.ViT'], parity.BY_NAME['simple_vit.SimpleViT']
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 

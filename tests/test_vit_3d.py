@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
-from vit_flax import registry
+
 from vit_flax.vit_3d import ViT
 
-ENTRY = registry.BY_NAME['vit_3d.ViT']
+ENTRY = parity.BY_NAME['vit_3d.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, 4 frames in pairs: 8 patches
 
 

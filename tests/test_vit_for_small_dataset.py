@@ -7,14 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_default, float64_reference, images,
                             init_variables, nchw, torch_class, torch_forward)
-from vit_flax import registry
+
 from vit_flax.vit_for_small_dataset import LSA, SPT, ViT, shift
 
-VIT = registry.BY_NAME['vit_for_small_dataset.ViT']
-SPT_ENTRY = registry.BY_NAME['vit_for_small_dataset.SPT']
+VIT = parity.BY_NAME['vit_for_small_dataset.ViT']
+SPT_ENTRY = parity.BY_NAME['vit_for_small_dataset.SPT']
 TINY = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64, dim_head=8)
 
 

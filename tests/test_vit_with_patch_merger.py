@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, run_torch, torch_forward
-from vit_flax import registry
+
 from vit_flax.vit_with_patch_merger import PatchMerger, ViT
 
-ENTRY = registry.BY_NAME['vit_with_patch_merger.ViT']
-MERGER = registry.BY_NAME['vit_with_patch_merger.PatchMerger']
+ENTRY = parity.BY_NAME['vit_with_patch_merger.ViT']
+MERGER = parity.BY_NAME['vit_with_patch_merger.PatchMerger']
 TINY = dict(image_size=16, patch_size=4, num_classes=6, dim=16, depth=3, heads=2, mlp_dim=32, dim_head=8,
             patch_merge_num_tokens=3)
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import vit_flax
+import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw
-from vit_flax import registry, vivit
+from vit_flax import vivit
 from vit_flax.vivit import ViT, ViViT
 
-VIVIT = registry.BY_NAME['vivit.ViT']
+VIVIT = parity.BY_NAME['vivit.ViT']
 ENCODER_CLS, SELF_ATTENTION_MEAN, ENCODER_MEAN, SELF_ATTENTION_CLS = VIVIT.configs
 
 

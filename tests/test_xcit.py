@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import parity
 from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_forward
-from vit_flax import registry
+
 from vit_flax.vit import FeedForward
 from vit_flax.xcit import XCiT, LayerScale, l2norm
 
-ENTRY = registry.BY_NAME['xcit.XCiT']
+ENTRY = parity.BY_NAME['xcit.XCiT']
 TOLERANCE = 2e-5
 TINY = ENTRY.configs[0]  # image_size=16, patch_size=4, dim=16, depth=2, cls_depth=1, heads=2, dim_head=8
 LAYER_DROP = {**TINY, 'layer_dropout': 0.6}

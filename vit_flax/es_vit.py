@@ -79,7 +79,7 @@ import jax.numpy as jnp
 
 from vit_flax import dino
 from vit_flax.dino import (AUGMENT, CROP, EMA, MLP, RNG_STREAMS, DefaultAugment, FlipAndBlur, L2Norm,  # noqa: F401
-                           RandomApply, reset_moving_average, torch_transforms, trainable_mask)
+                           RandomApply, reset_moving_average, trainable_mask)
 from vit_flax.layers import default
 
 CENTERS = (('teacher_view_centers', 'last_teacher_view_centers'),
@@ -216,56 +216,3 @@ class EsViTTrainer(dino.Dino):
                                         student_latent_one, centers=region_centers, **temps)) / 2
 
         return (view_loss + region_loss) / 2
-
-
-# vit-pytorch under the intended projector (tests)
-
-
-@contextlib.contextmanager
-def torch_l2norm_over_features():
-    """While open, vit_pytorch.es_vit's L2Norm normalises over the last (feature) axis instead of dim=1 (the token
-    axis of the region projector's (b, h*w, d) input; the same axis on the view projector's (b, d)): the smallest
-    patch that makes vit-pytorch compute the intended EsViT projector."""
-    import torch.nn.functional as F
-
-    from vit_flax.converters import import_vit_pytorch
-
-    module = import_vit_pytorch('vit_pytorch.es_vit')
-    saved = module.L2Norm.forward
-
-    def forward(self, x, eps=1e-6):
-        return F.normalize(x, dim=-1, eps=eps)
-
-    module.L2Norm.forward = forward
-    try:
-        yield
-    finally:
-        module.L2Norm.forward = saved
-
-
-@contextlib.contextmanager
-def torch_construction():
-    """vit-pytorch's EsViTTrainer built as the registry's tests build it: under the torchvision stand-in
-    (`dino.torch_transforms`), with every BatchNorm's `num_batches_tracked` set back to 0 after its constructor.
-    That constructor runs a training-mode mock forward, which counts 2 (student) and 4 (teacher) batches in a
-    CvT's BatchNorms; Flax keeps no such counter (the converters write torch's initial 0; it matters only for
-    momentum=None, which CvT does not use), so a fresh torch learner would not round-trip bit-exactly."""
-    import torch
-
-    from vit_flax.converters import import_vit_pytorch
-
-    trainer = import_vit_pytorch('vit_pytorch.es_vit').EsViTTrainer
-    saved = trainer.__init__
-
-    def __init__(self, *args, **kwargs):
-        saved(self, *args, **kwargs)
-        for module in self.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None:
-                module.num_batches_tracked.zero_()
-
-    trainer.__init__ = __init__
-    try:
-        with torch_transforms():
-            yield
-    finally:
-        trainer.__init__ = saved

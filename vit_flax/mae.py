@@ -152,57 +152,6 @@ def paste_patches(img, patches, indices, patch_size):
 PATCH_TO_EMB_ALIASES = {f'patch_to_emb.{i}.': f'encoder.to_patch_embedding.{i + 1}.' for i in range(3)}
 
 
-def torch_uses_3d_pos_embedding(torch_class, pad_mean_pool: bool = False):
-    """A context under which vit-pytorch's `torch_class` (MAE, SimMIM) reads its encoder's 2-D `pos_embedding`
-    (N + cls, dim) as the 3-D (1, N + cls, dim) it was written for; with `pad_mean_pool`, a mean-pool encoder's
-    table gets a leading zero row in place of the cls row it lacks (SimMIM skips one row). Views of the same
-    parameter, so gradients reach it; the state dict is untouched."""
-    import torch
-    from unittest import mock
-
-    forward = torch_class.forward
-
-    def fixed_forward(self, *args, **kwargs):
-        encoder = self.encoder
-        table = encoder.pos_embedding
-        if pad_mean_pool and encoder.pool == 'mean':
-            table = torch.cat((table.new_zeros(1, table.shape[-1]), table))
-        encoder.__dict__['pos_embedding'] = table[None]  # found before the registered parameter
-        try:
-            return forward(self, *args, **kwargs)
-        finally:
-            del encoder.__dict__['pos_embedding']
-
-    return mock.patch.object(torch_class, 'forward', fixed_forward)
-
-
-def torch_runs_on_2d_pos_embedding():
-    """A context under which vit-pytorch 1.26.11's MAE runs on its own ViT (see the module docstring)."""
-    from vit_flax.converters import import_vit_pytorch
-
-    return torch_uses_3d_pos_embedding(import_vit_pytorch('vit_pytorch.mae').MAE)
-
-
-def torch_draws(noise):
-    """A context under which `torch.rand` returns `noise` (numpy, (batch, num_patches)): vit-pytorch's MAE and
-    SimMIM then mask what the Flax objective masks with the rngs that drew it (`masking_noise`). Reusable: each
-    entry replays the same noise, in the dtype torch asks for."""
-    from unittest import mock
-
-    import numpy as np
-    import torch
-
-    noise = np.asarray(noise, np.float32)
-
-    def rand(*size, device=None, dtype=None, **kwargs):
-        size = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
-        if tuple(size) != noise.shape:
-            raise AssertionError(f'torch.rand{tuple(size)} asked for, but the Flax draw has shape {noise.shape}')
-        return torch.from_numpy(noise.copy()).to(device=device, dtype=dtype or torch.get_default_dtype())
-
-    return mock.patch.object(torch, 'rand', rand)
-
-
 class WrapsEncoder:
     """What MAE and SimMIM share as wrappers of a vit.ViT `encoder`: torch's second names of its patch embedding
     (PATCH_TO_EMB_ALIASES), and its image keywords for the registry's example inputs and the converters."""

@@ -38,18 +38,6 @@ from vit_flax.na_vit import PackedBatch
 NoBiasLayerNorm = functools.partial(LayerNorm, use_bias=False)
 
 
-def torch_keeps_gradients():
-    """A context under which vit-pytorch's nested-tensor NaViT passes gradients to every parameter."""
-    from unittest import mock
-
-    import torch
-
-    from vit_flax.converters import import_vit_pytorch
-
-    module = import_vit_pytorch('vit_pytorch.na_vit_nested_tensor')
-    return mock.patch.object(module, 'nested_tensor', torch.nested.as_nested_tensor)
-
-
 FeedForward = functools.partial(na_vit.FeedForward, norm=NoBiasLayerNorm)
 
 

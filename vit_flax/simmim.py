@@ -56,17 +56,9 @@ from vit_flax.mae import (
     gather_tokens,
     num_masked_patches,
     patch_positions,
-    torch_uses_3d_pos_embedding,
 )
 
 RNG_STREAMS = (MASKING,)
-
-
-def torch_runs_on_2d_pos_embedding():
-    """A context under which vit-pytorch 1.26.11's SimMIM runs on its own ViT (see the module docstring)."""
-    from vit_flax.converters import import_vit_pytorch
-
-    return torch_uses_3d_pos_embedding(import_vit_pytorch('vit_pytorch.simmim').SimMIM, pad_mean_pool=True)
 
 
 class SimMIM(WrapsEncoder, nn.Module):
