@@ -31,6 +31,7 @@ class Spec:
     # tests/test_random_configurations.py runs `random_configurations` times against vit-pytorch
     random_configuration: Callable[[np.random.Generator], tuple[dict[str, Any], tuple]] | None = None
     random_configurations: int = 8
+    no_random_configuration: str = ''  # why an architecture has no sweep, where it has none
 
 
 @dataclasses.dataclass(frozen=True)
