@@ -18,10 +18,10 @@ from vit_flax.extras import require
 
 require('torch', 'vit_flax.converters')
 
-from .arrays import to_numpy, to_tensor  # noqa: E402
-from .files import load_flax, load_state_dict, load_torch, save_state_dict, save_torch  # noqa: E402
-from .tree import StateDictMismatchError, from_torch, to_torch  # noqa: E402
-from .vit_pytorch import import_vit_pytorch, torch_keywords, torch_model, torch_twin_name  # noqa: E402
+from .arrays import to_numpy, to_tensor
+from .files import load_flax, load_state_dict, load_torch, save_state_dict, save_torch
+from .tree import StateDictMismatchError, from_torch, to_torch
+from .vit_pytorch import import_vit_pytorch, torch_keywords, torch_model, torch_twin_name
 
 __all__ = [
     'StateDictMismatchError',

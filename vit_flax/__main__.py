@@ -10,6 +10,11 @@ the [train] and the [torch] extras.
 
 from __future__ import annotations
 
+from vit_flax.extras import require
+
+require('train', 'vit-flax (the command line)')
+require('torch', 'vit-flax (the command line)')
+
 import argparse
 import json
 import sys

@@ -10,6 +10,11 @@ input normalisation recorded there.
 
 from __future__ import annotations
 
+from vit_flax.extras import require
+
+require('train', 'vit_flax.demo')
+require('torch', 'vit_flax.demo')
+
 import argparse
 import json
 from pathlib import Path

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 
-# the import names each extra provides, as pyproject.toml installs them
+# the import names each extra adds to the base install (ml_dtypes, scipy and absl come with jax and flax)
 EXTRAS = {
-    'torch': ('torch', 'vit_pytorch', 'safetensors', 'ml_dtypes'),
-    'train': ('optax', 'orbax', 'chex', 'grain', 'ml_collections', 'absl', 'tqdm', 'tensorboardX', 'sklearn',
-              'scipy', 'PIL'),
+    'torch': ('torch', 'vit_pytorch', 'safetensors'),
+    'train': ('optax', 'orbax', 'chex', 'grain', 'ml_collections', 'tqdm', 'tensorboardX', 'sklearn', 'PIL'),
 }
 
 
@@ -21,7 +20,14 @@ def require(extra: str, part: str) -> None:
     """Raise ImportError (one line) if a module of `extra` is not installed; `part` says what needs it.
 
     Looks the modules up without importing them, so checking costs nothing where they are installed."""
-    missing = [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    missing = [name for name in EXTRAS[extra] if not _installed(name)]
     if missing:
         raise ImportError(f"{part} needs vit-flax's [{extra}] extra (missing {', '.join(missing)}): "
                           f"pip install 'vit-flax[{extra}]'")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a finder that refuses the name, or a broken install
+        return False

@@ -39,20 +39,23 @@ here). Training with attention dropout > 0 keeps the explicit path, which the fu
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import flax.linen as nn
 import flax.struct
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange, repeat
 
+from vit_flax.extras import require
 from vit_flax.layers import LayerNorm as _BiasedLayerNorm
 from vit_flax.layers import (
     Linear, attention_weights, check_attention_impl, default, fused_attention, gelu, pair, randn, uses_fused_attention,
 )
+
+if TYPE_CHECKING:  # grain, the [train] extra, is needed by packed_dataset only
+    import grain
 
 TOKEN_DROPOUT = 'token_dropout'  # rng stream of token dropout for image lists
 
@@ -207,6 +210,9 @@ def packed_dataset(
     padded with empty rows) and a jitted step compiles once. With `train=True` token dropout (the model's
     `token_dropout_prob`) is applied first, from grain's per-record random streams (reproducible from `seed`).
     """
+    require('train', 'na_vit.packed_dataset')
+    import grain
+
     if max_images_per_seq < 1 or max_seq_len < 1 or rows < 1:
         raise ValueError(f'rows, max_seq_len and max_images_per_seq must be positive, got {rows}, {max_seq_len}, '
                          f'{max_images_per_seq}')

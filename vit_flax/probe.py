@@ -11,6 +11,10 @@ and its relatives with a `pool` keyword).
 
 from __future__ import annotations
 
+from vit_flax.extras import require
+
+require('train', 'vit_flax.probe')
+
 import argparse
 import json
 from pathlib import Path

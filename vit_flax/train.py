@@ -9,6 +9,10 @@ WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR/ten
 
 from __future__ import annotations
 
+from vit_flax.extras import require
+
+require('train', 'vit_flax.train')
+
 import json
 import sys
 import time

@@ -21,6 +21,10 @@ Config keys read here (the dataset modules read their own; `config.get` defaults
 
 from __future__ import annotations
 
+from vit_flax.extras import require
+
+require('train', 'vit_flax.data')
+
 import dataclasses
 from typing import Iterator
 
