@@ -109,9 +109,9 @@ class LayerNorm(nn.Module):
     Flax's fast variance (E[x^2] - E[x]^2) loses digits on inputs with a large mean, such as raw-pixel patches, so
     the variance is the mean of the squared deviations, as torch computes it. Written out rather than
     `nn.LayerNorm(use_fast_variance=False)`, which computes the same numbers: XLA's CPU code for Flax's version
-    (its float32 promotion, masked means and clipping) made a ViT-S/16 training step about a quarter slower and
-    its compile nearly twice as long (an AdamW step at batch 8 on 2 CPU cores, 2026-11-22: 5.0 s -> 3.8 s, compile
-    13 s -> 7 s). Statistics are float32 at least; the result has the input's dtype.
+    (its float32 promotion, masked means and clipping) makes a ViT-S/16 AdamW step (batch 8, 2 CPU cores) about a
+    third slower and its compile nearly twice as long (5.0 s against 3.8 s, compile 13 s against 7 s, on
+    2026-11-22; benchmarks/README.md). Statistics are float32 at least; the result has the input's dtype.
     """
 
     epsilon: float = 1e-5
@@ -351,7 +351,7 @@ def residual_boundary(x):
     Why: without it, XLA's CPU fusion inlines the running sum of the residual gradient (the contribution of every
     later layer, with each LayerNorm's mean term) into each layer's backward fusions instead of computing it once,
     so the backward pass redoes O(depth^2) elementwise work: about 0.3 s of ViT-S/16's 2 s training step on 2 cores
-    (README, Performance). `lax.optimization_barrier` cannot stop this, because XLA's CPU pipeline removes barriers
+    (benchmarks/README.md). `lax.optimization_barrier` cannot stop this, because XLA's CPU pipeline removes barriers
     before fusion; a conditional is a boundary that fusion does not cross. A scanned stack (scan_layers=True) needs no
     marks: each layer is a loop iteration. GPUs and TPUs get the plain identity.
     """

@@ -54,7 +54,7 @@ from vit_flax.layers import (
     Linear, attention_weights, check_attention_impl, default, fused_attention, gelu, pair, randn, uses_fused_attention,
 )
 
-if TYPE_CHECKING:  # grain, the [train] extra, is needed by packed_dataset only
+if TYPE_CHECKING:
     import grain
 
 TOKEN_DROPOUT = 'token_dropout'  # rng stream of token dropout for image lists
@@ -188,6 +188,14 @@ def _tokens(model, image, rng: np.random.Generator | None, where: str):
     return patches, positions
 
 
+def _grain(part: str):
+    """grain, which packing needs and the models do not: the [train] extra."""
+    require('train', part)
+    import grain
+
+    return grain
+
+
 def packed_dataset(
     model: 'NaViT',
     dataset: grain.MapDataset,
@@ -210,9 +218,7 @@ def packed_dataset(
     padded with empty rows) and a jitted step compiles once. With `train=True` token dropout (the model's
     `token_dropout_prob`) is applied first, from grain's per-record random streams (reproducible from `seed`).
     """
-    require('train', 'na_vit.packed_dataset')
-    import grain
-
+    grain = _grain('na_vit.packed_dataset')
     if max_images_per_seq < 1 or max_seq_len < 1 or rows < 1:
         raise ValueError(f'rows, max_seq_len and max_images_per_seq must be positive, got {rows}, {max_seq_len}, '
                          f'{max_images_per_seq}')
@@ -280,7 +286,7 @@ def pack(
     records = [{'image': image, 'label': -1 if labels is None else int(labels[i])} for i, image in enumerate(images)]
     rows = len(records)  # first-fit over as many rows as images: every image finds a place in the first round
     batch, packed_labels, index = next(iter(packed_dataset(
-        model, grain.MapDataset.source(records), rows=rows, max_seq_len=max_seq_len,
+        model, _grain('na_vit.pack').MapDataset.source(records), rows=rows, max_seq_len=max_seq_len,
         max_images_per_seq=max_images_per_seq, train=train, seed=seed)))
     used = int(np.max(np.nonzero(batch.num_images)[0])) + 1
     trim = PackedBatch(batch.patches[:used], batch.positions[:used], batch.image_ids[:used], batch.num_images[:used],

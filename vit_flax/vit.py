@@ -12,7 +12,7 @@ Quirks of vit-pytorch kept so weights transfer:
 
 JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/scan.py):
 - `scan_layers=True` runs the `depth` layers as one `nn.scan` over `Layer`, parameters stacked on a leading axis
-  under `params/transformer/layers_scan/{0,1}` (attention, feed-forward); the converters still map them to
+  under `params/transformer/layers_scan/{0,1}` (attention, feed-forward), which the converters map to torch's
   `transformer.layers.{i}.{0,1}`.
 - `remat_policy`: None, or the name of a `jax.checkpoint_policies` policy ('nothing_saveable', 'dots_saveable' ...)
   under which the backward pass recomputes the activations of each scanned layer (unscanned: of each attention
