@@ -1,4 +1,4 @@
-"""Parity with vit_pytorch.ats_vit: the test configurations of `ats_vit.ViT`."""
+"""Parity with vit_pytorch.ats_vit: the test configurations and random-configuration sweep of `ats_vit.ViT`."""
 
 from unittest import mock
 
@@ -30,6 +30,23 @@ def draws(model, inputs: tuple, seed: int = 0):
     return rngs, mock.patch.object(import_vit_pytorch('vit_pytorch.ats_vit'), 'sample_gumbel', sample_gumbel)
 
 
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random ATS ViT (rectangular patches and grids, channels, heads, dim_head, one or two layers, budgets from
+    one token to more than the patch count) and a batch of three images up to image_size: which tokens a layer
+    keeps, and so whether the next one samples, depends on the batch."""
+    patch = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    grid = (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
+    depth = int(rng.integers(1, 3))
+    budgets = tuple(sorted((int(rng.integers(1, grid[0] * grid[1] + 2)) for _ in range(depth)), reverse=True))
+    config = dict(image_size=(patch[0] * grid[0], patch[1] * grid[1]), patch_size=patch,
+                  num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(2, 25)), depth=depth,
+                  max_tokens_per_depth=budgets, heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 33)),
+                  channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 10)))
+    input_rows = int(rng.integers(1, grid[0] + 1))
+    shape = (3, input_rows * patch[0], grid[1] * patch[1], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
+
 SPECS = {
     'ViT': Spec(
         draws=draws,
@@ -47,5 +64,9 @@ SPECS = {
         notes="adaptive token sampling (Gumbel-max from the cls attention, rng stream 'token_sampling', even in "
               'eval mode); fixed token slots + padding mask instead of per-batch padding; '
               '`return_sampled_token_ids`',
+        random_configuration=random_configuration,
+        # the first eleven draws from the sweep's seed reach every case tests/test_ats_vit.py asks of them, the
+        # eleventh the only one where vit-pytorch samples in two layers
+        random_configurations=12,
     ),
 }

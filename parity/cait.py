@@ -1,6 +1,20 @@
-"""Parity with vit_pytorch.cait: the test configurations of `cait.CaiT`."""
+"""Parity with vit_pytorch.cait: the test configurations and random-configuration sweep of `cait.CaiT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random CaiT (int patch and image sizes, heads, dim_head, depths and class-attention depths with 0, class
+    counts with 0) and RGB images up to image_size, of any shape."""
+    patch, grid = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+    config = dict(image_size=patch * grid, patch_size=patch, num_classes=int(rng.integers(0, 6)),
+                  dim=int(rng.integers(4, 25)), depth=int(rng.integers(0, 3)), cls_depth=int(rng.integers(0, 3)),
+                  heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 40)), dim_head=int(rng.integers(1, 12)))
+    input_grid = tuple(int(rng.integers(1, grid + 1)) for _ in range(2))
+    return config, (rng.standard_normal((2, input_grid[0] * patch, input_grid[1] * patch, 3), dtype=np.float32),)
+
 
 SPECS = {
     'CaiT': Spec(
@@ -14,5 +28,6 @@ SPECS = {
         ),
         notes='LayerScale, talking heads, class attention; 3 channels, square sizes; '
               "layer drop in training only (rng stream 'layer_dropout')",
+        random_configuration=random_configuration,
     ),
 }

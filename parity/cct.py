@@ -1,6 +1,36 @@
-"""Parity with vit_pytorch.cct: the test configurations of `cct.CCT`."""
+"""Parity with vit_pytorch.cct: the test configurations and random-configuration sweep of `cct.CCT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+from vit_flax.cct import CCT
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random CCT (rectangular images, channels, 0 to 2 convs, kernel / stride / padding and pooling variants,
+    0 to 2 layers, heads, fractional mlp ratios, every position embedding, class counts with 0) whose tokenizer
+    yields at least one token, and images of img_size."""
+    while True:
+        heads = int(rng.integers(1, 5))
+        pooling_kernel_size = int(rng.integers(1, 4))
+        config = dict(
+            img_size=(int(rng.integers(4, 17)), int(rng.integers(4, 17))),
+            embedding_dim=heads * int(rng.integers(1, 7)), n_input_channels=int(rng.integers(1, 4)),
+            n_conv_layers=int(rng.integers(0, 3)), kernel_size=int(rng.integers(1, 6)),
+            stride=int(rng.integers(1, 3)), padding=int(rng.integers(0, 3)),
+            pooling_kernel_size=pooling_kernel_size, pooling_stride=int(rng.integers(1, 3)),
+            pooling_padding=int(rng.integers(0, pooling_kernel_size // 2 + 1)),
+            num_layers=int(rng.integers(0, 3)), num_heads=heads, mlp_ratio=float(rng.choice([0.5, 1, 2.5])),
+            num_classes=int(rng.integers(0, 5)),
+            positional_embedding=str(rng.choice(['sine', 'learnable', 'none'])),
+        )
+        try:
+            CCT(**config)  # refuses a tokenizer that yields no token
+        except ValueError:
+            continue
+        shape = (2, *config['img_size'], config['n_input_channels'])
+        return config, (rng.standard_normal(shape, dtype=np.float32),)
+
 
 SPECS = {
     'CCT': Spec(
@@ -20,5 +50,6 @@ SPECS = {
         ),
         notes='conv tokenizer (conv, ReLU, max pool), sequence pooling; sine / learnable / no position embedding; '
               "stochastic depth in training only (rng stream 'drop_path'); presets cct_2 ... cct_16",
+        random_configuration=random_configuration,
     ),
 }

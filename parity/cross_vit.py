@@ -1,6 +1,30 @@
-"""Parity with vit_pytorch.cross_vit: the test configurations of `cross_vit.CrossViT`."""
+"""Parity with vit_pytorch.cross_vit: the test configurations and random-configuration sweep of
+`cross_vit.CrossViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random CrossViT (int sizes, a large patch a multiple of the small one, widths, depths with 0, heads,
+    dim_heads, channels, class counts with 0) and images up to image_size, of any shape."""
+    sm_patch = int(rng.integers(1, 4))
+    lg_patch = sm_patch * int(rng.integers(1, 4))
+    grid = int(rng.integers(1, 4))
+    config = dict(image_size=lg_patch * grid, num_classes=int(rng.integers(0, 5)), sm_dim=int(rng.integers(2, 17)),
+                  lg_dim=int(rng.integers(2, 17)), sm_patch_size=sm_patch, lg_patch_size=lg_patch,
+                  sm_enc_depth=int(rng.integers(0, 2)), sm_enc_heads=int(rng.integers(1, 4)),
+                  sm_enc_mlp_dim=int(rng.integers(1, 20)), sm_enc_dim_head=int(rng.integers(1, 8)),
+                  lg_enc_depth=int(rng.integers(0, 2)), lg_enc_heads=int(rng.integers(1, 4)),
+                  lg_enc_mlp_dim=int(rng.integers(1, 20)), lg_enc_dim_head=int(rng.integers(1, 8)),
+                  cross_attn_depth=int(rng.integers(0, 2)), cross_attn_heads=int(rng.integers(1, 4)),
+                  cross_attn_dim_head=int(rng.integers(1, 8)), depth=1,
+                  channels=int(rng.integers(1, 4)))
+    input_grid = (int(rng.integers(1, grid + 1)), int(rng.integers(1, grid + 1)))
+    shape = (2, input_grid[0] * lg_patch, input_grid[1] * lg_patch, config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
 
 SPECS = {
     'CrossViT': Spec(
@@ -22,5 +46,7 @@ SPECS = {
         ),
         notes='two patch sizes, a transformer per branch, cls tokens cross-attending to the other branch; '
               'int sizes; summed heads',
+        random_configuration=random_configuration,
+        random_configurations=6,
     ),
 }

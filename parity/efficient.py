@@ -1,7 +1,26 @@
-"""Parity with vit_pytorch.efficient: the test configurations of `efficient.ViT`."""
+"""Parity with vit_pytorch.efficient: the test configurations and random-configuration sweep of `efficient.ViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
 from vit_flax import vit
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random efficient.ViT around a random vit.Transformer (rectangular images, int patches, channels, both
+    pools, dim_head == dim sometimes) and images of image_size."""
+    patch = int(rng.choice([2, 4]))
+    heads = int(rng.integers(1, 4))
+    dim = int(rng.choice([8, 12, 16]))
+    image_size = (patch * int(rng.integers(1, 4)), patch * int(rng.integers(1, 4)))
+    config = dict(
+        image_size=image_size, patch_size=patch, num_classes=int(rng.integers(1, 5)), dim=dim,
+        channels=int(rng.integers(1, 4)), pool=str(rng.choice(['cls', 'mean'])),
+        transformer=vit.Transformer(dim=dim, depth=int(rng.integers(1, 3)), heads=heads,
+                                    dim_head=int(rng.choice([4, dim])), mlp_dim=int(rng.integers(4, 20))),
+    )
+    return config, (rng.standard_normal((2, *image_size, config['channels']), dtype=np.float32),)
+
 
 SPECS = {
     'ViT': Spec(
@@ -15,5 +34,7 @@ SPECS = {
         ),
         notes='external `transformer` module (any Flax module; vit.Transformer has a torch twin; '
               'efficient.LinearTransformer is our own linear attention); int patch_size; pool cls/mean',
+        random_configuration=random_configuration,
+        random_configurations=4,
     ),
 }

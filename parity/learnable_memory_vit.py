@@ -1,7 +1,33 @@
-"""Parity with vit_pytorch.learnable_memory_vit: the test configurations of `learnable_memory_vit.ViT`, `learnable_memory_vit.Adapter`."""
+"""Parity with vit_pytorch.learnable_memory_vit: the test configurations and random-configuration sweeps of
+`learnable_memory_vit.ViT`, `learnable_memory_vit.Adapter`."""
+
+import numpy as np
 
 from parity.spec import Spec
 from vit_flax import learnable_memory_vit
+
+
+def random_backbone(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random backbone (rectangular patches and grids, channels, heads, dim_head, both pools, class counts with 0)
+    and images of its image_size."""
+    patch_height, patch_width = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    rows, columns = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    config = dict(image_size=(rows * patch_height, columns * patch_width), patch_size=(patch_height, patch_width),
+                  num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(2, 25)), depth=int(rng.integers(1, 3)),
+                  heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 33)), channels=int(rng.integers(1, 4)),
+                  dim_head=int(rng.integers(1, 10)), pool=str(rng.choice(['cls', 'mean'])))
+    shape = (2, *config['image_size'], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
+
+def random_adapter(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random Adapter (0 to 5 memories per layer, its own class count) on a random backbone, and images of the
+    backbone's image_size."""
+    backbone, inputs = random_backbone(rng)
+    config = dict(vit=learnable_memory_vit.ViT(**backbone), num_memories_per_layer=int(rng.integers(0, 6)),
+                  num_classes=int(rng.integers(1, 6)))
+    return config, inputs
+
 
 SPECS = {
     'ViT': Spec(
@@ -13,6 +39,8 @@ SPECS = {
                  channels=2),
         ),
         notes='the backbone of learnable_memory_vit.Adapter; separate to_q / to_kv; always reads the cls token',
+        random_configuration=random_backbone,
+        random_configurations=2,  # every draw of the Adapter's sweep runs a random backbone too
     ),
     'Adapter': Spec(
         configs=(
@@ -26,5 +54,6 @@ SPECS = {
         ),
         notes='learnable memories per layer + memory cls token + head on a frozen backbone `vit` (stop_gradient); '
               "persistent `attn_mask` in the 'buffers' collection",
+        random_configuration=random_adapter,
     ),
 }

@@ -1,6 +1,23 @@
-"""Parity with vit_pytorch.mobile_vit: the test configurations of `mobile_vit.MobileViT`."""
+"""Parity with vit_pytorch.mobile_vit: the test configurations and random-configuration sweep of
+`mobile_vit.MobileViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random MobileViT (stage widths, odd ones too, for the depth-wise convs; fractional expansion, patch shapes,
+    depths with 0, image sizes) and RGB images of image_size."""
+    c = [int(v) for v in rng.integers(2, 9, 7)]
+    channels = (c[0], c[1], c[2], c[2], c[3], c[3], c[4], c[4], c[5], c[5], c[6])
+    patch = tuple(int(v) for v in rng.integers(1, 3, 2))
+    image_size = (32 * patch[0] * int(rng.integers(1, 3)), 32 * patch[1] * int(rng.integers(1, 3)))
+    config = dict(image_size=image_size, dims=tuple(int(v) for v in rng.integers(2, 13, 3)), channels=channels,
+                  num_classes=int(rng.integers(1, 6)), expansion=float(rng.choice([1, 1.5, 2])), patch_size=patch,
+                  depths=tuple(int(v) for v in rng.integers(0, 2, 3)))
+    return config, (rng.standard_normal((2, *image_size, 3), dtype=np.float32),)
+
 
 SPECS = {
     'MobileViT': Spec(
@@ -15,5 +32,7 @@ SPECS = {
         ),
         notes='MobileNetV2 blocks (BatchNorm, SiLU, depth-wise convs) + unfold / transformer / fold blocks; '
               '`channels` are stage widths, input is always RGB; 4 heads of 8 dims fixed',
+        random_configuration=random_configuration,
+        random_configurations=6,
     ),
 }

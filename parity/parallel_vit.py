@@ -1,6 +1,30 @@
-"""Parity with vit_pytorch.parallel_vit: the test configurations of `parallel_vit.ViT`."""
+"""Parity with vit_pytorch.parallel_vit: the test configurations and random-configuration sweep of
+`parallel_vit.ViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random parallel ViT (rectangular or int patches and grids, channels, heads, dim_head == dim for one head
+    sometimes, 0 to 3 branches, both pools, class counts with 0) and images up to image_size."""
+    patch = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    grid = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    heads = int(rng.integers(1, 4))
+    dim = 4 * int(rng.integers(2, 6))
+    config = dict(image_size=(patch[0] * grid[0], patch[1] * grid[1]), patch_size=patch,
+                  num_classes=int(rng.integers(0, 5)), dim=dim, depth=int(rng.integers(1, 3)), heads=heads,
+                  mlp_dim=int(rng.integers(1, 24)), channels=int(rng.integers(1, 4)),
+                  dim_head=dim if heads == 1 and rng.random() < 0.5 else int(rng.integers(1, 10)),
+                  pool=str(rng.choice(['cls', 'mean'])), num_parallel_branches=int(rng.integers(0, 4)))
+    if rng.random() < 0.3:  # plain ints, as most users write them
+        patch, grid = (patch[0], patch[0]), (grid[0], grid[0])
+        config.update(image_size=patch[0] * grid[0], patch_size=patch[0])
+    input_grid = tuple(int(rng.integers(1, g + 1)) for g in grid)
+    shape = (2, input_grid[0] * patch[0], input_grid[1] * patch[1], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
 
 SPECS = {
     'ViT': Spec(
@@ -14,5 +38,6 @@ SPECS = {
                  dim_head=4, num_parallel_branches=4),
         ),
         notes='parallel attention / feed-forward branches summed per layer; pool cls/mean',
+        random_configuration=random_configuration,
     ),
 }

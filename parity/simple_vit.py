@@ -1,6 +1,18 @@
-"""Parity with vit_pytorch.simple_vit: the test configurations of `simple_vit.SimpleViT`."""
+"""Parity with vit_pytorch.simple_vit: the test configurations and random-configuration sweep of
+`simple_vit.SimpleViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+from parity.vit import random_plain_vit_keywords
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random SimpleViT and images of image_size (its fixed position embedding takes no other patch count)."""
+    config, patch, grid = random_plain_vit_keywords(rng)
+    shape = (2, grid[0] * patch[0], grid[1] * patch[1], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
 
 SPECS = {
     'SimpleViT': Spec(
@@ -12,5 +24,7 @@ SPECS = {
                  channels=2),
         ),
         notes='fixed 2D sin-cos position embedding, mean pooling',
+        random_configuration=random_configuration,
+        random_configurations=12,
     ),
 }

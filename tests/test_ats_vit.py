@@ -1,5 +1,6 @@
 """ATS ViT behaviour beyond the registry configs: sampled token ids and their padding, the 'token_sampling' stream,
-batch-dependent sampling, jit, AdaptiveTokenSampling alone, bad configs and input, random configs.
+batch-dependent sampling, jit, AdaptiveTokenSampling alone, bad configs and input, what the random-configuration
+sweep reaches.
 
 vit-pytorch draws its Gumbel noise with `sample_gumbel`; every comparison here patches it to return the noise
 the Flax model draws (parity/ats_vit.py: draws), so both sides sample the same tokens.
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 import parity
-from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw, torch_class
+from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, nchw,
+                            randomised_torch_model, torch_class)
 from vit_flax import ats_vit, registry
 from vit_flax.ats_vit import AdaptiveTokenSampling, Transformer, ViT
 
@@ -237,31 +239,15 @@ def test_bad_inputs_name_the_shape(shape, message):
         ViT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
 
 
-def random_config(rng):
-    """A random configuration the torch class accepts, and an input size (height, width) it accepts."""
-    patch, grid = (int(rng.integers(1, 4)), int(rng.integers(1, 4))), (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
-    depth = int(rng.integers(1, 3))
-    budgets = tuple(sorted((int(rng.integers(1, grid[0] * grid[1] + 2)) for _ in range(depth)), reverse=True))
-    config = dict(image_size=(patch[0] * grid[0], patch[1] * grid[1]), patch_size=patch,
-                  num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(2, 25)), depth=depth,
-                  max_tokens_per_depth=budgets, heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 33)),
-                  channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 10)))
-    input_grid = (int(rng.integers(1, grid[0] + 1)), grid[1])  # up to image_size
-    return config, (input_grid[0] * patch[0], input_grid[1] * patch[1])
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations: patch and image sizes, channels, heads, dim_head, depths, budgets, input sizes."""
-    rng = np.random.default_rng(11)
+def test_the_random_configurations_reach_no_sampling_two_sampling_layers_and_smaller_inputs():
+    """The draws tests/test_random_configurations.py makes of parity/ats_vit.py's sweep (from its seed, 2024, on the
+    randomised vit-pytorch model it builds) include a configuration where vit-pytorch samples in no layer, one where
+    it samples in two, and an input smaller than image_size on which it samples."""
+    rng = np.random.default_rng(2024)
     layers_sampled, smaller_inputs_sampled = [], 0
-    for _ in range(8):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((3, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            _, _, asked = check_parity(model, variables, torch_model, x, seed=int(rng.integers(1 << 30)))
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None
+    for _ in range(ENTRY.spec.random_configurations):
+        config, (x,) = ENTRY.spec.random_configuration(rng)
+        *_, asked = torch_forward_same_draws(randomised_torch_model(ENTRY, config), ViT(**config), x)
         layers_sampled.append(len(asked))
-        smaller_inputs_sampled += bool(asked) and size != config['image_size']
+        smaller_inputs_sampled += bool(asked) and x.shape[1:3] != config['image_size']
     assert 0 in layers_sampled and max(layers_sampled) >= 2 and smaller_inputs_sampled, layers_sampled

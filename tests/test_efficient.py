@@ -1,6 +1,6 @@
 """efficient.ViT beyond the registry configs: the plugged-in transformer, vit-pytorch's quirks, bad configs, our
 own linear-attention transformer (with a torch twin defined HERE, test-only code that is not part of
-vit-pytorch), random configs."""
+vit-pytorch)."""
 
 import jax
 import jax.numpy as jnp
@@ -172,28 +172,3 @@ def test_linear_transformer_weights_round_trip_through_the_torch_twin():
 
 
 # a random-config sweep: torch -> Flax, forward only
-
-
-def random_configs(n=4, seed=0):
-    rng = np.random.default_rng(seed)
-    configs = []
-    for _ in range(n):
-        patch = int(rng.choice([2, 4]))
-        heads = int(rng.integers(1, 4))
-        dim = int(rng.choice([8, 12, 16]))
-        configs.append(dict(
-            image_size=(patch * int(rng.integers(1, 4)), patch * int(rng.integers(1, 4))), patch_size=patch,
-            num_classes=int(rng.integers(1, 5)), dim=dim, channels=int(rng.integers(1, 4)),
-            pool=str(rng.choice(['cls', 'mean'])),
-            transformer=vit.Transformer(dim=dim, depth=int(rng.integers(1, 3)), heads=heads,
-                                        dim_head=int(rng.choice([4, dim])), mlp_dim=int(rng.integers(4, 20))),
-        ))
-    return configs
-
-
-@pytest.mark.parametrize('config', random_configs(), ids=lambda c: str(c['image_size']))
-def test_random_configs_match_torch(config):
-    model, variables, torch_model = converted_pair(ENTRY, config)
-    height, width = config['image_size']
-    x = images((2, height, width, config['channels']), seed=3)
-    assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)

@@ -1,5 +1,5 @@
 """LeViT behaviour beyond the registry configs: multi-token attention, BatchNorm training statistics, the
-`pos_indices` buffer, vit-pytorch's quirks, dropout, bad configurations and inputs, random configs.
+`pos_indices` buffer, vit-pytorch's quirks, dropout, bad configurations and inputs.
 
 Why the registry configs have image_size=16 (one token per map): the bias of every key BatchNorm
 (`to_k.1.bias`) adds the same vector to every key, which shifts each row of attention logits by a constant, so its
@@ -268,35 +268,3 @@ def test_bad_inputs_name_the_shape(shape, message):
 
 
 # random configurations
-
-
-def random_config(rng):
-    """A random configuration vit-pytorch accepts, and an input side that gives its feature map."""
-    stages = int(rng.integers(1, 4))
-    fmap = int(rng.integers(1, 4))
-    def per_stage(choices):
-        values = tuple(int(v) for v in rng.choice(choices, size=int(rng.integers(1, stages + 1))))
-        return values[0] if len(values) == 1 and rng.random() < 0.5 else values
-    config = dict(
-        image_size=16 * fmap,
-        num_classes=int(rng.integers(1, 8)),
-        dim=per_stage([8, 12, 16]),
-        depth=per_stage([1, 1, 2]),
-        heads=per_stage([1, 2, 3]),
-        mlp_mult=int(rng.integers(1, 4)),
-        stages=stages,
-        dim_key=int(rng.choice([2, 4, 6])),
-        dim_value=int(rng.choice([2, 4, 5])),
-    )
-    if rng.random() < 0.4:
-        config['num_distill_classes'] = int(rng.integers(1, 5))
-    side = int(rng.integers(16 * (fmap - 1) + 1, 16 * fmap + 1))
-    return config, side
-
-
-@pytest.mark.parametrize('seed', range(6))
-def test_random_configs_match_torch(seed):
-    config, side = random_config(np.random.default_rng(seed))
-    model, variables, torch_model = converted_pair(ENTRY, config, seed=seed)
-    x = images((2, side, side, 3), seed=seed)
-    assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)

@@ -1,5 +1,5 @@
 """NesT beyond the registry configs: the parameter tree, the last hierarchy's position embedding (a zero
-gradient), input sizes, vit-pytorch's quirks, dropout, bad configurations and a random-config sweep."""
+gradient), input sizes, vit-pytorch's quirks, dropout and bad configurations."""
 
 import jax
 import jax.numpy as jnp
@@ -143,30 +143,3 @@ def test_torch_refuses_what_is_refused_here():
         TorchNesT(**{**TINY, 'heads': 17})
     with pytest.raises(Exception):  # 6 x 6 patches in 4 x 4 blocks: fails at the first forward
         TorchNesT(**{**TINY, 'image_size': 24, 'num_hierarchies': 3})(torch.zeros(1, 3, 24, 24))
-
-
-def random_config(rng):
-    num_hierarchies = int(rng.integers(1, 4))
-    patch_size = int(rng.integers(1, 4 - num_hierarchies // 2))
-    per_block = int(rng.integers(1, 3))
-    heads = int(rng.integers(1, 4))
-    config = dict(
-        image_size=patch_size * per_block * 2 ** (num_hierarchies - 1), patch_size=patch_size,
-        num_classes=int(rng.integers(1, 6)), dim=int(rng.integers(heads, 13)), heads=heads,
-        num_hierarchies=num_hierarchies, mlp_mult=int(rng.integers(1, 4)), channels=int(rng.integers(1, 4)),
-        block_repeats=tuple(int(d) for d in rng.integers(0, 2, num_hierarchies)) if rng.random() < 0.5 else 1,
-    )
-    return config
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations: hierarchies, patch and block sizes, heads (odd widths), repeats, channels."""
-    rng = np.random.default_rng(2024)
-    for _ in range(8):
-        config = random_config(rng)
-        model, variables, torch_model = converted(config)
-        (x,) = example(model, batch=2, seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(run(model, variables, x), torch_forward(torch_model, x), TOLERANCE)
-        except AssertionError as error:
-            raise AssertionError(f'{config}: {error}') from None

@@ -1,7 +1,5 @@
 """PiT beyond the registry configs: the depthwise pooling against torch's, the token-grid arithmetic, input sizes,
-vit-pytorch's quirks (heads zipped with depth, empty stages), dropout, bad configs and inputs, random configs."""
-
-import math
+vit-pytorch's quirks (heads zipped with depth, empty stages), dropout, bad configs and inputs."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +8,7 @@ import pytest
 import torch
 
 import parity
+from parity.pit import input_is_accepted, random_configuration_and_input_size
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, new_torch_model,
                             torch_forward)
@@ -221,62 +220,22 @@ def test_bad_inputs_name_the_shape(shape, message):
         jax.eval_shape(PiT(**TINY).init, jax.random.key(0), jnp.zeros(shape))
 
 
-def input_is_accepted(config, size):
-    """torch's forward succeeds: enough pixels for a patch, no more tokens than image_size gives, and every
-    Pool can fold its tokens into int(sqrt(n)) rows."""
-    p, s = config['patch_size'], config['patch_size'] // 2
-    if min(size) < p:
-        return False
-    grid = [(side - p) // s + 1 for side in size]
-    limit = conv_output_size(config['image_size'], p, s) ** 2
-    n = grid[0] * grid[1]
-    if n > limit:
-        return False
-    heads = config['heads'] if isinstance(config['heads'], tuple) else (config['heads'],) * len(config['depth'])
-    stages = min(len(config['depth']), len(heads))
-    pools = sum(1 for ind in range(stages) if ind < len(config['depth']) - 1)
-    for _ in range(pools):
-        rows = int(math.sqrt(n))
-        if n % rows:
-            return False
-        n = -(-rows // 2) * -(-(n // rows) // 2)
-    return True
-
-
-def random_config(rng):
-    """A random configuration the torch class accepts, and an input size (height, width)."""
-    patch = int(rng.integers(2, 8))
-    image_size = patch * int(rng.integers(1, 4))
-    depth = tuple(int(d) for d in rng.integers(0, 3, size=int(rng.integers(1, 4))))
-    if rng.random() < 0.5:
-        heads = int(rng.integers(1, 6))
-    else:  # one per stage, sometimes one too few or too many
-        heads = tuple(int(h) for h in rng.integers(1, 6, size=max(1, len(depth) + int(rng.integers(-1, 2)))))
-    config = dict(image_size=image_size, patch_size=patch, num_classes=int(rng.integers(0, 5)),
-                  dim=int(rng.integers(2, 17)), depth=depth, heads=heads, mlp_dim=int(rng.integers(1, 25)),
-                  dim_head=int(rng.integers(1, 9)), channels=int(rng.integers(1, 4)))
-    size = tuple(int(v) for v in rng.integers(patch - 1, image_size + 3, size=2))
-    return config, size
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations and input sizes: where torch accepts the input, the same outputs; where it
-    refuses it, a ValueError here."""
+def test_inputs_torch_refuses_are_refused_with_a_value_error():
+    """Random configurations and input sizes that vit-pytorch's forward fails on (too few pixels for a patch, more
+    tokens than image_size gives, a token count a Pool cannot fold into rows): a ValueError here. The sweep
+    (parity/pit.py) runs the sizes torch accepts."""
     rng = np.random.default_rng(2024)
-    accepted = 0
-    while accepted < 8:
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        if not input_is_accepted(config, size):  # torch refuses it: so must we; then use image_size
-            x = images((1, *size, config['channels']))
-            with pytest.raises(Exception):
-                torch_forward(torch_model, x)
-            with pytest.raises(ValueError):
-                jax.eval_shape(model.apply, variables, x)
-            size = (config['image_size'],) * 2
-        x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None
-        accepted += 1
+    refused = 0
+    while refused < 12:  # the 11th is the first these draws reach that a Pool cannot fold
+        config, size = random_configuration_and_input_size(rng)
+        if input_is_accepted(config, size):
+            continue
+        x = images((1, *size, config['channels']))
+        with pytest.raises(Exception):
+            torch_forward(new_torch_model(ENTRY, config), x)
+        model = PiT(**config)
+        side = config['image_size']
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, config['channels'])))
+        with pytest.raises(ValueError):
+            jax.eval_shape(model.apply, variables, x)
+        refused += 1

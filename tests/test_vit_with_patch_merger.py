@@ -1,5 +1,5 @@
 """ViT with PatchMerger beyond the registry configs: where the merger runs, PatchMerger alone, vit-pytorch's
-quirks, dropout, bad configs and inputs, random configs."""
+quirks, dropout, bad configs and inputs."""
 
 import jax
 import jax.numpy as jnp
@@ -166,31 +166,3 @@ def test_bad_merger_inputs_name_the_shape(shape):
 
 def re_shape(shape):
     return str(shape).replace('(', r'\(').replace(')', r'\)')
-
-
-def random_config(rng):
-    """A random configuration the torch class accepts, and an input size (height, width) it accepts."""
-    patch_h, patch_w = int(rng.integers(1, 6)), int(rng.integers(1, 6))
-    grid_h, grid_w = int(rng.integers(1, 5)), int(rng.integers(1, 5))
-    depth = int(rng.integers(1, 4))
-    config = dict(image_size=(patch_h * grid_h, patch_w * grid_w), patch_size=(patch_h, patch_w),
-                  num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(2, 25)), depth=depth,
-                  heads=int(rng.integers(1, 6)), mlp_dim=int(rng.integers(1, 40)),
-                  patch_merge_layer=[None, *range(0, depth + 2)][int(rng.integers(0, depth + 3))],
-                  patch_merge_num_tokens=int(rng.integers(1, 10)), channels=int(rng.integers(1, 4)),
-                  dim_head=int(rng.integers(1, 12)))
-    input_grid = (int(rng.integers(1, grid_h + 1)), int(rng.integers(1, grid_w + 1)))  # up to image_size
-    return config, (input_grid[0] * patch_h, input_grid[1] * patch_w)
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations: patch and image sizes, channels, heads, dim_head, merge layer and tokens."""
-    rng = np.random.default_rng(2024)
-    for _ in range(8):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None
