@@ -1,6 +1,28 @@
-"""Parity with vit_pytorch.cvt: the test configurations of `cvt.CvT`."""
+"""Parity with vit_pytorch.cvt: the test configurations and random-configuration sweep of `cvt.CvT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random CvT (every stage keyword, odd projection kernels as vit-pytorch needs, channels, classes) and images
+    of any size and aspect ratio."""
+    config = dict(num_classes=int(rng.integers(0, 5)), channels=int(rng.integers(1, 4)))
+    for prefix in ('s1', 's2', 's3'):
+        config.update({
+            f'{prefix}_emb_dim': int(rng.integers(2, 13)),
+            f'{prefix}_emb_kernel': int(rng.integers(1, 6)),
+            f'{prefix}_emb_stride': int(rng.integers(1, 4)),
+            f'{prefix}_proj_kernel': int(rng.choice([1, 3, 5])),
+            f'{prefix}_kv_proj_stride': int(rng.integers(1, 4)),
+            f'{prefix}_heads': int(rng.integers(1, 3)),
+            f'{prefix}_depth': int(rng.random() < 0.4),  # few layers: each costs compile time
+            f'{prefix}_mlp_mult': int(rng.integers(1, 4)),
+        })
+    size = (int(rng.integers(4, 25)), int(rng.integers(4, 25)))
+    return config, (rng.standard_normal((2, *size, config['channels']), dtype=np.float32),)
+
 
 SPECS = {
     'CvT': Spec(
@@ -22,5 +44,6 @@ SPECS = {
         ),
         notes='three conv-embedded stages, depth-wise separable conv projections with BatchNorm, channel LayerNorm; '
               "any image size; `method='layers'` gives the latents",
+        random_configuration=random_configuration,
     ),
 }

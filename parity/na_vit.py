@@ -1,6 +1,35 @@
-"""Parity with vit_pytorch.na_vit: the test configurations of `na_vit.NaViT`."""
+"""Parity with vit_pytorch.na_vit: the test configurations and random-configuration sweep of `na_vit.NaViT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+
+
+def random_keywords(rng: np.random.Generator) -> dict:
+    """Random keywords both NaViTs take (rectangular image sizes, patch sizes, widths, depths, heads, channels,
+    classes)."""
+    patch_size = int(rng.choice([2, 4, 8]))
+    return dict(image_size=(patch_size * int(rng.integers(1, 5)), patch_size * int(rng.integers(1, 5))),
+                patch_size=patch_size, num_classes=int(rng.integers(1, 8)), dim=int(rng.choice([8, 16, 24])),
+                depth=int(rng.integers(1, 3)), heads=int(rng.integers(1, 4)), mlp_dim=int(rng.choice([8, 16])),
+                dim_head=int(rng.choice([4, 8])), channels=int(rng.integers(1, 4)))
+
+
+def random_images(config: dict, rng: np.random.Generator) -> list[np.ndarray]:
+    """One to five images of mixed sizes and aspect ratios, each side a multiple of the patch size up to
+    image_size."""
+    p = config['patch_size']
+    rows, columns = (side // p for side in config['image_size'])
+    return [rng.standard_normal((p * int(rng.integers(1, rows + 1)), p * int(rng.integers(1, columns + 1)),
+                                 config['channels']), dtype=np.float32) for _ in range(int(rng.integers(1, 6)))]
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random NaViT and its images in one or two groups (packed sequences)."""
+    config = random_keywords(rng)
+    images = random_images(config, rng)
+    return config, ([images[:1], images[1:]] if len(images) > 1 else [images],)
+
 
 SPECS = {
     'NaViT': Spec(
@@ -14,5 +43,7 @@ SPECS = {
         notes='lists of mixed-resolution images packed into sequences (attention masked per image, attention '
               "pooling per image) or fixed-shape `PackedBatch`es from the grain packer; token dropout (rng stream "
               "'token_dropout'); q/k RMSNorm",
+        random_configuration=random_configuration,
+        random_configurations=6,
     ),
 }

@@ -1,9 +1,12 @@
-"""Parity with vit_pytorch.na_vit_nested_tensor: the test configurations of `na_vit_nested_tensor.NaViT`."""
+"""Parity with vit_pytorch.na_vit_nested_tensor: the test configurations and random-configuration sweep of
+`na_vit_nested_tensor.NaViT`."""
 
 from unittest import mock
 
+import numpy as np
 import torch
 
+from parity.na_vit import random_images, random_keywords
 from parity.spec import Spec
 from vit_flax.converters import import_vit_pytorch
 
@@ -12,6 +15,12 @@ def torch_keeps_gradients():
     """A context under which vit-pytorch's nested-tensor NaViT passes gradients to every parameter."""
     module = import_vit_pytorch('vit_pytorch.na_vit_nested_tensor')
     return mock.patch.object(module, 'nested_tensor', torch.nested.as_nested_tensor)
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random nested-tensor NaViT (q/k RMSNorm or not) and a flat list of its images."""
+    config = {**random_keywords(rng), 'qk_rmsnorm': bool(rng.integers(2))}
+    return config, (random_images(config, rng),)
 
 
 SPECS = {
@@ -24,5 +33,7 @@ SPECS = {
         torch_context=torch_keeps_gradients,
         notes="vit-pytorch's nested-tensor NaViT (one image per jagged sequence; here packed and masked): q/k "
               'LayerNorm, no pooling residual; also takes `PackedBatch`es',
+        random_configuration=random_configuration,
+        random_configurations=6,
     ),
 }

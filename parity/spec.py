@@ -62,6 +62,13 @@ class Architecture(registry.Entry):
             return None, contextlib.nullcontext()
         return self.spec.draws(model, inputs, seed)
 
+    def random_configurations(self, seed: int = 2024):
+        """The sweep's (config, inputs) draws, the same wherever they are asked for (tests/test_random_configurations.py
+        and any test that checks what the sweep reached)."""
+        rng = np.random.default_rng(seed)
+        for _ in range(self.spec.random_configurations):
+            yield self.spec.random_configuration(rng)
+
     def torch_context(self) -> ContextManager:
         return self.spec.torch_context() if self.spec.torch_context else contextlib.nullcontext()
 

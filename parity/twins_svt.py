@@ -1,6 +1,32 @@
-"""Parity with vit_pytorch.twins_svt: the test configurations of `twins_svt.TwinsSVT`."""
+"""Parity with vit_pytorch.twins_svt: the test configurations and random-configuration sweep of
+`twins_svt.TwinsSVT`."""
+
+import numpy as np
 
 from parity.spec import Spec
+from vit_flax.twins_svt import STAGES, TwinsSVT
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random TwinsSVT (every stage keyword, PEG kernels, classes with 0) and images of a size and aspect ratio
+    every stage's patches, windows and key / value conv fit (drawn together until they do)."""
+    while True:
+        config = dict(num_classes=int(rng.integers(0, 5)), peg_kernel_size=int(rng.choice([1, 3, 5])))
+        for index, prefix in enumerate(STAGES):
+            config.update({
+                f'{prefix}_emb_dim': int(rng.integers(2, 13)),
+                f'{prefix}_patch_size': int(rng.integers(1, 5 if index == 0 else 3)),
+                f'{prefix}_local_patch_size': int(rng.integers(1, 4)),
+                f'{prefix}_global_k': int(rng.integers(1, 4)),
+                f'{prefix}_depth': int(rng.random() < 0.2),  # few layers: each costs compile time
+            })
+        shape = (2, int(rng.integers(4, 25)), int(rng.integers(4, 25)), TwinsSVT.channels)
+        try:
+            TwinsSVT(**config).check_input(np.zeros(shape))
+        except ValueError:
+            continue
+        return config, (rng.standard_normal(shape, dtype=np.float32),)
+
 
 SPECS = {
     'TwinsSVT': Spec(
@@ -25,5 +51,6 @@ SPECS = {
         ),
         notes='locally-grouped + global sub-sampled attention (strided conv keys / values), PEG, four stages; '
               'heads=8, dim_head=64 fixed; 3 channels; any image size the stages divide',
+        random_configuration=random_configuration,
     ),
 }

@@ -17,9 +17,10 @@ from vit_flax import converters
 from vit_flax.converters import legacy
 from vit_flax.converters.rules import LEAF_RULES, slots, torch_module_path
 from tests.conftest import (
-    apply, assert_close_outputs, float64_reference, init_variables, run_torch, torch_class, torch_forward,
+    apply, assert_close_outputs, float64_reference, init_variables, run_torch, torch_class, torch_forward, torch_inputs,
 )
 from vit_flax import registry
+from vit_flax.layers import pair
 from vit_flax.vit import ViT
 
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -160,6 +161,84 @@ def test_unregistered_model_needs_example_inputs():
     x = np.random.default_rng(0).standard_normal((2, 4), dtype=np.float32)
     assert_close_outputs(Head().apply(variables, x), float64_reference(torch_head.proj)(torch.from_numpy(x).double()),
                          2e-5)
+
+
+# the example input a configuration takes
+
+
+TWINS_SVT_STAGE = dict(emb_dim=4, patch_size=1, local_patch_size=1, global_k=1, depth=0)
+# configurations the registry's preferred example size (a fixed one, or the model's own image_size) does not fit, and
+# the smallest square the converters derive instead
+UNFIT_FOR_THE_PREFERRED_SIZE = [
+    # the issue's: "input of shape (1, 8, 12, 3): the s1 map of size (2, 3) is not divisible by s1_local_patch_size=4"
+    pytest.param('twins_svt.TwinsSVT', dict(
+        num_classes=3, s1_emb_dim=4, s1_patch_size=4, s1_local_patch_size=4, s1_global_k=1, s1_depth=0,
+        **{f'{stage}_{key}': value for stage in ('s2', 's3', 's4') for key, value in TWINS_SVT_STAGE.items()},
+    ), (16, 16), id='twins_svt'),
+    # 32 x 24 gives an 8 x 6 map, which 4 x 4 windows do not tile; 13 x 13 gives 4 x 4
+    pytest.param('scalable_vit.ScalableViT', dict(num_classes=3, dim=4, depth=(1,), heads=1, reduction_factor=1,
+                                                  window_size=4), (13, 13), id='scalable_vit'),
+    # 32 x 16 gives an 8 x 4 map at stride 4, which 8 x 8 local windows do not tile
+    pytest.param('crossformer.CrossFormer', dict(dim=(32, 8, 8, 8), depth=(1, 0, 0, 0), global_window_size=1,
+                                                 local_window_size=(8, 1, 1, 1),
+                                                 cross_embed_kernel_sizes=((4,), (2,), (2,), (2,)),
+                                                 cross_embed_strides=(4, 2, 2, 2), num_classes=3),
+                 (32, 32), id='crossformer'),
+    # 16 x 32 is no whole number of 28-pixel region patches
+    pytest.param('regionvit.RegionViT', dict(dim=8, depth=(1, 0, 0, 0), window_size=7, local_patch_size=4,
+                                             num_classes=3), (28, 28), id='regionvit'),
+    # 3 x 3 windows do not tile the 8 x 16 map of 32 x 64 images; 9 x 9 images give 3 x 3 (sides round up)
+    pytest.param('max_vit.MaxViT', dict(num_classes=3, dim=8, depth=(1,), dim_head=4, window_size=3), (9, 9),
+                 id='max_vit'),
+    # image_size is only checked against patch_size: 8 x 8 images leave 1 x 1 maps for 2 x 2 patches
+    pytest.param('mobile_vit.MobileViT', dict(image_size=(8, 8), dims=(8, 12, 16),
+                                              channels=(4, 4, 8, 8, 8, 8, 12, 12, 16, 16, 24), num_classes=5,
+                                              expansion=2, depths=(1, 1, 1)), (57, 57), id='mobile_vit'),
+    # an image_size that is no multiple of 16 gives a larger map than its position biases are built for
+    pytest.param('levit.LeViT', dict(image_size=20, num_classes=3, dim=16, depth=1, heads=2, mlp_mult=2, stages=1,
+                                     dim_key=8, dim_value=8), (1, 1), id='levit'),
+]
+
+
+@pytest.mark.parametrize('name, config, derived_size', UNFIT_FOR_THE_PREFERRED_SIZE)
+def test_converters_derive_an_input_that_fits_the_configuration(name, config, derived_size):
+    """The model refuses the preferred size; the converters find their own example input and convert a vit-pytorch
+    state dict both ways (strict load), and vit-pytorch runs on that input too."""
+    entry = parity.BY_NAME[name]
+    model = entry.flax_class(**config)
+    (derived,) = registry.example_inputs(model)
+    assert derived.shape[1:3] == derived_size
+    preferred = np.zeros((1, *(entry.inputs.preferred_size or pair(model.image_size)), derived.shape[-1]), np.float32)
+    with pytest.raises(ValueError):
+        jax.eval_shape(model.init, jax.random.key(0), preferred)
+
+    torch.manual_seed(0)
+    torch_model = torch_class(entry)(**converters.torch_keywords(config)).eval()
+    variables = converters.from_torch(model, torch_model.state_dict())
+    torch_model.load_state_dict(converters.to_torch(model, variables), strict=True)
+    with torch.no_grad():  # vit-pytorch takes the derived input too
+        torch_model(*torch_inputs(entry, (derived,), torch.float32))
+
+
+@pytest.mark.parametrize('name, config', [
+    # stage 2's kernels 1 and 2 at stride 1 give maps of sides H and H - 1: never one size to concatenate
+    pytest.param('crossformer.CrossFormer', dict(dim=(32, 8, 8, 8), depth=(1, 0, 0, 0), global_window_size=1,
+                                                 local_window_size=1,
+                                                 cross_embed_kernel_sizes=((4,), (1, 2), (2,), (2,)),
+                                                 cross_embed_strides=(4, 1, 2, 2), num_classes=3), id='crossformer'),
+    # 8-pixel local patches give every region token 2 x 2 local tokens, outside the 1-row table of window_size=1
+    pytest.param('regionvit.RegionViT', dict(dim=8, depth=1, window_size=1, local_patch_size=8, num_classes=2),
+                 id='regionvit'),
+])
+def test_a_configuration_no_input_fits_asks_for_example_inputs(name, config):
+    entry = parity.BY_NAME[name]
+    model = entry.flax_class(**config)
+    state_dict = torch_class(entry)(**converters.torch_keywords(config)).state_dict()
+    message = rf'{entry.class_name}: no image of up to \d+ x \d+ pixels fits .* example_inputs='
+    with pytest.raises(ValueError, match=message):
+        converters.from_torch(model, state_dict)
+    with pytest.raises(ValueError, match=message):
+        converters.to_torch(model, {})
 
 
 # files and sidecars

@@ -1,5 +1,5 @@
 """CvT behaviour beyond the registry configs: stage outputs, train-mode BatchNorm, image sizes, dropout, bad
-configurations and inputs, random configs."""
+configurations and inputs."""
 
 import jax
 import jax.numpy as jnp
@@ -174,33 +174,3 @@ def test_bad_configs_fail_at_construction(config, message):
 def test_bad_inputs_name_the_shape(shape, message):
     with pytest.raises(ValueError, match=message):
         CvT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
-
-
-def random_config(rng):
-    """A random configuration the torch class accepts (odd projection kernels), and an input size."""
-    config = dict(num_classes=int(rng.integers(0, 5)), channels=int(rng.integers(1, 4)))
-    for prefix in ('s1', 's2', 's3'):
-        config.update({
-            f'{prefix}_emb_dim': int(rng.integers(2, 13)),
-            f'{prefix}_emb_kernel': int(rng.integers(1, 6)),
-            f'{prefix}_emb_stride': int(rng.integers(1, 4)),
-            f'{prefix}_proj_kernel': int(rng.choice([1, 3, 5])),
-            f'{prefix}_kv_proj_stride': int(rng.integers(1, 4)),
-            f'{prefix}_heads': int(rng.integers(1, 3)),
-            f'{prefix}_depth': int(rng.random() < 0.4),  # few layers: each costs compile time
-            f'{prefix}_mlp_mult': int(rng.integers(1, 4)),
-        })
-    return config, (int(rng.integers(4, 25)), int(rng.integers(4, 25)))
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations: every stage keyword, channels, classes, input sizes and aspect ratios."""
-    rng = np.random.default_rng(2024)
-    for _ in range(8):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None

@@ -1,6 +1,8 @@
 """RegionViT behaviour beyond the registry configs: parameter tree, the R2L transformer on its own (heads, dim_head,
-rectangular and oversized windows), vit-pytorch's quirks, dropout, bad configs and inputs, random configs."""
+rectangular and oversized windows), vit-pytorch's quirks, dropout, bad configs and inputs, which random
+configurations torch refuses."""
 
+from einops import EinopsError
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,14 +11,14 @@ import torch
 
 import parity
 from vit_flax import converters
-from tests.conftest import (apply, assert_close_outputs, float64_reference, images, init_variables, nchw,
-                            randomised_torch_model, torch_class, torch_forward)
+from tests.conftest import (apply, assert_close_outputs, float64_reference, images, init_variables, nchw, torch_class,
+                            torch_forward)
 
 from vit_flax.regionvit import R2LTransformer, RegionViT, local_bias_indices
 
 ENTRY = parity.BY_NAME['regionvit.RegionViT']
 TINY, THREE_CONV, DROPOUT = ENTRY.configs[:3]
-SIZE = ENTRY.inputs.fixed_size
+SIZE = ENTRY.inputs.preferred_size
 
 
 def torch_regionvit():
@@ -150,40 +152,25 @@ def test_bad_inputs_name_the_shape(shape, message):
         RegionViT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
 
 
-def random_config(rng):
-    """A random configuration and input size (height, width); torch may refuse it (checked by the caller)."""
-    window_size, local_patch_size = int(rng.integers(1, 5)), int(rng.integers(1, 5))
-    region = window_size * local_patch_size
-    size = tuple(region * int(rng.integers(1, max(2, 40 // region) + 1)) for _ in range(2))
-    depth = [0, 0, 0, 0]
-    depth[int(rng.integers(4))] = 1  # one layer: compile time grows with every layer
-    config = dict(dim=tuple(int(d) for d in rng.integers(4, 25, size=4)), depth=tuple(depth),
-                  window_size=window_size, local_patch_size=local_patch_size, num_classes=int(rng.integers(1, 6)),
-                  tokenize_local_3_conv=bool(rng.integers(2)), use_peg=bool(rng.integers(2)))
-    return config, size
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations torch runs (stage dims and depths, window and local patch sizes, encoders, PEG,
-    image sizes); every configuration torch refuses on the way is refused here with a ValueError."""
+def test_the_sweeps_draws_are_refused_exactly_where_torch_refuses_them():
+    """The random-configuration sweep (parity/regionvit.py) keeps the draws this port takes: each one torch refuses
+    is refused here with a ValueError, and each one torch runs is taken here."""
     rng = np.random.default_rng(2024)
     ran = refused = 0
-    while ran < 8:
-        config, size = random_config(rng)
-        x = images((2, *size, 3), seed=int(rng.integers(1 << 30)))
+    for _ in range(16):
+        config, size = parity.regionvit.random_keywords(rng)
+        x = images((1, *size, 3))
         torch_model = torch_class(ENTRY)(**config).eval()
         try:
             torch_forward(torch_model, x)
-        except Exception:
+        # vit-pytorch's R2LTransformer refuses windows that do not tile a stage's maps: its window rearrange fails
+        # (EinopsError; ZeroDivisionError where the local map is smaller than the region map, so the window, their
+        # ratio, is 0) or its region tokens and windows differ in number at the torch.cat (RuntimeError)
+        except (EinopsError, ZeroDivisionError, RuntimeError):
             refused += 1
             with pytest.raises(ValueError):
                 shapes(RegionViT(**config), size)
             continue
-        model, torch_model = RegionViT(**config), randomised_torch_model(ENTRY, config)
-        variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=(x[:1],))
-        try:
-            assert_close_outputs(jax.jit(model.apply)(variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None
+        shapes(RegionViT(**config), size)
         ran += 1
-    assert refused > 0  # the sweep also checked refusals
+    assert ran and refused  # both kinds of draw were checked

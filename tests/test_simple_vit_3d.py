@@ -1,5 +1,5 @@
 """simple_vit_3d.SimpleViT behaviour beyond the registry configs: the 3D sin-cos embedding, any divisible input size,
-empty head, bad configs and input, random configs against vit-pytorch."""
+empty head, bad configs and input."""
 
 import jax
 import jax.numpy as jnp
@@ -71,34 +71,3 @@ def test_bad_configs_fail_at_construction(config, message):
 def test_bad_inputs_name_the_shape(shape, message):
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(SimpleViT(**TINY).init, jax.random.key(0), jnp.zeros(shape))
-
-
-def random_config(rng):
-    """A random configuration vit-pytorch accepts (dim outside 6..11), and an input (frames, height, width) of any
-    divisible size."""
-    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
-    grid = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-    frame_patch, frame_grid = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-    dim = int(rng.choice([int(rng.integers(1, 6)), int(rng.integers(12, 41))], p=[0.15, 0.85]))
-    config = dict(image_size=(patch[0] * grid[0], patch[1] * grid[1]), image_patch_size=patch,
-                  frames=frame_patch * frame_grid, frame_patch_size=frame_patch, num_classes=int(rng.integers(0, 5)),
-                  dim=dim, depth=int(rng.integers(1, 3)), heads=int(rng.integers(1, 4)),
-                  mlp_dim=int(rng.integers(1, 40)), channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 12)))
-    if rng.random() < 0.3:  # plain ints, as most users write them
-        patch = (patch[0], patch[0])
-        config.update(image_size=patch[0] * grid[0], image_patch_size=patch[0])
-    input_grid = [int(rng.integers(1, 4)) for _ in range(3)]
-    return config, (input_grid[0] * frame_patch, input_grid[1] * patch[0], input_grid[2] * patch[1])
-
-
-def test_parity_on_random_configurations():
-    """Six random configurations: patch and frame sizes, dims (padded embeddings), channels, heads, classes, sizes."""
-    rng = np.random.default_rng(2025)
-    for _ in range(6):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None

@@ -1,4 +1,4 @@
-"""ViViT behaviour beyond the registry configs: variants, pools, masks, dropout, bad input, random configs."""
+"""ViViT behaviour beyond the registry configs: variants, pools, masks, dropout, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,6 @@ import torch
 import vit_flax
 import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, float64_reference, images, nchw
-from vit_flax import vivit
 from vit_flax.vivit import ViT, ViViT
 
 VIVIT = parity.BY_NAME['vivit.ViT']
@@ -79,13 +78,6 @@ def test_num_classes_zero_keeps_an_empty_head():
     assert jax.eval_shape(lambda v: model.apply(v, video), variables).shape == (2, 0)
 
 
-def frame_masks(frames, seed=0):
-    """Three videos: frames partly masked, none masked, all masked."""
-    partly = np.random.default_rng(seed).random(frames) < 0.5
-    partly[0], partly[-1] = True, False
-    return np.stack([partly, np.ones(frames, bool), np.zeros(frames, bool)])
-
-
 @pytest.mark.parametrize('config', [
     ENCODER_CLS,  # the temporal cls token stays visible; frame patches of 2 frames
     ENCODER_MEAN,  # explicit attention: a fully masked video attends evenly to all frame patches
@@ -96,7 +88,7 @@ def frame_masks(frames, seed=0):
         'self-attention-cls'])
 def test_masks_match_torch(config):
     model, variables, torch_model = converted_pair(VIVIT, config)
-    video, mask = video_for(config, batch=3), frame_masks(config['frames'])
+    video, mask = video_for(config, batch=3), parity.vivit.frame_masks(config['frames'], np.random.default_rng(0))
     out = apply(model, variables, video, mask)
     assert np.isfinite(np.asarray(out)).all()
     assert_close_outputs(out, torch_forward(torch_model, video, mask), VIVIT.tolerance)
@@ -164,42 +156,3 @@ def test_bad_inputs_name_the_shape(shape, mask_shape, message):
     args = (jnp.zeros(shape),) if mask_shape is None else (jnp.zeros(shape), jnp.ones(mask_shape, bool))
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(model.init, jax.random.key(0), *args)
-
-
-def random_config(rng):
-    """A random configuration vit-pytorch accepts, an input (frames, height, width) up to its sizes, and a mask."""
-    patch = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-    grid = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-    frame_patch, frame_patches = int(rng.integers(1, 4)), int(rng.integers(2, 4))
-    heads = int(rng.integers(1, 4))
-    dim = 4 * int(rng.integers(2, 6))
-    variant = str(rng.choice(vivit.VARIANTS))
-    spatial_depth = int(rng.integers(1, 3))
-    use_flash_attn = bool(rng.random() < 0.5)
-    config = dict(image_size=(patch[0] * grid[0], patch[1] * grid[1]), image_patch_size=patch,
-                  frames=frame_patch * frame_patches, frame_patch_size=frame_patch,
-                  num_classes=int(rng.integers(1, 5)), dim=dim, spatial_depth=spatial_depth,
-                  temporal_depth=spatial_depth if variant == 'factorized_self_attention' else int(rng.integers(0, 3)),
-                  heads=heads, mlp_dim=int(rng.integers(1, 40)), channels=int(rng.integers(1, 4)),
-                  dim_head=dim if heads == 1 and rng.random() < 0.5 else int(rng.integers(1, 12)),
-                  pool=str(rng.choice(['cls', 'mean'])), variant=variant, use_flash_attn=use_flash_attn,
-                  # vit-pytorch's flash path drops attention weights in eval mode too
-                  dropout=0.0 if use_flash_attn else 0.1)
-    frames = frame_patch * int(rng.integers(1, frame_patches + 1))
-    size = tuple(p * int(rng.integers(1, g + 1)) for p, g in zip(patch, grid))
-    mask = frame_masks(frames, seed=int(rng.integers(1 << 30))) if rng.random() < 0.5 else None
-    return config, (frames, *size), mask
-
-
-def test_parity_on_random_configurations():
-    """Six random configurations: variants, pools, attention paths, shapes, channels, smaller inputs, masks."""
-    rng = np.random.default_rng(2030)  # every variant x pool, both attention paths, temporal_depth=0, masks
-    for _ in range(6):
-        config, (frames, height, width), mask = random_config(rng)
-        model, variables, torch_model = converted_pair(VIVIT, config)
-        video = images((3, frames, height, width, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, video, mask), torch_forward(torch_model, video, mask),
-                                 VIVIT.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {(frames, height, width)}, mask {mask}: {error}') from None

@@ -9,7 +9,7 @@ torch and no tests: the parity configurations, tolerances and the README table's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -51,6 +51,111 @@ from vit_flax import mpp
 from vit_flax import dino
 from vit_flax import es_vit
 
+# the input sizes a configuration takes: each architecture's size arithmetic, as its forward computes it
+
+
+def _strided(side: int, stride: int = 2) -> int:
+    """A side after a conv of `stride` padded by (kernel - 1) / 2 (which keeps a stride-1 map's size): rounded up."""
+    return -(-side // stride)
+
+
+def _conv_output(side: int, kernel: int, stride: int, padding: int) -> int:
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+def _twins_svt_fits(model: twins_svt.TwinsSVT, height: int, width: int) -> bool:
+    """TwinsSVT checks its stages' patches, windows and key / value convs itself, on the shape alone."""
+    try:
+        model.check_input(jax.ShapeDtypeStruct((1, height, width, model.channels), np.float32))
+    except ValueError:
+        return False
+    return True
+
+
+def _scalable_vit_fits(model: scalable_vit.ScalableViT, height: int, width: int) -> bool:
+    """The stride-4 stem and each stride-2 downsample round up; a stage with layers needs its map at least its
+    reduction factor (the keys' conv has that kernel) and divisible by its window (None: one window, any map)."""
+    sides = (_strided(height, 4), _strided(width, 4))
+    for index, config in enumerate(model.stage_configs()):
+        if index:
+            sides = tuple(_strided(side) for side in sides)
+        window = config['iwsa_window_size']
+        if config['depth'] and (min(sides) < config['ssa_reduction_factor']
+                                or window is not None and any(side % window for side in sides)):
+            return False
+    return True
+
+
+def _crossformer_fits(model: crossformer.CrossFormer, height: int, width: int) -> bool:
+    """Every kernel of a stage's cross-scale embedding must give one map size (kernels of both parities agree only
+    on some sides), of at least a pixel, and a stage with layers needs it divisible by both its windows."""
+    sides = (height, width)
+    for config in model.stage_configs():
+        stride = config['cross_embed_strides']
+        outputs = {tuple(_conv_output(side, kernel, stride, (kernel - stride) // 2) for side in sides)
+                   for kernel in config['cross_embed_kernel_sizes']}
+        if len(outputs) > 1:
+            return False
+        (sides,) = outputs
+        windows = (config['local_window_size'], config['global_window_size'])
+        if min(sides) < 1 or config['depth'] and any(side % window for side in sides for window in windows):
+            return False
+    return True
+
+
+def _regionvit_fits(model: regionvit.RegionViT, height: int, width: int) -> bool:
+    """The image tiles into region patches; the local tokenizer downsamples 4x (rounding as its convs do) and each
+    later stage halves both maps, rounding up; a stage with layers needs every region token to own a whole window of
+    local tokens, and every stage's window must index inside its relative position table."""
+    patch = model.region_patch_size
+    if height % patch or width % patch:
+        return False
+    if model.tokenize_local_3_conv:
+        local = tuple(_strided(_strided(side)) for side in (height, width))
+    else:
+        local = tuple(_conv_output(side, 8, 4, 3) for side in (height, width))
+    region = (height // patch, width // patch)
+    table_rows = (2 * model.window_size - 1) ** 2
+    for index, depth in enumerate(regionvit.cast_tuple(model.depth, 4)):
+        if index:
+            local, region = (tuple(_strided(side) for side in sides) for sides in (local, region))
+        if depth and any(local_side % region_side for local_side, region_side in zip(local, region)):
+            return False
+        indices = regionvit.local_bias_indices(local[0] // region[0], local[1] // region[1], model.window_size)
+        if indices.size and (indices.min() < 0 or indices.max() >= table_rows):
+            return False
+    return True
+
+
+def _max_vit_fits(model: max_vit.MaxViT, height: int, width: int) -> bool:
+    """The stride-2 stem and each non-empty stage's first (stride-2) MBConv round up; the window divides every
+    non-empty stage's map."""
+    sides = (_strided(height), _strided(width))
+    for depth in model.depth:
+        if depth:
+            sides = tuple(_strided(side) for side in sides)
+            if any(side % model.window_size for side in sides):
+                return False
+    return True
+
+
+def _mobile_vit_fits(model: mobile_vit.MobileViT, height: int, width: int) -> bool:
+    """Two stride-2 stem convs, then three stride-2 MV2 blocks (all rounding up), each followed by a MobileViT block
+    whose map must divide into `patch_size` patches."""
+    sides = (_strided(_strided(height)), _strided(_strided(width)))
+    for _ in range(3):
+        sides = tuple(_strided(side) for side in sides)
+        if any(side % patch for side, patch in zip(sides, model.patch_size)):
+            return False
+    return True
+
+
+def _levit_fits(model: LeViT, height: int, width: int) -> bool:
+    """The conv embedding's four stride-2 convs round up, and the position biases are built for an
+    `image_size // 16` map (so an `image_size` that is no multiple of 16 does not fit itself)."""
+    return all(_strided(side, 16) == model.image_size // 16 for side in (height, width))
+
+
 # example inputs
 
 
@@ -91,8 +196,8 @@ class PatchGridImages(Images):
 
 @dataclasses.dataclass(frozen=True)
 class SizedImages(Images):
-    """Images of a fixed `size` (height, width) with the model's own `channels`, for a model that takes any image
-    size and has no `image_size` (cvt.CvT)."""
+    """Images of a fixed `size` (height, width) with the model's own `channels`, for a model that takes every image
+    size and has no `image_size` (cvt.CvT: its padded convs shrink a map to 1 x 1 at worst)."""
 
     fixed_size: tuple[int, int] = (32, 32)
 
@@ -103,17 +208,49 @@ class SizedImages(Images):
 @dataclasses.dataclass(frozen=True)
 class StagedImages(SizedImages):
     """Images for a model with no `image_size` whose stages each halve the feature map and need its sides divisible
-    by a window (sep_vit.SepViT): `fixed_size` for one stage (`len(model.depth) == 1`), doubled per further stage."""
+    by a window (sep_vit.SepViT): `fixed_size` for one stage (`len(model.depth) == 1`), doubled per further stage, so
+    that every stage's map is whole windows whatever the configuration (SepViT's windows are always 7 x 7)."""
 
     def size(self, model: nn.Module) -> tuple[int, int]:
         scale = 2 ** max(len(model.depth) - 1, 0)
         return self.fixed_size[0] * scale, self.fixed_size[1] * scale
 
 
+# the largest square side FittedImages tries: far above the smallest side a real configuration takes (a few hundred
+# pixels for the papers' presets), and small enough that a configuration no size fits is told so at once (a side costs
+# microseconds to check)
+LARGEST_FITTED_SIDE = 8192
+
+
 @dataclasses.dataclass(frozen=True)
-class RGBImages(Images):
-    """3-channel images at the model's `image_size`, for a model whose `channels` keyword is not the input's channel
-    count (mobile_vit.MobileViT: its stage widths; the stem conv always takes 3 channels)."""
+class FittedImages(Images):
+    """Images for a model whose stages constrain the input's size (strides, patch sizes and windows per stage), with
+    the model's own `channels`: `preferred_size` (height, width), or the model's `image_size` where that is None,
+    when the configuration takes it, else the smallest square it takes. `fits(model, height, width)` is the
+    architecture's size arithmetic from the model's fields (each stage's map size and what must divide it); the
+    converters only need some input the model takes, since parameter shapes do not depend on its size."""
+
+    fits: Callable[[nn.Module, int, int], bool]
+    preferred_size: tuple[int, int] | None = None
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        preferred = self.preferred_size or pair(model.image_size)
+        if self.fits(model, *preferred):
+            return preferred
+        side = next((side for side in range(1, LARGEST_FITTED_SIDE + 1) if self.fits(model, side, side)), None)
+        if side is None:
+            raise ValueError(
+                f'{type(model).__name__}: no image of up to {LARGEST_FITTED_SIDE} x {LARGEST_FITTED_SIDE} pixels fits '
+                "this configuration's strides, patch sizes and windows, so no example input can be derived to learn "
+                'its variables from; pass one the model takes as example_inputs=(images,)'
+            )
+        return side, side
+
+
+@dataclasses.dataclass(frozen=True)
+class RGBImages(FittedImages):
+    """3-channel FittedImages, for a model whose `channels` keyword is not the input's channel count
+    (mobile_vit.MobileViT: its stage widths; the stem conv always takes 3 channels)."""
 
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
         return (_draw((batch, *self.size(model), 3), rng),)
@@ -123,10 +260,14 @@ class RGBImages(Images):
 class Videos(Images):
     """Videos or volumes (batch, frames, height, width, channels) at the model's own `frames`, `image_size` and
     `channels`. vit-pytorch takes (batch, channels, frames, height, width): the same move of the last axis to the
-    second as for images."""
+    second as for images; further inputs (vivit.ViT's (batch, frames) mask) pass as they are."""
 
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
         return (_draw((batch, model.frames, *self.size(model), model.channels), rng),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        videos, *rest = args
+        return (*super().to_torch_layout((videos,)), *rest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,13 +536,14 @@ ENTRIES: tuple[Entry, ...] = (
         flax_class=LeViT,
         not_recordable=HIERARCHICAL,
         paper="LeViT: a Vision Transformer in ConvNet's Clothing for Faster Inference (Graham et al., 2021)",
+        inputs=FittedImages(_levit_fits),
     ),
     Entry(
         name='scalable_vit.ScalableViT',
         flax_class=scalable_vit.ScalableViT,
         not_recordable=HIERARCHICAL,
         paper='ScalableViT: Rethinking the Context-oriented Generalization of Vision Transformer (Yang et al., 2022)',
-        inputs=SizedImages(fixed_size=(32, 24)),
+        inputs=FittedImages(_scalable_vit_fits, preferred_size=(32, 24)),
     ),
     Entry(
         name='sep_vit.SepViT',
@@ -415,14 +557,14 @@ ENTRIES: tuple[Entry, ...] = (
         flax_class=twins_svt.TwinsSVT,
         not_recordable=HIERARCHICAL,
         paper='Twins: Revisiting the Design of Spatial Attention in Vision Transformers (Chu et al., 2021)',
-        inputs=SizedImages(fixed_size=(8, 12)),
+        inputs=FittedImages(_twins_svt_fits, preferred_size=(8, 12)),
     ),
     Entry(
         name='max_vit.MaxViT',
         flax_class=max_vit.MaxViT,
         not_recordable=HIERARCHICAL,
         paper='MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022)',
-        inputs=SizedImages(fixed_size=(32, 64)),
+        inputs=FittedImages(_max_vit_fits, preferred_size=(32, 64)),
     ),
     Entry(
         name='xcit.XCiT',
@@ -436,21 +578,21 @@ ENTRIES: tuple[Entry, ...] = (
         flax_class=mobile_vit.MobileViT,
         not_recordable=HIERARCHICAL,
         paper='MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer (Mehta & Rastegari, 2021)',
-        inputs=RGBImages(),
+        inputs=RGBImages(_mobile_vit_fits),
     ),
     Entry(
         name='crossformer.CrossFormer',
         flax_class=crossformer.CrossFormer,
         not_recordable=HIERARCHICAL,
         paper='CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention (Wang et al., 2021)',
-        inputs=SizedImages(fixed_size=(32, 16)),
+        inputs=FittedImages(_crossformer_fits, preferred_size=(32, 16)),
     ),
     Entry(
         name='regionvit.RegionViT',
         flax_class=regionvit.RegionViT,
         not_recordable=HIERARCHICAL,
         paper='RegionViT: Regional-to-Local Attention for Vision Transformers (Chen et al., 2021)',
-        inputs=SizedImages(fixed_size=(16, 32)),
+        inputs=FittedImages(_regionvit_fits, preferred_size=(16, 32)),
     ),
     Entry(
         name='nest.NesT',
