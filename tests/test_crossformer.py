@@ -130,6 +130,7 @@ def test_bad_attention_type():
     ({}, (1, 24, 24, 3), r'short distance attention with window_size=4 .* got size \(6, 6\)'),
     (dict(cross_embed_kernel_sizes=((3, 4), (2, 4, 6), (1, 3), (1,))), (1, *SIZE, 3),
      r'kernel_sizes=\(3, 4\), stride=2 gives maps of different sizes \[\(15, 7\), \(16, 8\)\]'),
+    ({}, (1, 1, 1, 3), r'kernel_sizes=\(2, 4\), stride=2 leaves no pixels of an input of size \(1, 1\)'),
 ])
 def test_bad_inputs_name_the_shape(config, shape, message):
     with pytest.raises(ValueError, match=message):

@@ -9,7 +9,9 @@ import numpy as np
 
 import parity
 from parity import readme_table
-from vit_flax import registry
+from vit_flax import converters, registry
+from tests.conftest import (assert_close_gradients, assert_close_outputs, float64_reference, new_torch_model,
+                            torch_inputs)
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
@@ -47,7 +49,8 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace['navit_preds'].shape == namespace['grouped_preds'].shape == (5, 10)
     np.testing.assert_allclose(namespace['packed_preds'], namespace['navit_preds'], atol=1e-5)
     # MAE: a loss, gradients for every parameter, the encoder's variables a plain ViT's
-    assert np.isfinite(float(namespace['mae_loss']))
+    assert_mae_is_vit_pytorchs(namespace['mae'], namespace['mae_variables'], namespace['images'],
+                               namespace['mae_loss'], namespace['mae_grads'])
     # Recorder and Extractor
     assert namespace['attns'].shape == (2, 3, 4, 17, 17) and namespace['embeddings'].shape == (2, 17, 64)
     assert namespace['small_scale'].shape == (2, 17, 32) and namespace['large_scale'].shape == (2, 5, 48)
@@ -57,9 +60,30 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         namespace['encoder'].init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params'])
 
 
+def assert_mae_is_vit_pytorchs(mae, variables, images, loss, grads):
+    """The README's MAE loss, and its gradient for every parameter, are vit-pytorch's (its float64 reference, on the
+    same weights, images and mask) within tests/test_parity.py's tolerances."""
+    # the README masks with jax.random.key(seed): parity.mae.draws with that seed hands vit-pytorch the same mask
+    seed = int(re.search(r"rngs = \{'masking': jax\.random\.key\((\d+)\)\}", README.read_text()).group(1))
+    entry = parity.BY_NAME['mae.MAE']
+    torch_model = new_torch_model(entry, registry.torch_kwargs(mae))
+    torch_model.load_state_dict(converters.to_torch(mae, variables), strict=True)
+    inputs = (np.asarray(images),)
+    _, draws = entry.same_draws(mae, inputs, seed)
+    exact = float64_reference(torch_model)
+    with draws, entry.torch_context():
+        exact_loss = exact(*torch_inputs(entry, inputs))
+    exact_loss.backward()
+    assert_close_outputs(loss, exact_loss, entry.tolerance)
+
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(variables['params'])
+    exact_grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy()
+                   for name, p in exact.named_parameters()}
+    assert_close_gradients(converters.to_torch(mae, {'params': grads}, as_numpy=True), exact_grads)
+
+
 def test_top_level_names_are_vit_pytorchs():
     """`from vit_flax import MAE` as `from vit_pytorch import MAE` (LoopedViT, newer than our scope, excepted)."""
-    from vit_flax import converters
     import vit_flax
 
     vit_pytorch = converters.import_vit_pytorch('vit_pytorch')

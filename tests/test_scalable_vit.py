@@ -10,7 +10,7 @@ import torch
 import parity
 from vit_flax import converters
 from tests.conftest import (apply, assert_close_outputs, converted_pair, float64_reference, images, init_variables,
-                            nchw, torch_forward, truly_zero)
+                            nchw, new_torch_model, torch_forward, truly_zero)
 
 from vit_flax.scalable_vit import ScalableViT
 
@@ -132,3 +132,13 @@ def test_bad_configs_fail_at_construction(config, message):
 def test_bad_inputs_name_the_shape(shape, message):
     with pytest.raises(ValueError, match=message):
         ScalableViT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_a_map_smaller_than_the_keys_conv_is_refused_as_torch_refuses_it():
+    """SINGLE's stem leaves a 2 x 2 map of 8 x 8 images, under its reduction factor 4: vit-pytorch's strided conv
+    fails, and here the keys would be empty."""
+    with pytest.raises(ValueError, match=r'feature map of size \(2, 2\) is smaller than the keys\' conv '
+                                         r'\(reduction_factor=4\)'):
+        ScalableViT(**SINGLE).init(jax.random.key(0), jnp.zeros((1, 8, 8, SINGLE['channels'])))
+    with pytest.raises(RuntimeError):
+        new_torch_model(ENTRY, SINGLE)(torch.zeros(1, SINGLE['channels'], 8, 8))

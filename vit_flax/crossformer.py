@@ -84,6 +84,11 @@ class CrossEmbedLayer(nn.Module):
             for i, (kernel, dim_scale) in enumerate(zip(kernel_sizes, dim_scales))
         ]
         sizes = [fmap.shape[1:3] for fmap in fmaps]
+        if min(min(size) for size in sizes) < 1:
+            raise ValueError(
+                f'cross-scale embedding with kernel_sizes={tuple(kernel_sizes)}, stride={self.stride} leaves no pixels '
+                f'of an input of size {tuple(x.shape[1:3])}: give a larger image'
+            )
         if len(set(sizes)) > 1:
             raise ValueError(
                 f'cross-scale embedding with kernel_sizes={tuple(kernel_sizes)}, stride={self.stride} gives maps of '

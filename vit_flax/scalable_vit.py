@@ -115,6 +115,9 @@ class ScalableSelfAttention(nn.Module):
     def __call__(self, x, train: bool = False):
         height, width, heads = x.shape[1], x.shape[2], self.heads
         rf = self.reduction_factor
+        if min(height, width) < rf:  # torch's strided conv raises; here it would attend over no keys
+            raise ValueError(f'feature map of size ({height}, {width}) is smaller than the keys\' conv '
+                             f'(reduction_factor={rf}): give a larger image')
 
         x = ChanLayerNorm(self.dim, name='norm')(x)
 
