@@ -1,4 +1,5 @@
-"""Arrays between torch, numpy and jax, bfloat16 included (numpy has no bfloat16; ml_dtypes does)."""
+"""Arrays between torch, numpy and jax, bfloat16 included (numpy has no bfloat16; ml_dtypes does). torch is imported
+only where a tensor is involved: the numpy paths never load it."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ keywords, so that a PyTorch user gets a ready model and a Flax user the model th
 A model with JAX-only options (`scan_layers`, `remat_policy`: registry.FLAX_ONLY_FIELDS) exports to the state dict
 and vit-pytorch keywords of the same model without them; its sidecar records the options apart, under
 `flax_kwargs`, so `load_flax` gives back the model that was saved (scanned stays scanned). torch is imported only
-where torch tensors or `.pt` files are involved.
+where torch tensors or `.pt` files are involved: exporting to and importing from .safetensors never loads it (the
+trainer's `vit-flax export` stays light).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import flax.linen as nn
+from safetensors.numpy import load_file, save_file
 
 from vit_flax import registry
 
@@ -40,8 +42,6 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == '.safetensors':
-        from safetensors.numpy import save_file
-
         save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(path))
     elif path.suffix == '.pt':
         import torch
@@ -60,8 +60,6 @@ def load_state_dict(path: str | Path) -> dict:
         raise FileNotFoundError(f'no weights file at {path}')
     try:
         if path.suffix == '.safetensors':
-            from safetensors.numpy import load_file
-
             return load_file(str(path))
         if path.suffix == '.pt':
             import torch

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from vit_flax import registry
 from vit_flax.layers import pair
 
 
@@ -100,8 +101,6 @@ MIGRATIONS: dict[str, Callable[[object, dict], dict]] = {
 
 def migrate(model, sd: dict) -> dict:
     """Apply the migration registered for `model`'s architecture, if any."""
-    from vit_flax.registry import BY_CLASS
-
-    entry = BY_CLASS.get(type(model))
+    entry = registry.BY_CLASS.get(type(model))
     migration = MIGRATIONS.get(entry.name) if entry else None
     return migration(model, sd) if migration else sd

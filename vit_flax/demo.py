@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
+import torch
 
 from vit_flax import converters
 from vit_flax import data
@@ -40,8 +41,6 @@ def main(argv=None):
 
     model, variables = converters.load_flax(args.weights)
     flax_logits = np.asarray(jax.jit(model.apply)(variables, normalised))
-
-    import torch
 
     torch_model = converters.load_torch(args.weights)
     with torch.no_grad():

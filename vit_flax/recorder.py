@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_flax import registry
 from vit_flax.layers import apply_collecting_intermediates
 from vit_flax.scan import per_layer_path, scanned_axes
 
@@ -69,8 +70,6 @@ def attention_maps(intermediates, under: str = RECORDED_LAYER) -> list[tuple[tup
 
 def check_recordable(model: nn.Module):
     """Raise ValueError naming the class and the reason when the registry says `model` cannot be recorded."""
-    from vit_flax import registry
-
     entry = registry.BY_CLASS.get(type(model))
     if entry is not None and not entry.recordable:
         raise ValueError(f'Recorder cannot record vit_flax.{entry.name}: {entry.not_recordable}')

@@ -31,32 +31,8 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from vit_flax.data import augment
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the model and the trainer need to know about a dataset; the sizes are of whole splits."""
-
-    image_size: tuple[int, int]  # (height, width) of the images the model sees
-    channels: int
-    num_classes: int
-    num_train: int
-    num_eval: int
-    mean: tuple[float, ...]  # per-channel normalisation applied to [0, 1] pixels: (x - mean) / std
-    std: tuple[float, ...]
-    class_names: tuple[str, ...]
-
-
-def configured_image_size(config) -> tuple[int, int] | None:
-    """config.image_size as (height, width): an int means a square; None when the key is absent."""
-    size = config.get('image_size')
-    if size is None:
-        return None
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f'config.image_size={size}: sizes must be positive')
-    return int(height), int(width)
+from vit_flax.data import augment, digits, image_folder, synthetic
+from vit_flax.data.info import DatasetInfo, configured_image_size  # noqa: F401 (the package's public names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +82,6 @@ def _read_options(config) -> grain.ReadOptions:
 
 def _load(config):
     """(train source, eval source, DatasetInfo) for config.dataset."""
-    # Imported here, not at the top, because the dataset modules import DatasetInfo from this package.
-    from vit_flax.data import digits, image_folder, synthetic
-
     loaders = {'digits': digits.load, 'image_folder': image_folder.load, 'synthetic': synthetic.load}
     if config.dataset not in loaders:
         raise ValueError(f'config.dataset={config.dataset!r}: expected one of {sorted(loaders)}')

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from vit_flax.data import DatasetInfo, configured_image_size
+from vit_flax.data.info import DatasetInfo, configured_image_size
 
 IMAGE_SIZE = (8, 8)
 CHANNELS = 1

@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from vit_flax.data import DatasetInfo, configured_image_size
+from vit_flax.data.info import DatasetInfo, configured_image_size
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 TRAIN_SPLIT = 'train'

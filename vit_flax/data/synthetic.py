@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from vit_flax.data import DatasetInfo, configured_image_size
+from vit_flax.data.info import DatasetInfo, configured_image_size
 
 DEFAULT_IMAGE_SIZE = (32, 32)
 DEFAULT_CHANNELS = 3

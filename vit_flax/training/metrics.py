@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jax
+from tensorboardX import SummaryWriter
 
 
 class MetricsWriter:
@@ -22,8 +23,6 @@ class MetricsWriter:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)['step'] <= resume_step]
             self.path.write_text(''.join(line + '\n' for line in kept))
-        from tensorboardX import SummaryWriter
-
         self.tensorboard = SummaryWriter(str(Path(workdir) / 'tensorboard'))
 
     def write(self, step: int, metrics: dict):
