@@ -1,4 +1,4 @@
-"""Parity with vit_pytorch.dino: the test configurations of `dino.Dino`."""
+"""Parity with vit_pytorch.dino: the test configurations and random-configuration sweep of `dino.Dino`."""
 
 import types
 
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from parity.spec import Spec
 from vit_flax import dino
 from vit_flax.converters import import_vit_pytorch
+from vit_flax.cvt import CvT
 from vit_flax.vit import ViT
 
 
@@ -75,9 +76,74 @@ def draws(model, inputs: tuple, seed: int = 0):
     """Dino and EsViT crop (and augment) in every call: the Flax rngs for a call on `inputs`, and a context under
     which vit-pytorch's crops (the torchvision stand-in, `torch_transforms`) cut the very boxes of the Flax call.
     Parity needs identity augmentations on both sides (the configurations' `RandomApply(L2Norm(), p=0.)`)."""
-    rngs = dict(zip(dino.RNG_STREAMS, jax.random.split(jax.random.key(seed), len(dino.RNG_STREAMS))))
+    streams = model.rng_streams
+    rngs = dict(zip(streams, jax.random.split(jax.random.key(seed), len(streams))))
     boxes = model.apply({}, *inputs, rngs=rngs, method=type(model).crop_boxes)
     return rngs, torch_transforms(np.asarray(boxes))
+
+
+# augmentation off on both sides: RandomApply(L2Norm(), p=0.) is the identity in vit-pytorch too
+IDENTITY_AUGMENTS = dict(augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
+                         augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0))
+
+
+def random_cvt(rng: np.random.Generator, deep_stages=()) -> CvT:
+    """A random small CvT on 3 channels (vit-pytorch's learners build with a 3-channel mock forward): every stage
+    keyword, strides of at most 2, one layer or none per stage (one in each of `deep_stages`, 1 to 3)."""
+    config = dict(num_classes=int(rng.integers(1, 5)))
+    for stage in (1, 2, 3):
+        prefix = f's{stage}'
+        config.update({
+            f'{prefix}_emb_dim': int(rng.integers(4, 13)),
+            f'{prefix}_emb_kernel': int(rng.integers(1, 5)),
+            f'{prefix}_emb_stride': int(rng.integers(1, 3)),
+            f'{prefix}_proj_kernel': int(rng.choice([1, 3])),
+            f'{prefix}_kv_proj_stride': int(rng.integers(1, 3)),
+            f'{prefix}_heads': int(rng.integers(1, 3)),
+            f'{prefix}_depth': 1 if stage in deep_stages else int(rng.random() < 0.4),
+            f'{prefix}_mlp_mult': int(rng.integers(1, 3)),
+        })
+    return CvT(**config)
+
+
+def random_learner_keywords(rng: np.random.Generator) -> dict:
+    """What Dino and EsViTTrainer share, drawn at random: classes, temperatures and crop scales."""
+    return dict(num_classes_K=int(rng.integers(4, 41)), student_temp=float(rng.uniform(0.1, 1.0)),
+                teacher_temp=float(rng.uniform(0.02, 0.2)), local_upper_crop_scale=float(rng.uniform(0.1, 0.6)),
+                global_lower_crop_scale=float(rng.uniform(0.3, 0.9)), **IDENTITY_AUGMENTS)
+
+
+def learner_images(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """2 or 3 random RGB images of any size from half to twice the crops' (the learner crops and resizes them)."""
+    height, width = (int(side) for side in rng.integers(image_size // 2 + 1, 2 * image_size + 1, size=2))
+    return rng.standard_normal((int(rng.integers(2, 4)), height, width, 3), dtype=np.float32)
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random Dino (crop size and scales, temperatures, projector depth and width, K) on a random ViT whose
+    image_size is the crop size, hooked at the pooled token, the transformer, one of its blocks or the logits, by
+    name or index; or on a random CvT hooked at its feature map. Images of any size."""
+    if rng.random() < 0.25:
+        image_size, net = int(rng.integers(8, 17)), random_cvt(rng)
+        hidden_layer = ('layers', -2)[int(rng.integers(2))]
+        embedding = None  # a flattened feature map, whose size is the CvT's arithmetic: no one-layer projector
+    else:
+        image_size = int(rng.choice([2, 4])) * int(rng.integers(2, 5))
+        grid = int(rng.choice([g for g in (1, 2, 4) if image_size % g == 0]))
+        depth, pool = int(rng.integers(1, 3)), str(rng.choice(['cls', 'mean']))
+        net = ViT(image_size=image_size, patch_size=image_size // grid, num_classes=int(rng.integers(1, 5)),
+                  dim=int(rng.integers(8, 17)), depth=depth, heads=int(rng.integers(1, 4)),
+                  mlp_dim=int(rng.integers(8, 17)), dim_head=int(rng.integers(4, 9)), pool=pool)
+        tokens = grid * grid + (pool == 'cls')
+        block = f'transformer.layers.{int(rng.integers(depth))}.{int(rng.integers(2))}'
+        hidden_layer, embedding = [('to_latent', net.dim), (-2, net.dim), ('transformer', tokens * net.dim),
+                                   (-3, tokens * net.dim), (block, tokens * net.dim),
+                                   (-1, net.num_classes)][int(rng.integers(6))]
+    projection_layers = int(rng.integers(1 if embedding else 2, 4))
+    projection_hidden_size = embedding if projection_layers == 1 else int(rng.integers(4, 17))
+    config = dict(net=net, image_size=image_size, hidden_layer=hidden_layer, projection_layers=projection_layers,
+                  projection_hidden_size=projection_hidden_size, **random_learner_keywords(rng))
+    return config, (learner_images(rng, image_size),)
 
 
 SPECS = {
@@ -90,16 +156,15 @@ SPECS = {
         configs=(
             dict(net=ViT(image_size=16, patch_size=8, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8),
                  image_size=16, hidden_layer='to_latent', projection_hidden_size=16, projection_layers=2,
-                 num_classes_K=32, augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
-                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+                 num_classes_K=32, **IDENTITY_AUGMENTS),
             # mean pool, default hidden layer (-2: to_latent), 3-layer projector, other temperatures and scales
             dict(net=ViT(image_size=12, patch_size=4, num_classes=3, dim=12, depth=2, heads=3, mlp_dim=16, dim_head=4,
                          pool='mean'),
                  image_size=12, projection_hidden_size=8, projection_layers=3, num_classes_K=24, student_temp=0.5,
-                 teacher_temp=0.07, local_upper_crop_scale=0.3, global_lower_crop_scale=0.6,
-                 augment_fn=dino.RandomApply(dino.L2Norm(), p=0.0),
-                 augment_fn2=dino.RandomApply(dino.L2Norm(), p=0.0)),
+                 teacher_temp=0.07, local_upper_crop_scale=0.3, global_lower_crop_scale=0.6, **IDENTITY_AUGMENTS),
         ),
+        random_configuration=random_configuration,
+        random_configurations=3,
         notes="self-distillation loss (rng streams 'augment' and 'crop', even in eval mode): per-image JAX "
               "augmentations and random resized crops, student and EMA teacher (`update_moving_average`, "
               "`trainable_mask`); `params['student_encoder']['net']` is the plain encoder's; hidden layer by name "

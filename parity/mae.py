@@ -1,4 +1,4 @@
-"""Parity with vit_pytorch.mae: the test configurations of `mae.MAE`."""
+"""Parity with vit_pytorch.mae: the test configurations and random-configuration sweep of `mae.MAE`."""
 
 from unittest import mock
 
@@ -61,6 +61,31 @@ def draws(model, inputs: tuple, seed: int = 0):
     return rngs, torch_draws(noise)
 
 
+def random_encoder(rng: np.random.Generator) -> ViT:
+    """A random small vit.ViT of either pool, 4 to 9 patches of 1 to 3 pixels a side."""
+    patch = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    grid = (int(rng.integers(2, 4)), int(rng.integers(2, 4)))
+    return ViT(image_size=(grid[0] * patch[0], grid[1] * patch[1]), patch_size=patch,
+               num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(4, 25)), depth=int(rng.integers(1, 3)),
+               heads=int(rng.integers(1, 4)), mlp_dim=int(rng.integers(4, 33)), dim_head=int(rng.integers(2, 9)),
+               channels=int(rng.integers(1, 4)), pool=('cls', 'mean')[int(rng.integers(2))])
+
+
+def encoder_images(rng: np.random.Generator, encoder: ViT, batch: int = 2) -> np.ndarray:
+    """Random images at the encoder's image_size and channels."""
+    return rng.standard_normal((batch, *encoder.image_size, encoder.channels), dtype=np.float32)
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random MAE (masking ratio, decoder width, depth, heads; enc_to_dec or none) on a random encoder, and
+    images of its image_size."""
+    encoder = random_encoder(rng)
+    config = dict(encoder=encoder, decoder_dim=int(rng.integers(4, 25)), masking_ratio=float(rng.uniform(0.3, 0.9)),
+                  decoder_depth=int(rng.integers(1, 3)), decoder_heads=int(rng.integers(1, 4)),
+                  decoder_dim_head=int(rng.integers(2, 9)))
+    return config, (encoder_images(rng, encoder),)
+
+
 SPECS = {
     'MAE': Spec(
         configs=(
@@ -73,6 +98,8 @@ SPECS = {
         ),
         draws=draws,
         torch_context=torch_runs_on_2d_pos_embedding,
+        random_configuration=random_configuration,
+        random_configurations=6,
         notes="masked autoencoder loss (rng stream 'masking', even in eval mode): the encoder's transformer sees the "
               "visible patches, a transformer decoder predicts the masked pixels; `params['encoder']` is a plain "
               "vit.ViT's; `MAE.reconstruct`; vit-pytorch's pool='cls' fails on its 2-D pos_embedding (fixed here)",

@@ -1,4 +1,4 @@
-"""Parity with vit_pytorch.mp3: the test configurations of `mp3.ViT`, `mp3.MP3`."""
+"""Parity with vit_pytorch.mp3: the test configurations and random-configuration sweeps of `mp3.ViT`, `mp3.MP3`."""
 
 from unittest import mock
 
@@ -25,6 +25,36 @@ def draws(model, inputs: tuple, seed: int = 0):
     return rngs, mock.patch.object(torch, 'rand', rand)
 
 
+def random_vit_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random mp3.ViT (patch and image sizes, channels, heads, dim_head, depths, classes with 0, dropout) and
+    images of any patch grid: the sin-cos embedding follows the input."""
+    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    grid = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    config = dict(num_classes=int(rng.integers(0, 5)), image_size=(patch[0] * grid[0], patch[1] * grid[1]),
+                  patch_size=patch, dim=4 * int(rng.integers(2, 7)), depth=int(rng.integers(1, 3)),
+                  heads=int(rng.integers(1, 6)), mlp_dim=int(rng.integers(1, 40)),
+                  channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 12)),
+                  dropout=float(rng.choice([0.0, 0.1])))
+    input_grid = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+    shape = (2, input_grid[0] * patch[0], input_grid[1] * patch[1], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
+
+def random_mp3_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random MP3 (masking ratio) on a random mp3.ViT, and images of at most its patches: the head predicts
+    one of `vit.num_patches` positions."""
+    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    grid = (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
+    encoder = mp3.ViT(num_classes=int(rng.integers(0, 5)), image_size=(patch[0] * grid[0], patch[1] * grid[1]),
+                      patch_size=patch, dim=4 * int(rng.integers(2, 7)), depth=int(rng.integers(1, 3)),
+                      heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 40)),
+                      channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 12)))
+    config = dict(vit=encoder, masking_ratio=float(rng.uniform(0.05, 0.95)))
+    input_grid = (int(rng.integers(1, grid[0] + 1)), int(rng.integers(1, grid[1] + 1)))
+    shape = (2, input_grid[0] * patch[0], input_grid[1] * patch[1], encoder.channels)
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
+
 SPECS = {
     'ViT': Spec(
         configs=(
@@ -37,9 +67,12 @@ SPECS = {
         ),
         notes="sin-cos position embedding from each input's patch grid; mean pooling; attention takes a `context` "
               '(separate to_q / to_kv) for the MP3 objective',
+        random_configuration=random_vit_configuration,
     ),
     'MP3': Spec(
         draws=draws,
+        random_configuration=random_mp3_configuration,
+        random_configurations=6,
         configs=(
             dict(vit=mp3.ViT(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64,
                              dim_head=8), masking_ratio=0.5),

@@ -1,4 +1,4 @@
-"""Parity with vit_pytorch.mpp: the test configurations of `mpp.MPP`."""
+"""Parity with vit_pytorch.mpp: the test configurations and random-configuration sweep of `mpp.MPP`."""
 
 import contextlib
 from unittest import mock
@@ -89,6 +89,31 @@ def draws(model, inputs: tuple, seed: int = 0):
     return rngs, torch_draws(model, model.apply({}, *inputs, rngs=rngs, method=type(model).masking_draws))
 
 
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random MPP (patch size, grid, channels, either pool, target bits and range, mask / replace /
+    random-patch probabilities, with or without random patches, normalised targets or not) and images of its
+    image_size."""
+    patch = int(rng.choice([2, 3, 4]))
+    rows, columns = (int(v) for v in rng.integers(1, 4, size=2))
+    channels, dim = int(rng.integers(1, 4)), int(rng.choice([8, 12, 16]))
+    pool = str(rng.choice(['cls', 'mean']))
+    replace_prob = float(rng.choice([0.0, 0.3, 0.5, 0.8]))
+    random_patch_prob = float(rng.choice([0.0, round(0.9 * (1 - replace_prob), 2)]))
+    normalised = bool(rng.integers(2))
+    config = dict(
+        transformer=ViT(image_size=(rows * patch, columns * patch), patch_size=patch,
+                        num_classes=int(rng.integers(0, 4)), dim=dim, depth=int(rng.integers(1, 3)),
+                        heads=int(rng.integers(1, 3)), mlp_dim=16, dim_head=int(rng.choice([4, 8])),
+                        channels=channels, pool=pool),
+        patch_size=patch, dim=dim, channels=channels, output_channel_bits=int(rng.integers(1, 4)),
+        max_pixel_val=float(rng.choice([1.0, 2.0])), mask_prob=float(rng.choice([0.15, 0.5, 1.0])),
+        replace_prob=replace_prob, random_patch_prob=random_patch_prob,
+        mean=tuple(rng.random(channels).round(2).tolist()) if normalised else None,
+        std=tuple((0.2 + rng.random(channels)).round(2).tolist()) if normalised else None,
+    )
+    return config, (rng.standard_normal((2, rows * patch, columns * patch, channels), dtype=np.float32),)
+
+
 SPECS = {
     'MPP': Spec(
         configs=(
@@ -107,6 +132,8 @@ SPECS = {
         ),
         draws=draws,
         torch_context=torch_mpp_runs,
+        random_configuration=random_configuration,
+        random_configurations=6,
         notes="masked patch prediction loss (rng stream 'masking', even in eval mode): chosen patches replaced by a "
               "mask token or a random patch, their mean colours predicted as quantised classes; "
               "`params['transformer']` is a plain vit.ViT's; vit-pytorch fails on the 2-D cls_token / "

@@ -255,13 +255,12 @@ def rng():
     return np.random.default_rng(0)
 
 
-# `make test` must stay under 20 minutes on 2 cores: the random-configuration sweeps (every architecture against
-# vit-pytorch on configurations beyond the registry's) and the multi-device training runs go to `make test-slow`.
-SLOW_TESTS = ('test_parity_on_random_configurations',)
+# `make test` must stay under 20 minutes on 2 cores: tests that use the multi-device training runs go to
+# `make test-slow` (the random-configuration sweeps are marked in tests/test_random_configurations.py).
 SLOW_FIXTURES = ('layout_losses',)
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.originalname in SLOW_TESTS or any(name in item.fixturenames for name in SLOW_FIXTURES):
+        if any(name in item.fixturenames for name in SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)

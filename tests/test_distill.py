@@ -1,5 +1,6 @@
-"""distill.py beyond the registry configs: the distillation-token path, to_vit(), vit-pytorch's broken
-DistillableT2TViT / DistillableEfficientViT (parity as far as torch allows), DistillWrapper's loss and gradients."""
+"""distill.py beyond the registry configs: the distillation-token path (also on the parity spec's random
+configurations), to_vit(), vit-pytorch's broken DistillableT2TViT / DistillableEfficientViT (parity as far as torch
+allows), DistillWrapper's loss and gradients."""
 
 import einops
 import jax
@@ -303,27 +304,19 @@ def test_student_must_be_distillable():
         DistillWrapper(teacher=WRAPPER.configs[0]['teacher'], student=WRAPPER.configs[0]['teacher'])
 
 
-# a random-config sweep of DistillableViT with a distillation token: torch -> Flax
+# the distillation-token path on the parity spec's random configurations (tests/test_random_configurations.py
+# runs them without a token)
 
 
-def random_configs(n=4, seed=1):
-    rng = np.random.default_rng(seed)
-    configs = []
-    for _ in range(n):
-        patch = (int(rng.choice([2, 4])), int(rng.choice([2, 4])))
-        configs.append(dict(
-            image_size=(patch[0] * int(rng.integers(1, 4)), patch[1] * int(rng.integers(1, 4))), patch_size=patch,
-            num_classes=int(rng.integers(1, 5)), dim=int(rng.choice([8, 12, 16])), depth=int(rng.integers(1, 3)),
-            heads=int(rng.integers(1, 4)), mlp_dim=int(rng.integers(4, 20)), dim_head=int(rng.choice([4, 8])),
-            channels=int(rng.integers(1, 4)), pool=str(rng.choice(['cls', 'mean'])),
-        ))
-    return configs
-
-
-@pytest.mark.parametrize('config', random_configs(), ids=lambda c: str(c['image_size']))
-def test_random_configs_match_torch(config):
-    model, variables, torch_model = converted_pair(ENTRY, config)
-    x, t = images((2, *config['image_size'], config['channels']), seed=3), token(config['dim'])
-    with torch.no_grad():
-        expected = float64_reference(torch_model)(nchw(x), distill_token=torch.from_numpy(t).double())
-    assert_close_outputs(apply(model, variables, x, t), expected, TOL)
+def test_distill_token_path_matches_torch_on_random_configurations():
+    rng = np.random.default_rng(2024)
+    for _ in range(ENTRY.spec.random_configurations):
+        config, (x,) = ENTRY.spec.random_configuration(rng)
+        model, variables, torch_model = converted_pair(ENTRY, config)
+        t = token(config['dim'])
+        with torch.no_grad():
+            expected = float64_reference(torch_model)(nchw(x), distill_token=torch.from_numpy(t).double())
+        try:
+            assert_close_outputs(apply(model, variables, x, t), expected, TOL)
+        except AssertionError as error:
+            raise AssertionError(f'{config}: {error}') from None

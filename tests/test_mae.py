@@ -1,19 +1,19 @@
 """mae.py beyond the registry configs: loss and gradients against vit-pytorch under shared masks (vit-pytorch's
-2-D pos_embedding breakage patched on the torch side only), the encoder's variables being a plain ViT's, the
-reconstruction method, bad configurations and modes."""
+2-D pos_embedding breakage patched on the torch side only), also on the parity spec's random configurations, the
+encoder's variables being a plain ViT's, the reconstruction method, bad configurations and modes."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import parity
-from vit_flax import converters
-from tests.conftest import (apply, float64_reference, images, init_variables, nchw, randomised_torch_model,
-                            torch_forward, truly_zero)
-from vit_flax import mae, registry, simple_vit, vit
-from vit_flax.layers import pair
+from tests.conftest import apply, images, init_variables, randomised_torch_model, torch_forward
+from tests.objective_helpers import (
+    check_encoder_exports, check_encoder_tree, check_gradients_on_random_configurations, check_loss_and_gradients,
+    input_shape,
+)
+from vit_flax import mae, simple_vit, vit
 from vit_flax.mae import MAE
 
 ENTRY = parity.BY_NAME['mae.MAE']
@@ -26,46 +26,6 @@ BEYOND = dict(
                     dim_head=16, channels=1),
     decoder_dim=16, decoder_depth=2, decoder_heads=2, decoder_dim_head=8,
 )
-
-
-def input_shape(model, batch=2):
-    return (batch, *pair(model.image_size), model.channels)
-
-
-def torch_loss_and_grads(entry, torch_model, x, draws):
-    """vit-pytorch's exact (float64) loss and parameter gradients on `x` under the masks `draws` makes."""
-    exact = float64_reference(torch_model)
-    with draws, entry.torch_context():
-        loss = exact(nchw(x))
-    loss.backward()
-    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for name, p in exact.named_parameters()}
-    return float(loss.detach()), grads
-
-
-def check_loss_and_gradients(entry, config, x=None, seed=0):
-    """The objective's loss and its gradients for every weight equal vit-pytorch's exact ones under the same masks
-    (the registry's tolerance; gradients relative 1e-4, truly-zero gradients told apart as tests/test_parity.py
-    does). Returns the Flax model and variables."""
-    torch_model = randomised_torch_model(entry, config, seed)
-    model = entry.flax_class(**config)
-    variables = converters.from_torch(model, torch_model.state_dict())
-    x = images(input_shape(model), seed) if x is None else x
-    rngs, draws = entry.same_draws(model, (x,), seed)
-    torch_loss, expected = torch_loss_and_grads(entry, torch_model, x, draws)
-
-    loss_fn = lambda params: model.apply({**variables, 'params': params}, x, rngs=rngs)  # noqa: E731
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
-    assert abs(float(loss) - torch_loss) <= entry.tolerance * max(1.0, abs(torch_loss)), (float(loss), torch_loss)
-
-    flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
-    largest = max(float(np.abs(g).max(initial=0.0)) for g in expected.values())
-    for name, expected_grad in expected.items():
-        if truly_zero(expected_grad, largest):  # unused, or removed by a norm
-            assert np.abs(flax_grads[name]).max(initial=0.0) <= 1e-5 * largest, name
-            continue
-        scale = float(np.abs(expected_grad).max())
-        np.testing.assert_allclose(flax_grads[name], expected_grad, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
-    return model, variables
 
 
 # parity with vit-pytorch
@@ -86,37 +46,9 @@ def test_torch_mae_fails_on_a_cls_pool_vit_without_the_patch():
         torch_forward(torch_model, images((1, 16, 16, 3)))
 
 
-def check_encoder_tree(model):
-    """params['encoder'] has a plain vit.ViT's tree (its head and cls token included)."""
-    x = jnp.zeros(input_shape(model, batch=1))
-    variables = jax.eval_shape(model.init, registry.init_rngs(jax.random.key(0)), x)
-    plain = jax.eval_shape(model.encoder.init, jax.random.key(0), x)
-    shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)  # noqa: E731
-    assert shapes(variables['params']['encoder']) == shapes(plain['params'])
-
-
 @pytest.mark.parametrize('config', [CLS, MEAN], ids=['cls', 'mean'])
 def test_encoder_variables_have_a_plain_vits_tree(config):
     check_encoder_tree(MAE(**config))
-
-
-def check_encoder_exports(model):
-    """params['encoder'] loads strict into vit-pytorch's ViT with the same logits, and equals the encoder part of
-    the objective's own export (where torch's second names of the patch embedding, `patch_to_emb`, hold the same)."""
-    x = images(input_shape(model, batch=2))
-    variables = init_variables(model)
-    encoder, encoder_variables = model.encoder, {'params': variables['params']['encoder']}
-    state_dict = converters.to_torch(encoder, encoder_variables)
-    torch_encoder = converters.import_vit_pytorch('vit_pytorch.vit').ViT(**registry.torch_kwargs(encoder)).eval()
-    torch_encoder.load_state_dict(state_dict, strict=True)
-    out, torch_out = np.asarray(apply(encoder, encoder_variables, x)), torch_forward(torch_encoder, x).numpy()
-    np.testing.assert_allclose(out, torch_out, rtol=0, atol=2e-5 * max(1.0, float(np.abs(torch_out).max())))
-
-    full = converters.to_torch(model, variables)
-    for key, tensor in state_dict.items():
-        assert torch.equal(full[f'encoder.{key}'], tensor), key
-    for i in range(3):
-        assert torch.equal(full[f'patch_to_emb.{i}.weight'], full[f'encoder.to_patch_embedding.{i + 1}.weight'])
 
 
 def test_encoder_variables_export_to_torchs_vit():
@@ -180,7 +112,7 @@ def test_masks_come_from_the_masking_stream_and_dropout_only_in_training():
 def test_defaults_are_vit_pytorchs():
     model = MAE(encoder=CLS['encoder'], decoder_dim=8)
     assert (model.masking_ratio, model.decoder_depth, model.decoder_heads, model.decoder_dim_head) == (0.75, 1, 8, 64)
-    assert mae.RNG_STREAMS == ('masking',)
+    assert MAE.rng_streams == ('masking',)
 
 
 # bad configurations and inputs
@@ -210,26 +142,10 @@ def test_masking_no_patch_and_too_large_inputs_are_refused():
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 2)))
 
 
-# random configurations (slow)
+# the parity spec's random configurations (slow): tests/test_random_configurations.py compares their loss, this the
+# gradients too
 
 
-def random_encoder(rng):
-    """A random small vit.ViT of either pool, 4 to 9 patches of 1 to 3 pixels a side."""
-    patch = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-    grid = (int(rng.integers(2, 4)), int(rng.integers(2, 4)))
-    return vit.ViT(image_size=(grid[0] * patch[0], grid[1] * patch[1]), patch_size=patch,
-                   num_classes=int(rng.integers(0, 5)), dim=int(rng.integers(4, 25)), depth=int(rng.integers(1, 3)),
-                   heads=int(rng.integers(1, 4)), mlp_dim=int(rng.integers(4, 33)), dim_head=int(rng.integers(2, 9)),
-                   channels=int(rng.integers(1, 4)), pool=('cls', 'mean')[int(rng.integers(2))])
-
-
-def random_config(rng):
-    return dict(encoder=random_encoder(rng), decoder_dim=int(rng.integers(4, 25)),
-                masking_ratio=float(rng.uniform(0.3, 0.9)),
-                decoder_depth=int(rng.integers(1, 3)), decoder_heads=int(rng.integers(1, 4)),
-                decoder_dim_head=int(rng.integers(2, 9)))
-
-
-@pytest.mark.parametrize('seed', range(6))
-def test_parity_on_random_configurations(seed):
-    check_loss_and_gradients(ENTRY, random_config(np.random.default_rng(seed)), seed=seed)
+@pytest.mark.slow
+def test_gradients_match_torch_on_random_configurations():
+    check_gradients_on_random_configurations(ENTRY)

@@ -1,5 +1,5 @@
 """mp3.ViT behaviour beyond the registry configs: cross-attention to a context, the pieces MP3 uses, input sizes,
-vit-pytorch's quirks, dropout, bad configs and inputs, random configs."""
+vit-pytorch's quirks, dropout, bad configs and inputs (random configurations: parity.mp3)."""
 
 import jax
 import jax.numpy as jnp
@@ -155,29 +155,3 @@ def test_bad_configs_fail_at_construction(config, message):
 def test_bad_inputs_name_the_shape(shape, message):
     with pytest.raises(ValueError, match=message):
         ViT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
-
-
-def random_config(rng):
-    """A random configuration the torch class accepts, and an input size (height, width) it accepts."""
-    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
-    grid = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
-    config = dict(num_classes=int(rng.integers(0, 5)), image_size=(patch[0] * grid[0], patch[1] * grid[1]),
-                  patch_size=patch, dim=4 * int(rng.integers(2, 7)), depth=int(rng.integers(1, 3)),
-                  heads=int(rng.integers(1, 6)), mlp_dim=int(rng.integers(1, 40)),
-                  channels=int(rng.integers(1, 4)), dim_head=int(rng.integers(1, 12)),
-                  dropout=float(rng.choice([0.0, 0.1])))
-    input_grid = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))  # any grid: the embedding follows the input
-    return config, (input_grid[0] * patch[0], input_grid[1] * patch[1])
-
-
-def test_parity_on_random_configurations():
-    """Eight random configurations: patch and image sizes, channels, heads, dim_head, depths, classes, inputs."""
-    rng = np.random.default_rng(2024)
-    for _ in range(8):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((2, *size, config['channels']), seed=int(rng.integers(1 << 30)))
-        try:
-            assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None

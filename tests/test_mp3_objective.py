@@ -1,6 +1,7 @@
 """mp3.MP3, the masked position prediction objective, beyond the registry's parity tests: loss and gradients
 against vit-pytorch under shared masking draws (smaller inputs, no masked token, training mode), the masking
-stream, the encoder's parameters being a plain mp3.ViT's, bad configs and inputs, random configs."""
+stream, the encoder's parameters being a plain mp3.ViT's, bad configs and inputs (random configurations:
+parity.mp3)."""
 
 import jax
 import numpy as np
@@ -8,37 +9,14 @@ import pytest
 
 import parity
 from vit_flax import converters
-from tests.conftest import (
-    apply,
-    assert_close_outputs,
-    converted_pair,
-    float64_reference,
-    images,
-    init_variables,
-    nchw,
-    torch_class,
-    torch_forward,
-)
+from tests.conftest import apply, assert_close_outputs, images, init_variables, torch_class, torch_forward
+from tests.objective_helpers import check_loss_and_gradients
 from vit_flax import mp3, registry, vit
 from vit_flax.mp3 import MP3, ViT
 
 ENTRY = parity.BY_NAME['mp3.MP3']
 VIT_ENTRY = parity.BY_NAME['mp3.ViT']
 TINY = ENTRY.configs[0]  # 16x16 images, 4x4 patches (16 tokens), dim 32, depth 2, masking_ratio 0.5
-
-
-def shared_draw(model, x, seed):
-    """(Flax rngs, torch context) drawing the same masking permutation: the registry's input-spec hook."""
-    return ENTRY.same_draws(model, (x,), seed)
-
-
-def torch_loss_and_grads(torch_model, x, draws):
-    """vit-pytorch's exact (float64) loss and parameter gradients on `x` under the permutation `draws` makes."""
-    exact = float64_reference(torch_model)
-    with draws:
-        loss = exact(nchw(x))
-    loss.backward()
-    return loss.detach(), {name: p.grad for name, p in exact.named_parameters()}
 
 
 @pytest.mark.parametrize('config, size, train', [
@@ -51,26 +29,8 @@ def torch_loss_and_grads(torch_model, x, draws):
     ({**TINY, 'masking_ratio': 0.05}, (16, 16), False),
 ], ids=['grid', 'smaller-input', 'none-masked'])
 def test_loss_and_gradients_match_torch_given_the_same_draw(config, size, train):
-    model, variables, torch_model = converted_pair(ENTRY, config)
-    x = images((3, *size, model.channels), seed=1)
-    rngs, draws = shared_draw(model, x, seed=4)
-    expected_loss, expected_grads = torch_loss_and_grads(torch_model, x, draws)
-
-    loss_fn = lambda p: model.apply({'params': p}, x, train=train, rngs={**rngs, 'dropout': jax.random.key(0)})
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
-    assert_close_outputs(loss, expected_loss, ENTRY.tolerance)
-
-    flax_grads = converters.to_torch(model, {'params': grads}, as_numpy=True)
-    assert flax_grads.keys() == expected_grads.keys()
-    for name, expected in expected_grads.items():
-        if expected is None:  # the encoder's own head: unused by the objective, on both sides
-            assert name.startswith('vit.linear_head.'), name
-            assert not np.any(flax_grads[name]), name
-            continue
-        expected = expected.numpy()
-        scale = float(np.abs(expected).max())
-        assert scale > 0, name
-        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+    x = images((3, *size, config['vit'].channels), seed=1)
+    check_loss_and_gradients(ENTRY, config, x, seed=4, train=train)
 
 
 def test_masking_stream_even_in_eval_mode():
@@ -79,7 +39,7 @@ def test_masking_stream_even_in_eval_mode():
     x = images((2, 16, 16, 3))
     loss = lambda seed: float(apply(model, variables, x, rngs={mp3.MASKING: jax.random.key(seed)}))
     assert loss(1) == loss(1) and loss(1) != loss(2)
-    assert mp3.RNG_STREAMS == ('masking',)
+    assert MP3.rng_streams == ('masking',)
     with pytest.raises(Exception, match='masking'):
         model.apply(variables, x)  # torch draws in every forward: so does the port, from its own stream
 
@@ -152,32 +112,3 @@ def test_more_patches_than_positions_fails_in_torch_too():
     torch_model = torch_class(ENTRY)(**converters.torch_keywords(TINY)).eval()
     with pytest.raises((IndexError, RuntimeError)):
         torch_forward(torch_model, images((1, 20, 16, 3)))  # labels up to 19 for 16 classes
-
-
-def random_config(rng):
-    """A random MP3 configuration the torch class accepts, and an input size no larger (in patches)."""
-    patch = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
-    grid = (int(rng.integers(1, 5)), int(rng.integers(2, 5)))
-    encoder = ViT(num_classes=int(rng.integers(0, 5)), image_size=(patch[0] * grid[0], patch[1] * grid[1]),
-                  patch_size=patch, dim=4 * int(rng.integers(2, 7)), depth=int(rng.integers(1, 3)),
-                  heads=int(rng.integers(1, 5)), mlp_dim=int(rng.integers(1, 40)), channels=int(rng.integers(1, 4)),
-                  dim_head=int(rng.integers(1, 12)))
-    config = dict(vit=encoder, masking_ratio=float(rng.uniform(0.05, 0.95)))
-    input_grid = (int(rng.integers(1, grid[0] + 1)), int(rng.integers(1, grid[1] + 1)))
-    return config, (input_grid[0] * patch[0], input_grid[1] * patch[1])
-
-
-def test_parity_on_random_configurations():
-    """Six random configurations: patch and image sizes, channels, widths, depths, masking ratios, inputs."""
-    rng = np.random.default_rng(2024)
-    for _ in range(6):
-        config, size = random_config(rng)
-        model, variables, torch_model = converted_pair(ENTRY, config)
-        x = images((2, *size, model.channels), seed=int(rng.integers(1 << 30)))
-        rngs, draws = shared_draw(model, x, seed=int(rng.integers(1 << 30)))
-        with draws:
-            expected = torch_forward(torch_model, x)
-        try:
-            assert_close_outputs(apply(model, variables, x, rngs=rngs), expected, ENTRY.tolerance)
-        except AssertionError as error:
-            raise AssertionError(f'{config}, input {size}: {error}') from None

@@ -1,7 +1,8 @@
 """mpp.MPP, the masked patch prediction objective, beyond the registry's parity tests: loss and gradients against
-vit-pytorch under shared draws (ImageNet-style targets, a smaller input, training mode), the corruption's
-probabilities, the quantised targets against torch's MPPLoss, the 'masking' stream, the encoder's parameters
-being a plain vit.ViT's, the converters' aliases, vit-pytorch's breakage, bad configs, random configs."""
+vit-pytorch under shared draws (ImageNet-style targets, a smaller input, training mode, the parity spec's random
+configurations), the corruption's probabilities, the quantised targets against torch's MPPLoss, the 'masking'
+stream, the encoder's parameters being a plain vit.ViT's, the converters' aliases, vit-pytorch's breakage, bad
+configs."""
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import parity
 from vit_flax import converters
 from tests.conftest import (assert_close_outputs, converted_pair, float64_reference, images, init_variables, nchw,
                             torch_class, torch_forward)
+from tests.objective_helpers import check_gradients_on_random_configurations, check_loss_and_gradients
 from vit_flax import mpp, registry, vit
 from vit_flax.mpp import MPP
 
@@ -24,32 +26,6 @@ MEAN_POOL = ENTRY.configs[1]  # 8x12x1 images (6 patches), mean pool, bits 2, ra
 
 def torch_mpp():
     return converters.import_vit_pytorch('vit_pytorch.mpp')
-
-
-def torch_loss_and_grads(model, torch_model, x, rngs):
-    """vit-pytorch's exact (float64) loss and parameter gradients on `x`, drawing what the Flax call with `rngs`
-    draws."""
-    draws = model.apply({}, x, rngs=rngs, method=MPP.masking_draws)
-    exact = float64_reference(torch_model)
-    with parity.mpp.torch_draws(model, draws), parity.mpp.torch_mpp_runs():
-        loss = exact(nchw(x))
-    loss.backward()
-    return loss.item(), {name: p.grad for name, p in exact.named_parameters()}
-
-
-def assert_loss_and_gradients_match(model, variables, torch_model, x, seed, train=False):
-    rngs = {'masking': jax.random.key(seed)}
-    expected_loss, expected_grads = torch_loss_and_grads(model, torch_model, x, rngs)
-    loss_fn = lambda p: model.apply({'params': p}, x, train=train, rngs=rngs)
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
-    assert abs(float(loss) - expected_loss) <= TOL * max(1.0, abs(expected_loss)), (float(loss), expected_loss)
-
-    flax_grads = converters.to_torch(model, {'params': grads}, as_numpy=True)
-    for name, expected in expected_grads.items():
-        expected = np.zeros(flax_grads[name].shape) if expected is None else expected.numpy()
-        scale = float(np.abs(expected).max(initial=0.0))
-        np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale + 1e-9, err_msg=name)
-    return float(loss)
 
 
 IMAGENET = dict(
@@ -67,10 +43,8 @@ IMAGENET = dict(
     (TINY, (8, 12), False),
 ], ids=['imagenet-targets', 'smaller-input'])
 def test_loss_and_gradients_match_torch_given_the_same_draws(config, size, train):
-    model, variables, torch_model = converted_pair(ENTRY, config)
-    torch_model.train(train)
-    x = images((3, *size, model.channels), seed=1)
-    assert_loss_and_gradients_match(model, variables, torch_model, x, seed=4, train=train)
+    x = images((3, *size, MPP(**config).channels), seed=1)
+    check_loss_and_gradients(ENTRY, config, x, seed=4, train=train)
 
 
 def test_corruption_has_the_stated_probabilities():
@@ -135,7 +109,7 @@ def test_masking_stream_drives_every_draw_and_dropout_only_in_training():
     assert run(1, 5, False) != same
     trained = run(0, 5, True)
     assert trained != same and run(0, 6, True) != trained and run(0, 5, True) == trained
-    assert mpp.RNG_STREAMS == ('masking',)
+    assert MPP.rng_streams == ('masking',)
 
 
 def test_encoder_params_are_a_plain_vit_and_export_to_torch():
@@ -232,27 +206,10 @@ def test_bad_inputs_raise_naming_the_shape():
         loss_shape((1, 20, 16, 3))
 
 
-def test_parity_on_random_configurations():
-    rng = np.random.default_rng(0)
-    for trial in range(6):
-        patch = int(rng.choice([2, 3, 4]))
-        rows, columns = (int(v) for v in rng.integers(1, 4, size=2))
-        channels, dim = int(rng.integers(1, 4)), int(rng.choice([8, 12, 16]))
-        pool = str(rng.choice(['cls', 'mean']))
-        replace_prob = float(rng.choice([0.0, 0.3, 0.5, 0.8]))
-        random_patch_prob = float(rng.choice([0.0, round(0.9 * (1 - replace_prob), 2)]))
-        normalised = bool(rng.integers(2))
-        config = dict(
-            transformer=vit.ViT(image_size=(rows * patch, columns * patch), patch_size=patch,
-                                num_classes=int(rng.integers(0, 4)), dim=dim, depth=int(rng.integers(1, 3)),
-                                heads=int(rng.integers(1, 3)), mlp_dim=16, dim_head=int(rng.choice([4, 8])),
-                                channels=channels, pool=pool),
-            patch_size=patch, dim=dim, channels=channels, output_channel_bits=int(rng.integers(1, 4)),
-            max_pixel_val=float(rng.choice([1.0, 2.0])), mask_prob=float(rng.choice([0.15, 0.5, 1.0])),
-            replace_prob=replace_prob, random_patch_prob=random_patch_prob,
-            mean=tuple(rng.random(channels).round(2).tolist()) if normalised else None,
-            std=tuple((0.2 + rng.random(channels)).round(2).tolist()) if normalised else None,
-        )
-        model, variables, torch_model = converted_pair(ENTRY, config, seed=trial)
-        x = images((2, rows * patch, columns * patch, channels), seed=trial)
-        assert_loss_and_gradients_match(model, variables, torch_model, x, seed=trial)
+# the parity spec's random configurations (slow): tests/test_random_configurations.py compares their loss, this the
+# gradients too
+
+
+@pytest.mark.slow
+def test_gradients_match_torch_on_random_configurations():
+    check_gradients_on_random_configurations(ENTRY)

@@ -1,6 +1,6 @@
 """simmim.py beyond the registry configs: loss and gradients against vit-pytorch under shared masks (vit-pytorch's
-2-D pos_embedding breakage patched on the torch side only), the encoder's variables being a plain ViT's, bad
-configurations and modes."""
+2-D pos_embedding breakage patched on the torch side only), also on the parity spec's random configurations, the
+encoder's variables being a plain ViT's, bad configurations and modes."""
 
 import jax
 import numpy as np
@@ -8,10 +8,11 @@ import pytest
 
 import parity
 from tests.conftest import apply, images, init_variables, randomised_torch_model, torch_forward
-from tests.test_mae import (
-    check_encoder_exports, check_encoder_tree, check_loss_and_gradients, input_shape, random_encoder,
+from tests.objective_helpers import (
+    check_encoder_exports, check_encoder_tree, check_gradients_on_random_configurations, check_loss_and_gradients,
+    input_shape,
 )
-from vit_flax import simmim, simple_vit, vit
+from vit_flax import simple_vit, vit
 from vit_flax.simmim import SimMIM
 
 ENTRY = parity.BY_NAME['simmim.SimMIM']
@@ -74,7 +75,7 @@ def test_masks_come_from_the_masking_stream_and_dropout_only_in_training():
 
 def test_defaults_are_vit_pytorchs():
     assert SimMIM(encoder=CLS['encoder']).masking_ratio == 0.5
-    assert simmim.RNG_STREAMS == ('masking',)
+    assert SimMIM.rng_streams == ('masking',)
 
 
 # bad configurations and inputs
@@ -102,11 +103,10 @@ def test_masking_no_patch_and_too_large_inputs_are_refused():
         jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 20, 16, 3), np.float32))
 
 
-# random configurations (slow)
+# the parity spec's random configurations (slow): tests/test_random_configurations.py compares their loss, this the
+# gradients too
 
 
-@pytest.mark.parametrize('seed', range(6))
-def test_parity_on_random_configurations(seed):
-    rng = np.random.default_rng(100 + seed)
-    config = dict(encoder=random_encoder(rng), masking_ratio=float(rng.uniform(0.3, 0.9)))
-    check_loss_and_gradients(ENTRY, config, seed=seed)
+@pytest.mark.slow
+def test_gradients_match_torch_on_random_configurations():
+    check_gradients_on_random_configurations(ENTRY)

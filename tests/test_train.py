@@ -6,9 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -18,40 +16,11 @@ import torch
 from vit_flax import converters
 from vit_flax.__main__ import main as converters_main
 from vit_flax import data
-from vit_flax.configs import digits
 from vit_flax.train import TrainingDiverged, train_and_evaluate
 from vit_flax.training.checkpoint import CheckpointError
 from vit_flax.training.metrics import read_metrics
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(**overrides):
-    """A few-second digits run: a one-layer ViT on 2x2 patches' worth of tokens."""
-    config = digits.get_config()
-    config.model.update(patch_size=4, dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
-    config.update(batch_size=32, eval_batch_size=64, total_steps=6, log_every=1, eval_every=6,
-                  checkpoint_every=3, warmup_steps=2, progress_bar=False)
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split('.')
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
-def losses(workdir):
-    return [m['train_loss'] for m in read_metrics(workdir) if 'train_loss' in m]
-
-
-def run_python(code: str, devices: int = 1, timeout: int = 300) -> str:
-    """Run code in a fresh interpreter with `devices` CPU devices (the count is fixed at JAX start-up)."""
-    env = {**os.environ, 'JAX_NUM_CPU_DEVICES': str(devices), 'JAX_PLATFORMS': 'cpu'}
-    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+from tests.conftest import float64_reference, nchw
+from tests.train_helpers import REPO, losses, run_python, tiny_config
 
 
 # the same training on different device layouts
@@ -75,7 +44,7 @@ def layout_losses(tmp_path_factory):
         run_python(f"""
             import jax
             assert jax.device_count() == {devices}
-            from tests.test_train import tiny_config
+            from tests.train_helpers import tiny_config
             from vit_flax.train import train_and_evaluate
             for name, overrides in {runs!r}.items():
                 train_and_evaluate(tiny_config(**overrides), {str(root)!r} + '/' + name)
@@ -191,9 +160,6 @@ def test_bad_configs_are_named(tmp_path, overrides, message):
 
 
 def test_cli_overrides_export_and_import(tmp_path):
-    # not at the top: the layout runs' subprocesses import this module and keep JAX's default settings
-    from tests.conftest import float64_reference, nchw
-
     workdir = tmp_path / 'run'
     subprocess.run([sys.executable, '-m', 'vit_flax.train', '--config=vit_flax/configs/digits.py',
                     f'--workdir={workdir}', '--config.model.depth=1', '--config.model.dim=16',

@@ -8,14 +8,13 @@ vit_pytorch/dino.py.
     variables = learner.init({'params': key}, images)                  # teacher = a copy of the student
     loss, updates = learner.apply(variables, images, train=True, mutable=['buffers'],
                                   rngs={'augment': k1, 'crop': k2, 'dropout': k3})
-    # optimiser step on variables['params'] with optax.masked(..., trainable_mask(params)), then
-    variables = update_moving_average({**variables, **updates}, moving_average_decay=0.9,
-                                      center_moving_average_decay=0.9)
+    # optimiser step on variables['params'] with optax.masked(..., learner.trainable_mask(params)), then
+    variables = learner.after_step({**variables, **updates})          # the EMA with the learner's decays
     encoder_params = variables['params']['student_encoder']['net']     # a plain ViT's params
 
 Images are channels-last (B, H, W, C), float in [0, 1] for the default augmentation (as torchvision's float
 tensors). The loss is random in every mode: the augmentation draws from the rng stream 'augment', the crops
-from 'crop' (`RNG_STREAMS`); dropout inside the encoder uses 'dropout' with `train=True`. `Dino.crop_boxes`
+from 'crop' (`Dino.rng_streams`); dropout inside the encoder uses 'dropout' with `train=True`. `Dino.crop_boxes`
 returns the boxes a call draws with the same rngs.
 
 Variables mirror vit-pytorch's state dict: `params/student_encoder/net` (the wrapped encoder, exactly a plain
@@ -25,8 +24,9 @@ tree: the EMA teacher, in 'params' so the state dict transfers, but it gets no g
 `buffers/last_teacher_centers`. vit-pytorch also registers the wrapped network as `Dino.net`, so its state dict
 repeats `student_encoder.net.*` as `net.*`: the converters write that copy on export and check it on import
 (`Dino.torch_aliases`). The EMA is the pure function `update_moving_average(variables, ...)`, equal to
-torch's `learner.update_moving_average()`; `__call__` with `mutable=['buffers']` returns the new
-`last_teacher_centers`, as torch's forward sets it (without `mutable` the buffers are left as they are).
+torch's `learner.update_moving_average()` (`Dino.after_step` applies it with the learner's decays); `__call__`
+with `mutable=['buffers']` returns the new `last_teacher_centers`, as torch's forward sets it (without `mutable`
+the buffers are left as they are).
 
 `hidden_layer` (torch hooks a layer of `net` and projects its output, flattened; the names follow
 extractor.layer_call, the Extractor's rule):
@@ -58,7 +58,7 @@ Where this differs from vit-pytorch 1.26.11 (the intended behaviour, as the DINO
   The probabilities are torch's default augment's: ColorJitter(0.8, 0.8, 0.8, 0.2) with p=0.3, grayscale p=0.2,
   horizontal flip p=0.5, GaussianBlur((3, 3), sigma in (1, 2)) with p=0.2, then ImageNet Normalize.
   The parity tests pass identity augmentations on both sides and give torch the same per-image crops through a
-  stand-in for torchvision (`torch_transforms`), whose resize is torch's own antialiased bilinear
+  stand-in for torchvision (`parity/dino.py: torch_transforms`), whose resize is torch's own antialiased bilinear
   `F.interpolate`, the one torchvision's RandomResizedCrop uses on tensors.
 """
 
@@ -70,7 +70,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from einops import rearrange
 from flax import traverse_util
 
@@ -79,7 +78,6 @@ from vit_flax.layers import Linear, call_plugged_in, default, gelu
 
 AUGMENT = 'augment'  # colour jitter, grayscale, flip, blur
 CROP = 'crop'  # random resized crops
-RNG_STREAMS = (AUGMENT, CROP)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -529,6 +527,23 @@ class Dino(_InitCopiesStudent, nn.Module):
     center_moving_average_decay: float = 0.9
     augment_fn: Callable | None = None
     augment_fn2: Callable | None = None
+
+    # what the trainer reads off an objective (vit_flax.training.objectives.Objective, FreezesParameters,
+    # UpdatesAfterStep): the student's network, augmentations and crops from their streams, the EMA teacher
+    encoder_keyword = 'net'
+    encoder_path = ('student_encoder', 'net')
+    rng_streams = (AUGMENT, CROP)
+    takes_labels = False
+
+    @nn.nowrap
+    def trainable_mask(self, params):
+        """False for the teacher, which only the EMA moves (the module-level `trainable_mask`)."""
+        return trainable_mask(params)
+
+    @nn.nowrap
+    def after_step(self, variables):
+        """The EMA of the teacher and the centres after an optimiser step, with this learner's decays."""
+        return update_moving_average(variables, self.moving_average_decay, self.center_moving_average_decay)
 
     def torch_aliases(self) -> dict[str, str]:
         """vit-pytorch registers the wrapped network twice (`Dino.net` and `student_encoder.net`): its state dict

@@ -164,6 +164,12 @@ class DistillWrapper(nn.Module):
     hard: bool = False
     mlp_layernorm: bool = False
 
+    # what the trainer reads off an objective (vit_flax.training.objectives.Objective)
+    encoder_keyword = 'student'
+    encoder_path = ('student',)
+    rng_streams = ()
+    takes_labels = True
+
     def __post_init__(self):
         if not isinstance(self.student, DISTILLABLE):
             raise ValueError(

@@ -9,18 +9,17 @@ a hierarchical (multi-stage) encoder, e.g. cvt.CvT.
     variables = learner.init({'params': key}, images)                  # teacher = a copy of the student
     loss, updates = learner.apply(variables, images, train=True, mutable=['buffers', 'batch_stats'],
                                   rngs={'augment': k1, 'crop': k2, 'dropout': k3})
-    # optimiser step on variables['params'] with optax.masked(..., trainable_mask(params)), then
-    variables = update_moving_average({**variables, **updates}, moving_average_decay=0.9,
-                                      center_moving_average_decay=0.9)
+    # optimiser step on variables['params'] with optax.masked(..., learner.trainable_mask(params)), then
+    variables = learner.after_step({**variables, **updates})          # the EMA with the learner's decays
     encoder_params = variables['params']['student_encoder']['net']     # a plain CvT's params
 
 Everything but the losses and the wrapper's outputs is dino.py's, imported from there: the per-image JAX
 augmentations (rng stream 'augment'), the random resized crops (stream 'crop', `EsViTTrainer.crop_boxes`),
-`RNG_STREAMS = ('augment', 'crop')`, the projector MLP, the hidden-layer capture, the EMA (`update_moving_average`
-here moves the four centre buffers), `trainable_mask`, `reset_moving_average` and the torchvision stand-in for
-tests (`dino.torch_transforms` covers vit_pytorch.es_vit too). Dropout inside the encoder uses 'dropout' with
-`train=True`; a CvT's BatchNorm statistics (student's and teacher's, each its own as torch's deep copy) update
-with `mutable=['batch_stats']` in training mode.
+`rng_streams = ('augment', 'crop')`, the projector MLP, the hidden-layer capture, the EMA (`update_moving_average`
+and `EsViTTrainer.after_step` here move the four centre buffers), `trainable_mask`, `reset_moving_average` and the
+torchvision stand-in for tests (`parity/dino.py: torch_transforms` covers vit_pytorch.es_vit too). Dropout inside the
+encoder uses 'dropout' with `train=True`; a CvT's BatchNorm statistics (student's and teacher's, each its own as torch's
+deep copy) update with `mutable=['batch_stats']` in training mode.
 
 Variables mirror vit-pytorch's state dict: `params/student_encoder/net` (the wrapped encoder, exactly a plain
 encoder's params; its BatchNorm statistics in `batch_stats/student_encoder/net`),
@@ -51,8 +50,8 @@ GELU pairs, then L2 normalisation and the last Linear; `image_size` one int; the
 mode; init's teacher is a copy of the student and init's `last_*_centers` come from the example input). torch's
 constructor runs that mock forward in training mode, so a fresh torch learner's BatchNorm running statistics have
 taken one step (student two, teacher four) on random images and count those batches; Flax's init keeps the
-initial statistics (eval mode) and no counter (`torch_construction()` resets torch's counters for the registry's
-round trips). The region
+initial statistics (eval mode) and no counter (`parity/es_vit.py: torch_construction()` resets torch's counters for the
+registry's round trips). The region
 matching uses the raw dot product of the latents as vit-pytorch does (the paper's cosine similarity would normalise
 them first); the log of the student's probabilities is `log_softmax` (torch's log(softmax + 1e-20) differs only
 for probabilities below ~1e-13).
@@ -63,23 +62,21 @@ Where this differs from vit-pytorch 1.26.11 (the intended behaviour):
   norm taken across the regions of its image, per feature, so one region's projection depends on all the others
   and the vectors entering the last Linear are not unit vectors. The projector (DINO's head, which EsViT applies
   per region) means each vector normalised over its features, which is what this port does (dino.l2norm, the last
-  axis) for both projectors. The parity tests run torch with `torch_l2norm_over_features()`, which makes its
-  L2Norm normalise over dim=-1 (identical on the view projector's 2-D input).
+  axis) for both projectors. The parity tests run torch with `parity/es_vit.py: torch_l2norm_over_features()`, which
+  makes its L2Norm normalise over dim=-1 (identical on the view projector's 2-D input).
 - As in dino.py, every image gets its own augmentation and crop draw (torchvision on a batch tensor draws once per
   batch).
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vit_flax import dino
-from vit_flax.dino import (AUGMENT, CROP, EMA, MLP, RNG_STREAMS, DefaultAugment, FlipAndBlur, L2Norm,  # noqa: F401
-                           RandomApply, reset_moving_average, trainable_mask)
+from vit_flax.dino import (AUGMENT, CROP, EMA, MLP, DefaultAugment, FlipAndBlur, L2Norm, RandomApply,  # noqa: F401
+                           reset_moving_average, trainable_mask)
 from vit_flax.layers import default
 
 CENTERS = (('teacher_view_centers', 'last_teacher_view_centers'),
@@ -157,6 +154,12 @@ class NetWrapper(dino.NetWrapper):
 class EsViTTrainer(dino.Dino):
     """vit-pytorch's EsViTTrainer: the keywords, defaults and checks of dino.Dino (`hidden_layer=-2` is CvT's
     `layers`)."""
+
+    @nn.nowrap
+    def after_step(self, variables):
+        """The EMA of the teacher and the view and region centres after an optimiser step, with this learner's
+        decays."""
+        return update_moving_average(variables, self.moving_average_decay, self.center_moving_average_decay)
 
     def _encoder(self, name):
         return NetWrapper(self.net.clone(), self.num_classes_K, self.projection_hidden_size, self.projection_layers,

@@ -32,7 +32,7 @@ vit-pytorch 1.26.11 is broken here, and this port does what the code was written
 `pos_embedding` (N + 1, dim), while MAE indexes it as the older 3-D (1, N + 1, dim) layout
 (`pos_embedding[:, 1:(num_patches + 1)]`), so the torch MAE fails on a cls-pool encoder (a mean-pool one runs).
 Here the patches get the encoder's position rows that follow the cls row (all rows for pool='mean'), as with a
-3-D layout. The state dict is unchanged; `torch_runs_on_2d_pos_embedding()` is the context under which
+3-D layout. The state dict is unchanged; `parity/mae.py: torch_runs_on_2d_pos_embedding()` is the context under which
 vit-pytorch's MAE runs on its own ViT (for tests: it shows the encoder the 3-D view of the same parameter).
 
 Quirks of vit-pytorch kept so weights transfer:
@@ -60,7 +60,6 @@ from vit_flax import vit
 from vit_flax.layers import Embedding, Linear, pair, randn
 
 MASKING = 'masking'  # the rng stream of the masks
-RNG_STREAMS = (MASKING,)
 
 # helpers
 
@@ -153,8 +152,15 @@ PATCH_TO_EMB_ALIASES = {f'patch_to_emb.{i}.': f'encoder.to_patch_embedding.{i + 
 
 
 class WrapsEncoder:
-    """What MAE and SimMIM share as wrappers of a vit.ViT `encoder`: torch's second names of its patch embedding
-    (PATCH_TO_EMB_ALIASES), and its image keywords for the registry's example inputs and the converters."""
+    """What MAE and SimMIM share as wrappers of a vit.ViT `encoder`: what the trainer reads off an objective
+    (vit_flax.training.objectives.Objective: the encoder under `encoder`, masks from the 'masking' stream, no
+    labels), torch's second names of its patch embedding (PATCH_TO_EMB_ALIASES), and its image keywords for the
+    registry's example inputs and the converters."""
+
+    encoder_keyword = 'encoder'
+    encoder_path = ('encoder',)
+    rng_streams = (MASKING,)
+    takes_labels = False
 
     def torch_aliases(self) -> dict[str, str]:
         return dict(PATCH_TO_EMB_ALIASES)

@@ -59,7 +59,6 @@ from vit_flax.distill import cross_entropy
 from vit_flax.vit import FeedForward, check_image_config, patchify  # mp3's FeedForward is vit.py's
 
 MASKING = 'masking'  # the rng stream of the masking permutation
-RNG_STREAMS = (MASKING,)
 
 
 class Attention(nn.Module):
@@ -177,6 +176,12 @@ class ViT(nn.Module):
 class MP3(nn.Module):
     vit: ViT
     masking_ratio: float
+
+    # what the trainer reads off an objective (vit_flax.training.objectives.Objective)
+    encoder_keyword = 'vit'
+    encoder_path = ('vit',)
+    rng_streams = (MASKING,)
+    takes_labels = False
 
     def __post_init__(self):
         if not isinstance(self.vit, ViT):

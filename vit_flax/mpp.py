@@ -14,12 +14,12 @@ input normalisation (`mean`, `std`, both or neither) and clamping at `max_pixel_
 entropy over the chosen patches. The objective masks in eval mode too (as torch's forward does); `train` only
 switches the encoder's dropout.
 
-Randomness: every draw comes from the one rng stream 'masking' (`RNG_STREAMS`): `MPP.masking_draws` splits it
+Randomness: every draw comes from the one rng stream 'masking' (`MPP.rng_streams`): `MPP.masking_draws` splits it
 into the four draws torch makes in turn (uniform noise whose top `ceil(mask_prob * n)` per row are the chosen
 patches, the random-patch decisions, the random patch indices, the mask-token decisions). One stream, because
 the four are parts of one corruption and a caller reproduces or varies them together;
 `model.apply({}, img, rngs=rngs, method=MPP.masking_draws)` returns exactly what a call with the same rngs uses,
-and `model.torch_draws(draws)` makes vit-pytorch's MPP draw the same (tests).
+and the parity tests make vit-pytorch's MPP draw the same (`parity/mpp.py: torch_draws`).
 
 Parameter tree = vit-pytorch's module tree: `params/transformer` is exactly a plain vit.ViT's variables (its
 `mlp_head` included, unused here as in torch), so after pretraining `params['transformer']` exports to
@@ -42,8 +42,8 @@ class edges are `arange(bin_size, max_pixel_val, bin_size)` and a value on an ed
 (`bucketize`); channel 0 is the least significant digit of the class; `mean` / `std` count as absent when
 empty or None (`if mean`); `to_bits` also runs on the cls token.
 
-vit-pytorch 1.26.11 bugs, fixed here (torch is compared under `torch_mpp_runs()`, the smallest patch that lets
-its code run):
+vit-pytorch 1.26.11 bugs, fixed here (torch is compared under `parity/mpp.py: torch_mpp_runs()`, the smallest patch
+that lets its code run):
 - MPP cannot run a forward pass with 1.26's ViT: it does `repeat(transformer.cls_token, '() n d -> b n d')` and
   `transformer.pos_embedding[:, :(n + 1)]`, written for the (1, 1, dim) / (1, N + 1, dim) parameters of older
   ViTs, while vit.ViT's are 2-D, so einops raises. Here the encoder's own parameters are used as its forward
@@ -64,7 +64,6 @@ than `random_patch_prob`) or `random_patch_prob > 0` with `replace_prob == 1` (t
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple, Sequence
 
@@ -79,7 +78,6 @@ from vit_flax.distill import cross_entropy
 from vit_flax.layers import Linear, pair, randn
 
 MASKING = 'masking'
-RNG_STREAMS = (MASKING,)
 
 # helpers
 
@@ -199,6 +197,12 @@ class MPP(nn.Module):
     random_patch_prob: float = 0.5
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
+
+    # what the trainer reads off an objective (vit_flax.training.objectives.Objective)
+    encoder_keyword = 'transformer'
+    encoder_path = ('transformer',)
+    rng_streams = (MASKING,)
+    takes_labels = False
 
     def __post_init__(self):
         self._check_config()

@@ -18,8 +18,8 @@ Differences from na_vit.py, all vit-pytorch's:
 
 Not mirrored: vit-pytorch builds its jagged tensors with `torch.nested.nested_tensor`, which copies without autograd
 history, so its patch embedding, position embeddings and pooling queries get no gradient and never train. Here
-every parameter trains. The parity tests run vit-pytorch under `torch_keeps_gradients()` (`as_nested_tensor`,
-which keeps the history) to compare all gradients.
+every parameter trains. The parity tests run vit-pytorch under `parity/na_vit_nested_tensor.py:
+torch_keeps_gradients()` (`as_nested_tensor`, which keeps the history) to compare all gradients.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ vit-pytorch 1.26.11 is broken here, and this port does what the code was written
 1)]`, skipping a cls row), so the torch SimMIM fails on every ViT; a mean-pool encoder (no cls row) would lose its
 first patch's position even in the 3-D layout. Here the patches get the rows after the cls row (pool='cls') or all
 rows (pool='mean'), the positions vit.ViT gives them. The state dict is unchanged;
-`torch_runs_on_2d_pos_embedding()` is the context under which vit-pytorch's SimMIM runs on its own ViT (for tests:
-it shows the encoder the 3-D view of the same parameter, with a zero row in place of a mean-pool encoder's missing
-cls row).
+`parity/simmim.py: torch_runs_on_2d_pos_embedding()` is the context under which vit-pytorch's SimMIM runs on its own
+ViT (for tests: it shows the encoder the 3-D view of the same parameter, with a zero row in place of a mean-pool
+encoder's missing cls row).
 
 Quirks of vit-pytorch kept so weights transfer: torch's state dict lists the encoder's patch embedding twice, also
 as `patch_to_emb.{0,1,2}`; Flax holds it once, under the encoder, and `torch_aliases()` tells the converters to write
@@ -57,8 +57,6 @@ from vit_flax.mae import (
     num_masked_patches,
     patch_positions,
 )
-
-RNG_STREAMS = (MASKING,)
 
 
 class SimMIM(WrapsEncoder, nn.Module):

@@ -40,7 +40,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_model(config):
-    """The configured model (what `converters export` writes), without its training objective."""
+    """The configured model (what `vit-flax export` writes), without its training objective."""
     return registry.build(config.model_name, config.model.to_dict())
 
 

@@ -1,59 +1,72 @@
 """What `config.objective` trains: the configured model itself ('supervised'), or the model wrapped in a
 self-supervised or distillation objective of vit-pytorch (MAE, SimMIM, MPP, MP3, DINO, EsViT, DistillWrapper).
 
-Every objective is a Flax module that returns its loss from `apply(variables, images, train=True, rngs=...)`
-(DistillWrapper also takes the labels), draws its masks and crops from named rng streams (each objective file's
-`RNG_STREAMS`), and keeps the wrapped model's variables under the torch attribute name (`encoder_path`), so the
-checkpoint's `params[encoder_path]` is a plain model's and exports to vit-pytorch as the model itself.
+Every objective is a Flax module that returns its loss from `apply(variables, images, train=True, rngs=...)` and
+states, as class attributes and methods, what the trainer needs to know of it (`Objective`, and optionally
+`FreezesParameters` and `UpdatesAfterStep`): the constructor keyword that takes the model, where the model's
+variables sit in the objective's tree (so the checkpoint's `params[encoder_path]` is a plain model's and exports to
+vit-pytorch as the model itself), the rng streams it draws masks and crops from, whether it takes the labels, the
+parameters the optimiser must leave alone and what follows each optimiser update (DINO's and EsViT's EMA teacher).
 
-Keyword defaults are those of vit-pytorch's README (MAE masking 0.75, SimMIM 0.5, MPP mask 0.15 / random 0.3 /
-replace 0.5, MP3 masking 0.75, DINO's temperatures and EMA decays, distillation temperature 3 and alpha 0.5);
-sizes that vit-pytorch derives from the model (patch size, dim, image size) are taken from it, and
-`config.objective_kwargs` overrides any of them.
+`OBJECTIVES` maps each name to its wrapper class and keywords. Keyword defaults are those of vit-pytorch's README
+(MAE masking 0.75, SimMIM 0.5, MPP mask 0.15 / random 0.3 / replace 0.5, MP3 masking 0.75, DINO's temperatures and
+EMA decays, distillation temperature 3 and alpha 0.5); sizes that vit-pytorch derives from the model (patch size,
+dim, image size) are taken from it, and `config.objective_kwargs` overrides any of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from vit_flax import dino, distill, es_vit, mae, mp3, mpp, simmim
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A training objective's wrapper class, as the trainer reads it."""
+
+    encoder_keyword: str  # the constructor keyword (vit-pytorch's attribute) that takes the configured model
+    encoder_path: tuple[str, ...]  # the keys of the model's variables inside the objective's, in every collection
+    rng_streams: tuple[str, ...]  # the named rng streams `apply` draws from besides 'dropout', in eval mode too
+    takes_labels: bool  # `apply(variables, images, labels, ...)` rather than `apply(variables, images, ...)`
+
+
+@runtime_checkable
+class FreezesParameters(Protocol):
+    """An objective with parameters that only follow others (DINO's and EsViT's teacher)."""
+
+    def trainable_mask(self, params) -> Any:
+        """A pytree of bools like `params`: False where the optimiser must leave the parameter alone."""
+
+
+@runtime_checkable
+class UpdatesAfterStep(Protocol):
+    """An objective that moves its variables after each optimiser update (DINO's and EsViT's EMA)."""
+
+    def after_step(self, variables: dict) -> dict:
+        """The variables after the optimiser's update -> the variables the next step starts from."""
+
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
-    name: str
-    module: str  # vit_flax file
-    class_name: str
-    encoder_keyword: str  # the torch attribute, and the key of the model's variables in the objective's tree
+class Recipe:
+    """How the trainer builds an objective around the configured model."""
+
+    wrapper: type[Objective]
     defaults: dict = dataclasses.field(default_factory=dict)
     derived: Callable[[nn.Module, Any], dict] = lambda model, info: {}  # keywords vit-pytorch reads off the model
-    uses_labels: bool = False
-    # after the optimiser update: variables -> variables (DINO / EsViT move the teacher and centres)
-    ema_keywords: tuple[str, ...] = ()
-    # where the model's variables sit in the objective's tree, when not at the keyword (DINO: the student's `net`)
-    nested_path: tuple[str, ...] = ()
-
-    @property
-    def encoder_path(self) -> tuple[str, ...]:
-        return self.nested_path or (self.encoder_keyword,)
-
-    def flax_module(self):
-        return importlib.import_module(f'vit_flax.{self.module}')
-
-    def rng_streams(self) -> tuple[str, ...]:
-        return tuple(getattr(self.flax_module(), 'RNG_STREAMS', ()))
+    # config values -> constructor keywords, after the overrides (distill: teacher_workdir -> teacher)
+    resolved: Callable[[dict], dict] = lambda kwargs: kwargs
 
 
-def _dino_derived(info):
+def _self_distillation_derived(model, info):
     """The trainer's images are normalised already and may not be RGB: flips and blurs only (dino.FlipAndBlur)."""
-    from vit_flax import dino
-
     return dict(image_size=info.image_size[0], augment_fn=dino.FlipAndBlur(), augment_fn2=dino.FlipAndBlur())
 
 
@@ -62,51 +75,45 @@ def _mpp_derived(model, info):
                 mean=list(info.mean), std=list(info.std))
 
 
-OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
-    Objective('mae', 'mae', 'MAE', 'encoder', dict(masking_ratio=0.75, decoder_dim=64, decoder_depth=1,
-                                                   decoder_heads=4, decoder_dim_head=16)),
-    Objective('simmim', 'simmim', 'SimMIM', 'encoder', dict(masking_ratio=0.5)),
-    Objective('mpp', 'mpp', 'MPP', 'transformer', dict(mask_prob=0.15, random_patch_prob=0.30, replace_prob=0.50),
-              derived=_mpp_derived),
-    Objective('mp3', 'mp3', 'MP3', 'vit', dict(masking_ratio=0.75)),
-    Objective('dino', 'dino', 'Dino', 'net',
-              dict(hidden_layer='to_latent', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
-                   student_temp=0.9, teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
-                   moving_average_decay=0.9, center_moving_average_decay=0.9),
-              derived=lambda model, info: _dino_derived(info),
-              ema_keywords=('moving_average_decay', 'center_moving_average_decay'),
-              nested_path=('student_encoder', 'net')),
+def _with_teacher(kwargs):
+    kwargs = dict(kwargs)
+    kwargs['teacher'] = teacher_from_workdir(kwargs.pop('teacher_workdir', ''))
+    return kwargs
+
+
+_SELF_DISTILLATION = dict(projection_hidden_size=256, projection_layers=4, num_classes_K=65336, student_temp=0.9,
+                          teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
+                          moving_average_decay=0.9, center_moving_average_decay=0.9)
+
+OBJECTIVES: dict[str, Recipe] = {
+    'mae': Recipe(mae.MAE, dict(masking_ratio=0.75, decoder_dim=64, decoder_depth=1, decoder_heads=4,
+                                decoder_dim_head=16)),
+    'simmim': Recipe(simmim.SimMIM, dict(masking_ratio=0.5)),
+    'mpp': Recipe(mpp.MPP, dict(mask_prob=0.15, random_patch_prob=0.30, replace_prob=0.50), derived=_mpp_derived),
+    'mp3': Recipe(mp3.MP3, dict(masking_ratio=0.75)),
+    'dino': Recipe(dino.Dino, dict(hidden_layer='to_latent', **_SELF_DISTILLATION), derived=_self_distillation_derived),
     # EsViT projects a hierarchical encoder's feature map: CvT's 'layers' (vit-pytorch's README)
-    Objective('esvit', 'es_vit', 'EsViTTrainer', 'net',
-              dict(hidden_layer='layers', projection_hidden_size=256, projection_layers=4, num_classes_K=65336,
-                   student_temp=0.9, teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
-                   moving_average_decay=0.9, center_moving_average_decay=0.9),
-              derived=lambda model, info: _dino_derived(info),
-              ema_keywords=('moving_average_decay', 'center_moving_average_decay'),
-              nested_path=('student_encoder', 'net')),
-    Objective('distill', 'distill', 'DistillWrapper', 'student', dict(temperature=3.0, alpha=0.5, hard=False),
-              uses_labels=True),
-)}
+    'esvit': Recipe(es_vit.EsViTTrainer, dict(hidden_layer='layers', **_SELF_DISTILLATION),
+                    derived=_self_distillation_derived),
+    'distill': Recipe(distill.DistillWrapper, dict(temperature=3.0, alpha=0.5, hard=False), resolved=_with_teacher),
+}
 
 SUPERVISED = 'supervised'
 NAMES = (SUPERVISED, *OBJECTIVES)
 
 
-def keywords(objective: Objective, model: nn.Module, info, overrides: dict) -> dict:
+def keywords(recipe: Recipe, model: nn.Module, info, overrides: dict) -> dict:
     """The objective's keywords: README defaults, then what it reads off the model and data, then the config."""
-    return {**objective.defaults, **objective.derived(model, info), **overrides}
+    return recipe.resolved({**recipe.defaults, **recipe.derived(model, info), **overrides})
 
 
 def build(name: str, model: nn.Module, info, overrides: dict | None = None) -> nn.Module:
     """The module the train step differentiates: `model` itself, or `model` wrapped in the objective."""
     if name == SUPERVISED:
         return model
-    objective = OBJECTIVES[name]
-    kwargs = keywords(objective, model, info, dict(overrides or {}))
-    if name == 'distill':
-        kwargs['teacher'] = teacher_from_workdir(kwargs.pop('teacher_workdir', ''))
-    wrapper = getattr(objective.flax_module(), objective.class_name)
-    return wrapper(**{objective.encoder_keyword: model}, **kwargs)
+    recipe = OBJECTIVES[name]
+    kwargs = keywords(recipe, model, info, dict(overrides or {}))
+    return recipe.wrapper(**{recipe.wrapper.encoder_keyword: model}, **kwargs)
 
 
 def teacher_from_workdir(workdir: str):
@@ -127,25 +134,21 @@ def _apply_teacher(teacher, variables, images):
 
 
 def trainable_mask_fn(module: nn.Module) -> Callable[[Any], Any] | None:
-    """params -> a pytree of bools, False for parameters the optimiser must leave alone (DINO's and EsViT's
-    teacher, named by their file's `trainable_mask`); None when every parameter trains."""
-    return getattr(importlib.import_module(type(module).__module__), 'trainable_mask', None)
+    """params -> a pytree of bools, False for parameters the optimiser must leave alone; None when every
+    parameter trains."""
+    return module.trainable_mask if isinstance(module, FreezesParameters) else None
 
 
-def after_step(name: str, module: nn.Module, variables: dict) -> dict:
-    """What an objective does after each optimiser update (DINO / EsViT: the teacher's and centres' EMA)."""
-    if name == SUPERVISED or not OBJECTIVES[name].ema_keywords:
-        return variables
-    objective = OBJECTIVES[name]
-    ema = {key: getattr(module, key) for key in objective.ema_keywords}
-    return objective.flax_module().update_moving_average(variables, **ema)
+def after_step(module: nn.Module, variables: dict) -> dict:
+    """What the trained module does after each optimiser update (DINO / EsViT: the teacher's and centres' EMA)."""
+    return module.after_step(variables) if isinstance(module, UpdatesAfterStep) else variables
 
 
 def encoder_variables(name: str, variables: dict) -> dict:
     """The configured model's variables inside an objective's (what `converters export` writes)."""
     if name == SUPERVISED:
         return variables
-    path = OBJECTIVES[name].encoder_path
+    path = OBJECTIVES[name].wrapper.encoder_path
     out = {}
     for collection, tree in variables.items():
         for key in path:
@@ -160,6 +163,6 @@ def encoder_variables(name: str, variables: dict) -> dict:
 
 def example_inputs(name: str, info) -> tuple:
     images = np.zeros((1, *info.image_size, info.channels), np.float32)
-    if name != SUPERVISED and OBJECTIVES[name].uses_labels:
+    if name != SUPERVISED and OBJECTIVES[name].wrapper.takes_labels:
         return images, np.zeros((1,), np.int32)
     return (images,)

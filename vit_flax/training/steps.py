@@ -35,21 +35,22 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
 
     `model` is what `config.objective` trains (see objectives.py): for 'supervised' the classifier, whose
     logits meet the (smoothed, mixed-up) labels in a cross entropy; otherwise an objective module whose `apply`
-    returns the loss itself, drawing its masks and crops from its named rng streams. After the optimiser update
-    the objective's `after_step` runs (DINO / EsViT: the teacher's EMA).
+    returns the loss itself, drawing its masks and crops from its `rng_streams` and taking the labels too where it
+    `takes_labels`. After the optimiser update the objective's `after_step` runs (DINO / EsViT: the teacher's
+    EMA).
     """
     compute_dtype = jnp.dtype(config.compute_dtype)
     base_key = jax.random.key(config.seed)
     eval_key = jax.random.split(base_key)[0]  # the same masks every evaluation, none of the training steps' keys
     accum = int(config.grad_accum_steps)
     supervised = config.objective == objectives.SUPERVISED
-    uses_labels = not supervised and objectives.OBJECTIVES[config.objective].uses_labels
-    streams = ('dropout', *([] if supervised else objectives.OBJECTIVES[config.objective].rng_streams()))
+    takes_labels = not supervised and model.takes_labels
+    streams = ('dropout',) if supervised else ('dropout', *model.rng_streams)
 
     def run(variables, images, labels, rng, train: bool):
         """The model on a batch in compute_dtype: (output, updated non-parameter collections)."""
         rngs = {stream: jax.random.fold_in(rng, i) for i, stream in enumerate(streams)}
-        inputs = (images.astype(compute_dtype), labels) if uses_labels else (images.astype(compute_dtype),)
+        inputs = (images.astype(compute_dtype), labels) if takes_labels else (images.astype(compute_dtype),)
         collections = [name for name in variables if name != 'params']
         if train and collections:
             return model.apply(variables, *inputs, train=True, rngs=rngs, mutable=collections)
@@ -102,7 +103,7 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state).with_collections(collections)
-        variables = objectives.after_step(config.objective, model, new_state.variables())
+        variables = objectives.after_step(model, new_state.variables())
         new_state = new_state.replace(params=variables['params']).with_collections(variables)
         metrics = {'train_loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
         return new_state, metrics
