@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.side_by_side [--models vit_s16 vit_b16 cvt13] [--batch 8] [--steps 5] \\
         [--no-compile] [--device cpu|cuda] [--dtype float32|bfloat16] [--markdown] \\
-        [--write-readme benchmarks/README.md] [--scan-layers] [--remat-policy POLICY] [--attention-impl explicit|xla|cudnn|auto]
+        [--write-readme benchmarks/README.md] [--scan-layers] [--remat-policy POLICY] \\
+        [--attention-impl explicit|xla|cudnn|auto]
 
 On one H200 (the issue's GPU configuration: ViT-B/16 at 224, bfloat16, cuDNN attention):
 
