@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_flax import dino, distill, es_vit, mae, mp3, mpp, simmim
+from vit_flax import dino, distill, es_vit, mae, mp3, mpp, registry, simmim
+from vit_flax.training.checkpoint import restore_variables
 
 
 @runtime_checkable
@@ -118,9 +119,6 @@ def build(name: str, model: nn.Module, info, overrides: dict | None = None) -> n
 
 def teacher_from_workdir(workdir: str):
     """A trained run's model as a frozen function of the images (its variables are constants of the step)."""
-    from vit_flax import registry
-    from vit_flax.training.checkpoint import restore_variables
-
     if not workdir:
         raise ValueError("objective 'distill' needs config.objective_kwargs.teacher_workdir: a trained run's workdir")
     saved = json.loads((Path(workdir) / 'config.json').read_text())
@@ -145,7 +143,7 @@ def after_step(module: nn.Module, variables: dict) -> dict:
 
 
 def encoder_variables(name: str, variables: dict) -> dict:
-    """The configured model's variables inside an objective's (what `converters export` writes)."""
+    """The configured model's variables inside an objective's (what `vit-flax export` writes)."""
     if name == SUPERVISED:
         return variables
     path = OBJECTIVES[name].wrapper.encoder_path
