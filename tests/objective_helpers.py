@@ -31,10 +31,11 @@ def torch_loss(entry, torch_model, model, x, seed=0, train=False, **kwargs):
     return loss, exact, rngs
 
 
-def assert_same_gradients(model, variables, grads, exact):
+def assert_same_gradients(model, variables, grads, exact, zero_bound: float | None = 1e-7):
     """Our float32 gradients against the exact ones of `exact` (a float64 reference after its backward), relative
     1e-4 in torch's layout. A parameter torch gives no gradient (unused: the encoder's head, the teacher) has a zero
-    one here; one whose exact gradient is zero but for round-off is judged as tests/test_parity.py does."""
+    one here; one whose exact gradient is zero but for round-off (`truly_zero`) must be at most `zero_bound` of the
+    largest gradient here, and with `zero_bound=None` there may be none (every weight of MP3 gets a gradient)."""
     flax_grads = converters.to_torch(model, {**variables, 'params': grads}, as_numpy=True)
     largest = max(float(np.abs(p.grad.numpy()).max(initial=0.0)) for p in exact.parameters() if p.grad is not None)
     for name, parameter in exact.named_parameters():
@@ -43,13 +44,14 @@ def assert_same_gradients(model, variables, grads, exact):
             continue
         expected = parameter.grad.numpy()
         if truly_zero(expected, largest):
-            assert np.abs(flax_grads[name]).max(initial=0.0) <= 1e-5 * largest, name
+            assert zero_bound is not None, f'{name}: vit-pytorch computes no gradient for it but for round-off'
+            assert np.abs(flax_grads[name]).max(initial=0.0) <= zero_bound * largest, name
             continue
         scale = float(np.abs(expected).max(initial=0.0))
         np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
 
 
-def check_loss_and_gradients(entry, config, x=None, seed=0, train=False):
+def check_loss_and_gradients(entry, config, x=None, seed=0, train=False, zero_bound: float | None = 1e-7):
     """An objective's loss and its gradients for every weight equal vit-pytorch's exact ones on the same draws (the
     entry's tolerance; gradients as `assert_same_gradients`), for a vit-pytorch model randomised with `seed` and
     images `x` (random ones of the objective's size by default). Returns the Flax model and variables."""
@@ -63,18 +65,16 @@ def check_loss_and_gradients(entry, config, x=None, seed=0, train=False):
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
     assert_close_outputs(loss, expected.detach(), entry.tolerance)
-    assert_same_gradients(model, variables, grads, exact)
+    assert_same_gradients(model, variables, grads, exact, zero_bound)
     return model, variables
 
 
-def check_gradients_on_random_configurations(entry):
+def check_gradients_on_random_configurations(entry, zero_bound: float | None = 1e-7):
     """`check_loss_and_gradients` on the parity spec's random configurations: those whose loss
     tests/test_random_configurations.py compares, from the same seed."""
-    rng = np.random.default_rng(2024)
-    for _ in range(entry.spec.random_configurations):
-        config, (x,) = entry.spec.random_configuration(rng)
+    for config, (x,) in entry.random_configurations():
         try:
-            check_loss_and_gradients(entry, config, x)
+            check_loss_and_gradients(entry, config, x, zero_bound=zero_bound)
         except AssertionError as error:
             raise AssertionError(f'{config}, input {x.shape}: {error}') from None
 

@@ -19,6 +19,8 @@ from vit_flax import mpp, registry, vit
 from vit_flax.mpp import MPP
 
 ENTRY = parity.BY_NAME['mpp.MPP']
+# the weights vit-pytorch computes no gradient for but round-off get exactly none here
+ZERO_BOUND = 0.0
 TOL = ENTRY.tolerance
 TINY = ENTRY.configs[0]  # 16x16x3 images, 4x4 patches (16), cls pool, bits 3 (512 classes), mask_prob 0.15
 MEAN_POOL = ENTRY.configs[1]  # 8x12x1 images (6 patches), mean pool, bits 2, random patches, normalised targets
@@ -44,7 +46,7 @@ IMAGENET = dict(
 ], ids=['imagenet-targets', 'smaller-input'])
 def test_loss_and_gradients_match_torch_given_the_same_draws(config, size, train):
     x = images((3, *size, MPP(**config).channels), seed=1)
-    check_loss_and_gradients(ENTRY, config, x, seed=4, train=train)
+    check_loss_and_gradients(ENTRY, config, x, seed=4, train=train, zero_bound=ZERO_BOUND)
 
 
 def test_corruption_has_the_stated_probabilities():
@@ -212,4 +214,4 @@ def test_bad_inputs_raise_naming_the_shape():
 
 @pytest.mark.slow
 def test_gradients_match_torch_on_random_configurations():
-    check_gradients_on_random_configurations(ENTRY)
+    check_gradients_on_random_configurations(ENTRY, zero_bound=ZERO_BOUND)
