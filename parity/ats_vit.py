@@ -67,6 +67,6 @@ SPECS = {
         random_configuration=random_configuration,
         # the first eleven draws from the sweep's seed reach every case tests/test_ats_vit.py asks of them, the
         # eleventh the only one where vit-pytorch samples in two layers
-        random_configurations=12,
+        sweep_draws=12,
     ),
 }

@@ -59,6 +59,6 @@ SPECS = {
               "position embedding; stochastic depth in training only (rng stream 'drop_path'); fixed "
               'dropout 0 and attention dropout 0.1; presets cct_2 ... cct_16',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

@@ -47,6 +47,6 @@ SPECS = {
         notes='two patch sizes, a transformer per branch, cls tokens cross-attending to the other branch; '
               'int sizes; summed heads',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

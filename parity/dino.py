@@ -164,7 +164,7 @@ SPECS = {
                  teacher_temp=0.07, local_upper_crop_scale=0.3, global_lower_crop_scale=0.6, **IDENTITY_AUGMENTS),
         ),
         random_configuration=random_configuration,
-        random_configurations=3,
+        sweep_draws=3,
         notes="self-distillation loss (rng streams 'augment' and 'crop', even in eval mode): per-image JAX "
               "augmentations and random resized crops, student and EMA teacher (`update_moving_average`, "
               "`trainable_mask`); `params['student_encoder']['net']` is the plain encoder's; hidden layer by name "

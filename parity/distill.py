@@ -64,7 +64,7 @@ SPECS = {
         notes='vit.ViT with an optional distillation token (`distill_token=`); `to_vit()`; '
               'DistillableT2TViT / DistillableEfficientViT (forward broken in vit-pytorch) tested in test_distill.py',
         random_configuration=random_distillable_vit,
-        random_configurations=4,
+        sweep_draws=4,
     ),
     'DistillableT2TViT': Spec(
         configs=(
@@ -77,7 +77,7 @@ SPECS = {
               'forward (a 2-D `repeat` of its 3-D cls token), so parity is with T2TViT (same state dict) and the '
               'token path is tested in test_distill.py',
         random_configuration=t2t_parity.random_configuration,
-        random_configurations=4,
+        sweep_draws=4,
     ),
     'DistillableEfficientViT': Spec(
         configs=(
@@ -90,7 +90,7 @@ SPECS = {
               'every forward, so parity is with efficient.ViT (same state dict) and the token path is tested in '
               'test_distill.py',
         random_configuration=efficient_parity.random_configuration,
-        random_configurations=4,
+        sweep_draws=4,
     ),
     'DistillWrapper': Spec(
         configs=(
@@ -108,6 +108,6 @@ SPECS = {
         notes='DeiT loss from (images, labels): cross entropy + soft (KL, temperature) or hard distillation; '
               'teacher a Flax module (no gradient) or any callable',
         random_configuration=random_distill_wrapper,
-        random_configurations=4,
+        sweep_draws=4,
     ),
 }

@@ -35,6 +35,6 @@ SPECS = {
         notes='external `transformer` module (any Flax module; vit.Transformer has a torch twin; '
               'efficient.LinearTransformer is our own linear attention); int patch_size; pool cls/mean',
         random_configuration=random_configuration,
-        random_configurations=4,
+        sweep_draws=4,
     ),
 }

@@ -88,7 +88,7 @@ SPECS = {
         ),
         draws=draws,
         random_configuration=random_configuration,
-        random_configurations=2,
+        sweep_draws=2,
         torch_construction=torch_construction,
         torch_context=torch_l2norm_over_features,
         notes="DINO's view loss plus a region loss on a hierarchical encoder's feature map (CvT: hidden_layer="

@@ -40,7 +40,7 @@ SPECS = {
         ),
         notes='the backbone of learnable_memory_vit.Adapter; separate to_q / to_kv; always reads the cls token',
         random_configuration=random_backbone,
-        random_configurations=2,  # every draw of the Adapter's sweep runs a random backbone too
+        sweep_draws=2,  # every draw of the Adapter's sweep runs a random backbone too
     ),
     'Adapter': Spec(
         configs=(

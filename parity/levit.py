@@ -48,6 +48,6 @@ SPECS = {
         notes='conv embedding; attention with BatchNorm and learned relative-position biases (`pos_indices` buffer); '
               'downsampling attention between stages; int image_size, 3 channels; optional distillation head',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

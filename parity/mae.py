@@ -99,7 +99,7 @@ SPECS = {
         draws=draws,
         torch_context=torch_runs_on_2d_pos_embedding,
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
         notes="masked autoencoder loss (rng stream 'masking', even in eval mode): the encoder's transformer sees the "
               "visible patches, a transformer decoder predicts the masked pixels; `params['encoder']` is a plain "
               "vit.ViT's; `MAE.reconstruct`; vit-pytorch's pool='cls' fails on its 2-D pos_embedding (fixed here)",

@@ -33,6 +33,6 @@ SPECS = {
         notes='MobileNetV2 blocks (BatchNorm, SiLU, depth-wise convs) + unfold / transformer / fold blocks; '
               '`channels` are stage widths, input is always RGB; 4 heads of 8 dims fixed',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

@@ -72,7 +72,7 @@ SPECS = {
     'MP3': Spec(
         draws=draws,
         random_configuration=random_mp3_configuration,
-        random_configurations=6,
+        sweep_draws=6,
         configs=(
             dict(vit=mp3.ViT(num_classes=10, image_size=16, patch_size=4, dim=32, depth=2, heads=4, mlp_dim=64,
                              dim_head=8), masking_ratio=0.5),

@@ -133,7 +133,7 @@ SPECS = {
         draws=draws,
         torch_context=torch_mpp_runs,
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
         notes="masked patch prediction loss (rng stream 'masking', even in eval mode): chosen patches replaced by a "
               "mask token or a random patch, their mean colours predicted as quantised classes; "
               "`params['transformer']` is a plain vit.ViT's; vit-pytorch fails on the 2-D cls_token / "

@@ -44,6 +44,6 @@ SPECS = {
               "pooling per image) or fixed-shape `PackedBatch`es from the grain packer; token dropout (rng stream "
               "'token_dropout'); q/k RMSNorm",
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

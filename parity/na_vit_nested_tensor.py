@@ -34,6 +34,6 @@ SPECS = {
         notes="vit-pytorch's nested-tensor NaViT (one image per jagged sequence; here packed and masked): q/k "
               'LayerNorm, no pooling residual; also takes `PackedBatch`es',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

@@ -30,7 +30,7 @@ SPECS = {
         draws=draws,
         torch_context=torch_runs_on_2d_pos_embedding,
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
         notes="masked image modelling loss (rng stream 'masking', even in eval mode): mask tokens in place of the "
               "masked patches, a linear head predicts their pixels (L1 / num_masked); `params['encoder']` is a plain "
               "vit.ViT's; vit-pytorch fails on its 2-D pos_embedding (fixed here)",

@@ -25,6 +25,6 @@ SPECS = {
         ),
         notes='fixed 2D sin-cos position embedding, mean pooling',
         random_configuration=random_configuration,
-        random_configurations=12,
+        sweep_draws=12,
     ),
 }

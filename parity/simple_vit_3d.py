@@ -40,6 +40,6 @@ SPECS = {
         notes='fixed 3D sin-cos position embedding from the input\'s own patch grid (any divisible size), '
               'mean pooling',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

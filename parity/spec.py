@@ -28,9 +28,9 @@ class Spec:
     # a context manager factory vit-pytorch's constructor runs under (Dino's: the torchvision stand-in's crops)
     torch_construction: Callable[[], ContextManager] | None = None
     # np.random.Generator -> (a configuration vit-pytorch accepts, example inputs it accepts): the sweep that
-    # tests/test_random_configurations.py runs `random_configurations` times against vit-pytorch
+    # tests/test_random_configurations.py runs `sweep_draws` times against vit-pytorch
     random_configuration: Callable[[np.random.Generator], tuple[dict[str, Any], tuple]] | None = None
-    random_configurations: int = 8
+    sweep_draws: int = 8
     no_random_configuration: str = ''  # why an architecture has no sweep, where it has none
 
 
@@ -66,7 +66,7 @@ class Architecture(registry.Entry):
         """The sweep's (config, inputs) draws, the same wherever they are asked for (tests/test_random_configurations.py
         and any test that checks what the sweep reached)."""
         rng = np.random.default_rng(seed)
-        for _ in range(self.spec.random_configurations):
+        for _ in range(self.spec.sweep_draws):
             yield self.spec.random_configuration(rng)
 
     def torch_context(self) -> ContextManager:

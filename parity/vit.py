@@ -45,6 +45,6 @@ SPECS = {
         ),
         notes='pool cls/mean; `num_classes=0` returns tokens; smaller inputs slice the position embedding',
         random_configuration=random_configuration,
-        random_configurations=12,
+        sweep_draws=12,
     ),
 }

@@ -40,6 +40,6 @@ SPECS = {
         notes='tokens (f h w), patches (pf p1 p2 c); always a cls token (averaged in by pool="mean"); '
               'LayerNorm in the head, not the transformer; smaller inputs slice the position embedding',
         random_configuration=random_configuration,
-        random_configurations=6,
+        sweep_draws=6,
     ),
 }

@@ -64,6 +64,6 @@ SPECS = {
         random_configuration=random_configuration,
         # ten draws of the sweep's seed reach both variants and pools, both attention paths, temporal_depth=0 and
         # videos with and without masks (six draw mean pools only, every one masked)
-        random_configurations=10,
+        sweep_draws=10,
     ),
 }

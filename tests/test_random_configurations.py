@@ -2,7 +2,7 @@
 
 Each parity spec's `random_configuration(rng)` gives a configuration vit-pytorch accepts and example inputs it
 accepts; this one test converts a randomised vit-pytorch model of it and compares the outputs with vit-pytorch's
-float64 reference, `random_configurations` times per architecture, from one seed (`Architecture.random_configurations`)."""
+float64 reference, `sweep_draws` times per architecture, from one seed (`Architecture.random_configurations`)."""
 
 import numpy as np
 import pytest
