@@ -136,24 +136,67 @@ def _is_encoded_module(value) -> bool:
     return isinstance(value, dict) and value.keys() == {'module', 'class', 'kwargs'}
 
 
-def _torch_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
-    def decode(value):
+# A sidecar is data from outside: it may name only a class vit-flax mirrors (a class of a registered architecture's
+# file, which vit-pytorch has under the same file and name), with JSON keywords that class takes. Nothing else in it
+# is imported or called.
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _checked_class(value: dict, where: str) -> tuple[str, str]:
+    """(vit-flax file, class name) of an encoded module {'module': 'vit_pytorch.<file>', 'class', 'kwargs'}, after
+    checking it names a class that vit-flax mirrors; ValueError naming the field and value otherwise."""
+    module, class_name = value['module'], value['class']
+    files = {entry.module for entry in registry.ENTRIES}
+    file = module.removeprefix('vit_pytorch.') if isinstance(module, str) else None
+    if not isinstance(module, str) or not module.startswith('vit_pytorch.') or file not in files:
+        raise ValueError(f'{where}.module={module!r}: a sidecar may only name a vit_pytorch file that vit-flax '
+                         f'mirrors ({", ".join(sorted(files))})')
+    flax_class = getattr(importlib.import_module(f'vit_flax.{file}'), class_name, None) \
+        if isinstance(class_name, str) and class_name.isidentifier() and not class_name.startswith('_') else None
+    if not (isinstance(flax_class, type) and issubclass(flax_class, nn.Module)):
+        raise ValueError(f'{where}.class={class_name!r}: vit_flax.{file} mirrors no such class')
+    if not isinstance(value['kwargs'], dict):
+        raise ValueError(f'{where}.kwargs must be a JSON object, got {type(value["kwargs"]).__name__}')
+    keywords = {field.name for field in dataclasses.fields(flax_class)} - registry.FLAX_ONLY_FIELDS
+    unknown = sorted(set(value['kwargs']) - keywords)
+    if unknown:
+        raise ValueError(f'{where}.kwargs: {file}.{class_name} takes no keyword {unknown[0]!r}')
+    return file, class_name
+
+
+def _decoded_kwargs(kwargs: dict, where: str, build) -> dict[str, Any]:
+    """The keywords of a sidecar with every encoded module built by `build(file, class_name, kwargs)`; every other
+    value must be JSON data (numbers, strings, booleans, null, lists of them)."""
+
+    def decode(value, at):
         if _is_encoded_module(value):
-            torch_class = getattr(import_vit_pytorch(value['module']), value['class'])
-            return torch_class(**_torch_kwargs_from_sidecar(value['kwargs']))
+            file, class_name = _checked_class(value, at)
+            return build(file, class_name, _decoded_kwargs(value['kwargs'], f'{at}.kwargs', build))
+        if isinstance(value, list):
+            return [decode(item, f'{at}[{i}]') for i, item in enumerate(value)]
+        if not isinstance(value, _JSON_SCALARS):
+            raise ValueError(f'{at}: a keyword value must be JSON data or an encoded module, got {value!r}')
         return value
 
-    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
+    return registry.tuples_from_json({key: decode(value, f'{where}.{key}') for key, value in kwargs.items()})
 
 
-def _flax_kwargs_from_sidecar(kwargs: dict[str, Any]) -> dict[str, Any]:
-    def decode(value):
-        if _is_encoded_module(value):
-            flax_module = importlib.import_module('vit_flax.' + value['module'].removeprefix('vit_pytorch.'))
-            return getattr(flax_module, value['class'])(**_flax_kwargs_from_sidecar(value['kwargs']))
-        return value
+def _torch_kwargs_from_sidecar(kwargs: dict[str, Any], where: str = 'kwargs') -> dict[str, Any]:
+    return _decoded_kwargs(kwargs, where, lambda file, class_name, keywords: _torch_class(file, class_name)(**keywords))
 
-    return registry.tuples_from_json({key: decode(value) for key, value in kwargs.items()})
+
+def _flax_kwargs_from_sidecar(kwargs: dict[str, Any], where: str = 'kwargs') -> dict[str, Any]:
+    return _decoded_kwargs(kwargs, where, lambda file, class_name, keywords: getattr(
+        importlib.import_module(f'vit_flax.{file}'), class_name)(**keywords))
+
+
+def _torch_class(file: str, class_name: str):
+    import torch
+
+    torch_class = getattr(import_vit_pytorch(f'vit_pytorch.{file}'), class_name, None)
+    if not (isinstance(torch_class, type) and issubclass(torch_class, torch.nn.Module)):
+        raise ValueError(f'vit_pytorch.{file} has no module class {class_name!r}')
+    return torch_class
 
 
 def _version(package: str) -> str | None:
@@ -171,9 +214,23 @@ def _read_sidecar(path: Path) -> dict:
         sidecar = json.loads(sidecar_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f'sidecar {sidecar_path} is not valid JSON: {error}') from error
+    if not isinstance(sidecar, dict):
+        raise ValueError(f'sidecar {sidecar_path} holds a {type(sidecar).__name__}, not a JSON object')
     for field in ('module', 'class', 'kwargs'):
         if field not in sidecar:
             raise ValueError(f'sidecar {sidecar_path} lacks the field {field!r}')
+    try:
+        _checked_class(sidecar, 'sidecar')
+        name = sidecar.get('vit_flax_class')
+        if name is not None and (not isinstance(name, str) or name.removeprefix('vit_flax.') not in registry.BY_NAME):
+            raise ValueError(f'sidecar.vit_flax_class={name!r} is not a registered vit-flax class')
+        flax_kwargs = sidecar.get('flax_kwargs', {})
+        options = registry.FLAX_ONLY_FIELDS - {'parent', 'name'}
+        if not isinstance(flax_kwargs, dict) or not set(flax_kwargs) <= options \
+                or not all(isinstance(value, _JSON_SCALARS) for value in flax_kwargs.values()):
+            raise ValueError(f'sidecar.flax_kwargs={flax_kwargs!r}: only JSON values of {sorted(options)}')
+    except ValueError as error:
+        raise ValueError(f'refusing sidecar {sidecar_path}: {error}') from None
     return sidecar
 
 
@@ -181,8 +238,12 @@ def load_torch(path: str | Path):
     """The ready vit-pytorch model (eval mode) saved by `save_torch`: class and keywords from the sidecar."""
     path = Path(path)
     sidecar = _read_sidecar(path)
-    torch_class = getattr(import_vit_pytorch(sidecar['module']), sidecar['class'])
-    torch_model = torch_class(**_torch_kwargs_from_sidecar(sidecar['kwargs']))
+    torch_class = _torch_class(sidecar['module'].removeprefix('vit_pytorch.'), sidecar['class'])
+    try:
+        kwargs = _torch_kwargs_from_sidecar(sidecar['kwargs'])
+    except ValueError as error:
+        raise ValueError(f'refusing sidecar {_sidecar_path(path)}: {error}') from None
+    torch_model = torch_class(**kwargs)
     state_dict = {key: value if is_torch_tensor(value) else to_tensor(value)
                   for key, value in load_state_dict(path).items()}
     torch_model.load_state_dict(state_dict, strict=True)
@@ -198,5 +259,9 @@ def load_flax(path: str | Path) -> tuple[nn.Module, dict]:
     # the Flax class saved it (a DistillableT2TViT exports as vit-pytorch's T2TViT), else vit-pytorch's namesake
     name = sidecar.get('vit_flax_class', '').removeprefix('vit_flax.') or (
         f"{sidecar['module'].removeprefix('vit_pytorch.')}.{sidecar['class']}")
-    model = registry.build(name, {**_flax_kwargs_from_sidecar(sidecar['kwargs']), **sidecar.get('flax_kwargs', {})})
+    try:
+        kwargs = _flax_kwargs_from_sidecar(sidecar['kwargs'])
+    except ValueError as error:
+        raise ValueError(f'refusing sidecar {_sidecar_path(path)}: {error}') from None
+    model = registry.build(name, {**kwargs, **sidecar.get('flax_kwargs', {})})
     return model, from_torch(model, load_state_dict(path))
