@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from vit_flax.extras import EXTRAS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # the trainer's layer: it joins models and converters
@@ -19,7 +21,7 @@ NOT_FOR_MODELS = ('vit_flax.converters', 'torch', 'vit_pytorch', 'unittest', 'pa
                   *TRAINER)
 # what a model may import only inside the function that needs it, after `extras.require` (na_vit.packed_dataset
 # builds a grain pipeline)
-TRAINER_EXTRA = ('optax', 'orbax', 'grain', 'chex', 'ml_collections', 'tqdm', 'tensorboardX', 'sklearn', 'PIL')
+TRAINER_EXTRA = EXTRAS['train']
 
 
 def module_name(path: Path) -> str:
@@ -158,8 +160,7 @@ def run_python(code: str, blocked=()) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-OPTIONAL = ('torch', 'vit_pytorch', 'safetensors', 'optax', 'orbax', 'grain', 'chex', 'ml_collections',
-            'tensorboardX', 'sklearn', 'tqdm')
+OPTIONAL = (*EXTRAS['torch'], *EXTRAS['train'])
 
 
 # flax.nnx imports optax, which flax installs with itself: vit_flax.nnx needs it, and no other model does
@@ -197,8 +198,6 @@ def test_the_top_level_names_load_nothing_optional():
 @pytest.mark.parametrize('module, extra', [('vit_flax.converters', 'torch'), ('vit_flax.train', 'train'),
                                            ('vit_flax.training.objectives', 'train'), ('vit_flax.data', 'train')])
 def test_an_optional_part_without_its_extra_names_the_extra(module, extra):
-    from vit_flax.extras import EXTRAS
-
     result = run_python(f'import {module}', blocked=EXTRAS[extra])
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
