@@ -14,10 +14,12 @@ trainer's `vit-flax export` stays light).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,17 +42,30 @@ def _sidecar_path(path: Path) -> Path:
 def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
     """Write a state dict to `.safetensors` (no torch needed) or `.pt` (torch.save)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == '.safetensors':
-        save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(path))
-    elif path.suffix == '.pt':
-        import torch
-
-        torch.save({key: value if is_torch_tensor(value) else to_tensor(to_numpy(value))
-                    for key, value in state_dict.items()}, path)
-    else:
+    if path.suffix not in ('.safetensors', '.pt'):
         raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _replaced_whole(path) as temporary:
+        if path.suffix == '.safetensors':
+            save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(temporary))
+        else:
+            import torch
+
+            torch.save({key: value if is_torch_tensor(value) else to_tensor(to_numpy(value))
+                        for key, value in state_dict.items()}, temporary)
     return path
+
+
+@contextlib.contextmanager
+def _replaced_whole(path: Path):
+    """A temporary name next to `path` to write to; on success it replaces `path` in one rename, so a reader (or a
+    kill) sees the old file or the new one, never half of one. On failure `path` is left as it was."""
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -97,7 +112,8 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
         sidecar['input'] = input_spec
     sidecar_text = json.dumps(sidecar, indent=2) + '\n'  # fails before anything is written
     save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
-    _sidecar_path(path).write_text(sidecar_text)
+    with _replaced_whole(_sidecar_path(path)) as temporary:
+        temporary.write_text(sidecar_text)
     return path
 
 
@@ -207,6 +223,8 @@ def _version(package: str) -> str | None:
 
 
 def _read_sidecar(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f'no weights file at {path}')
     sidecar_path = _sidecar_path(path)
     if not sidecar_path.is_file():
         raise FileNotFoundError(f'{path} has no sidecar {sidecar_path.name} naming its vit-pytorch class and keywords')

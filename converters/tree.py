@@ -6,7 +6,8 @@
 `model` is the configured Flax module. The converter learns its variable tree with `jax.eval_shape` from an
 example input that the registry derives from the module's own fields (or from `example_inputs=`), then maps each
 leaf with the rules in `rules.py`. Conversion is strict: every missing, unexpected and mis-shaped key is reported
-in one error. Dtypes are kept (bf16 stays bf16) and the caller's dicts are not modified.
+in one error. Float widths are kept (bf16 stays bf16; float64 needs jax_enable_x64), values of the wrong kind (integers or
+booleans for float parameters, complex numbers) are refused with their keys, and the caller's dicts are not modified.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
 
@@ -41,14 +43,18 @@ class StateDictMismatchError(ValueError):
 # the variable tree of a model
 
 
-def _variable_shapes(model: nn.Module, example_inputs: tuple | None) -> dict[tuple[str, ...], tuple[int, ...]]:
-    if example_inputs is None:
-        example_inputs = registry.example_inputs(model)
-    shapes = jax.eval_shape(lambda: model.init(registry.init_rngs(jax.random.key(0)), *example_inputs))
-    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(dict(shapes)).items()}
+def _variable_leaves(model: nn.Module, example_inputs: tuple) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+    leaves = jax.eval_shape(lambda: model.init(registry.init_rngs(jax.random.key(0)), *example_inputs))
+    return traverse_util.flatten_dict(dict(leaves))
 
 
-_TABLES: dict = {}  # tracing a big model's init is slow in Python: one trace per configuration and input shapes
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    slots: dict[str, Slot]  # torch key -> slot
+    kinds: dict[tuple[str, ...], str]  # Flax path -> numpy dtype kind: 'f' float, 'i' integer, 'b' bool
+
+
+_LAYOUTS: dict = {}  # tracing a big model's init is slow in Python: one trace per configuration and input shapes
 
 
 def _input_signature(example_inputs: tuple) -> tuple:
@@ -71,15 +77,44 @@ def _by_flax_path(table: dict[str, Slot]) -> dict[tuple[str, ...], list[Slot]]:
     return grouped
 
 
-def _table(model, example_inputs) -> dict[str, Slot]:
+def _layout(model, example_inputs) -> _Layout:
     if example_inputs is None:
         example_inputs = registry.example_inputs(model)
     key = (type(model), _configuration(model), _input_signature(example_inputs))
-    if key not in _TABLES:
-        if len(_TABLES) >= 256:
-            _TABLES.clear()
-        _TABLES[key] = slots(_variable_shapes(model, example_inputs))
-    return _TABLES[key]
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 256:
+            _LAYOUTS.clear()
+        leaves = _variable_leaves(model, example_inputs)
+        _LAYOUTS[key] = _Layout(slots({path: tuple(leaf.shape) for path, leaf in leaves.items()}),
+                                {path: np.dtype(leaf.dtype).kind for path, leaf in leaves.items()})
+    return _LAYOUTS[key]
+
+
+def _table(model, example_inputs) -> dict[str, Slot]:
+    return _layout(model, example_inputs).slots
+
+
+# what each kind of Flax leaf takes from a state dict. Floats keep their width (bf16 stays bf16); float64 only where
+# JAX holds it (jax_enable_x64), since jnp.asarray would otherwise round it to float32 without a word.
+_ACCEPTED_KINDS = {'f': 'floating', 'i': 'integer', 'u': 'integer', 'b': 'bool'}
+
+
+def _dtype_problem(key: str, array: np.ndarray, kind: str) -> str | None:
+    """Why `array` cannot become a Flax leaf of dtype kind `kind`, or None."""
+    dtype = array.dtype
+    wanted = _ACCEPTED_KINDS[kind]
+    found = ('floating' if dtype.kind == 'f' or dtype == ml_dtypes.bfloat16 else
+             'integer' if dtype.kind in 'iu' else 'bool' if dtype.kind == 'b' else dtype.kind)
+    if found != wanted:
+        return f'{key}: dtype {dtype}, the model holds {wanted} values here'
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        return (f'{key}: dtype float64, which JAX holds only with jax_enable_x64; cast the state dict to float32 '
+                f'(torch: .float()) or enable x64')
+    if wanted == 'integer' and array.size:
+        limits = np.iinfo(jax.dtypes.canonicalize_dtype(np.int64))
+        if array.min() < limits.min or array.max() > limits.max:
+            return f'{key}: integer values in [{array.min()}, {array.max()}] do not fit JAX\'s {limits.dtype}'
+    return None
 
 
 # parameters a vit-pytorch module holds twice
@@ -135,6 +170,12 @@ def from_torch(model: nn.Module, state_dict: Mapping[str, Any], *, example_input
         raise StateDictMismatchError(
             f'state dict for {type(model).__name__}', missing, unexpected, mismatched
         )
+    kinds = _layout(model, example_inputs).kinds
+    problems = [problem for key, slot in table.items()
+                if (problem := _dtype_problem(key, arrays[key], kinds[slot.flax_path]))]
+    if problems:
+        raise ValueError(f'state dict for {type(model).__name__} has values of the wrong type:\n  '
+                        + '\n  '.join(problems))
 
     flat = {}
     for path, path_slots in _by_flax_path(table).items():

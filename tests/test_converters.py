@@ -143,6 +143,33 @@ def test_bf16_state_dict_stays_bf16():
     assert all(torch.equal(back[k], state[k]) and back[k].dtype == torch.bfloat16 for k in state)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
+def test_float_widths_are_kept(dtype):
+    model = tiny_vit()
+    state = {k: v.to(dtype) for k, v in torch_vit().state_dict().items()}
+    variables = converters.from_torch(model, state)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(str(dtype).split('.')[1])}
+
+
+@pytest.mark.parametrize('dtype, reason', [
+    (torch.int32, 'dtype torch.int32, the model holds floating values here'),
+    (torch.bool, 'dtype torch.bool, the model holds floating values here'),
+    (torch.complex64, 'dtype torch.complex64, the model holds floating values here'),
+    (torch.float64, 'dtype float64, which JAX holds only with jax_enable_x64'),
+])
+def test_values_of_the_wrong_type_are_refused_by_key(dtype, reason):
+    """jnp.asarray would round float64 to float32 without a word (x64 off), and take integers, booleans or complex
+    numbers into float parameters: each is refused naming the key."""
+    state = torch_vit().state_dict()
+    keys = ['mlp_head.weight', 'pos_embedding']
+    bad = {**state, **{key: state[key].to(dtype) for key in keys}}
+    with pytest.raises(ValueError) as raised:
+        converters.from_torch(tiny_vit(), bad)
+    message = str(raised.value).replace('torch.', '')
+    for key in keys:
+        assert f'{key}: {reason.replace("torch.", "")}' in message, message
+
+
 def test_unregistered_model_needs_example_inputs():
     import flax.linen as nn
 

@@ -17,6 +17,8 @@ require('torch', 'vit-flax (the command line)')
 
 import argparse
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from absl import logging
 from vit_flax import converters, data, registry
 from vit_flax.train import build_model, input_spec
 from vit_flax.training import objectives
-from vit_flax.training.checkpoint import restore_variables, save_variables
+from vit_flax.training.checkpoint import CheckpointError, restore_variables, save_variables
 
 
 def export(workdir: Path, out: Path) -> Path:
@@ -41,13 +43,30 @@ def export(workdir: Path, out: Path) -> Path:
     return converters.save_torch(out, model, variables, input_spec=input_spec(config, data.dataset_info(config)))
 
 
-def import_(weights: Path, out: Path) -> Path:
-    """A vit-pytorch file with its sidecar as an orbax checkpoint, with the model it holds in model.json."""
+def import_(weights: Path, out: Path, overwrite: bool = False) -> Path:
+    """A vit-pytorch file with its sidecar as an orbax checkpoint, with the model it holds in model.json.
+
+    The checkpoint is written next to `out` and renamed into place once complete: `out` holds the old checkpoint
+    or the new one, never a mix (orbax would keep an existing step 0 and report success). An existing `out` is
+    refused unless `overwrite`."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f'{out} exists: pass --overwrite to replace it, or choose another --out')
     model, variables = converters.load_flax(weights)
-    save_variables(out, variables)
-    # what the checkpoint holds, for the config of the run that fine-tunes from it
-    (out / 'model.json').write_text(json.dumps(
-        {'model_name': registry.entry_for(model).name, 'model': registry.torch_kwargs(model)}, indent=2) + '\n')
+    written = out.with_name(f'.{out.name}.{os.getpid()}.tmp')
+    try:
+        save_variables(written, variables)
+        # what the checkpoint holds, for the config of the run that fine-tunes from it
+        (written / 'model.json').write_text(json.dumps(
+            {'model_name': registry.entry_for(model).name, 'model': registry.torch_kwargs(model)}, indent=2) + '\n')
+        if out.exists():
+            replaced = out.with_name(f'.{out.name}.{os.getpid()}.old')
+            out.rename(replaced)
+            written.rename(out)
+            shutil.rmtree(replaced)
+        else:
+            written.rename(out)
+    finally:
+        shutil.rmtree(written, ignore_errors=True)
     return out
 
 
@@ -61,6 +80,7 @@ def main(argv=None):
     import_parser = commands.add_parser('import', help='vit-pytorch file with sidecar -> orbax checkpoint')
     import_parser.add_argument('--weights', type=Path, required=True)
     import_parser.add_argument('--out', type=Path, required=True)
+    import_parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)  # orbax narrates every restore at INFO
     try:
@@ -68,9 +88,9 @@ def main(argv=None):
             path = export(args.workdir, args.out)
             print(f'wrote {path} and {path.with_suffix(".json")}')
         else:
-            path = import_(args.weights, args.out)
+            path = import_(args.weights, args.out, args.overwrite)
             print(f'wrote {path}: train from it with --config.init_from={path}')
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, CheckpointError) as error:
         sys.exit(f'error: {error}')
 
 
