@@ -206,10 +206,10 @@ def test_dropout_only_in_training_and_reproducible():
 @pytest.mark.parametrize('config, message', [
     (dict(max_tokens_per_depth=(8,)), r'equal to the depth .* max_tokens_per_depth=\(8,\) for depth=2'),
     (dict(max_tokens_per_depth=(4, 8)), r'decreasing order, got \(4, 8\)'),
-    (dict(max_tokens_per_depth=(8, 0)), r'at least 1 token at any layer, got max_tokens_per_depth=\(8, 0\)'),
+    (dict(max_tokens_per_depth=(8, 0)), r'max_tokens_per_depth=\(8, 0\) holds 0; each entry must be a positive'),
     (dict(depth=0, max_tokens_per_depth=()), r'at least 1 token .* max_tokens_per_depth=\(\)'),
     (dict(image_size=18), r'divisible by the patch size: image_size=\(18, 18\), patch_size=\(4, 4\)'),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
     (dict(heads=0), 'heads=0'),
     (dict(dim_head=0), 'dim_head=0'),
     (dict(num_classes=-1), 'num_classes=-1'),

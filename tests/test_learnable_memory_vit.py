@@ -236,7 +236,7 @@ def test_adapter_saves_and_loads_with_its_backbone(tmp_path):
     (dict(dim_head=0), 'dim_head=0'),
     (dict(depth=-1), 'depth=-1'),
     (dict(num_classes=-1), 'num_classes=-1'),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
 ])
 def test_bad_vit_configs_fail_at_construction(config, message):
     with pytest.raises(ValueError, match=message):

@@ -240,10 +240,10 @@ def test_short_tuples_are_padded_with_their_last_value():
     (dict(dim=(16, 24, 32)), r'designated number of stages: dim=\(16, 24, 32\), .*stages=2'),
     (dict(heads=(2, 2, 2)), r'heads=\(2, 2, 2\)'),
     (dict(stages=0), 'stages=0'),
-    (dict(heads=0), r'heads=\(0, 0\)'),
+    (dict(heads=0), 'heads=0 must be a positive integer'),
     (dict(depth=(1, 0)), r'depth=\(1, 0\)'),
-    (dict(mlp_mult=1.5), r'mlp_mult=\(1.5,\)'),
-    (dict(dim_key=0), r'dim_key=\(0,\)'),
+    (dict(mlp_mult=1.5), 'mlp_mult=1.5 must be a positive integer'),
+    (dict(dim_key=0), 'dim_key=0 must be a positive integer'),
     (dict(num_classes=-1), 'num_classes=-1'),
     (dict(num_distill_classes=-2), 'num_distill_classes=-2'),
 ])

@@ -234,7 +234,7 @@ def test_jitted_train_step_on_packed_mixed_resolution_digits_lowers_the_loss():
 @pytest.mark.parametrize('config, message', [
     (dict(image_size=30), r'divisible by the patch size: image_size=\(30, 30\), patch_size=8'),
     (dict(patch_size=(8, 8)), 'patch_size must be a positive int'),
-    (dict(token_dropout_prob=1.0), r'token_dropout_prob must be in \[0, 1\), got token_dropout_prob=1.0'),
+    (dict(token_dropout_prob=1.0), r'token_dropout_prob=1.0 must be a probability in \[0, 1\)'),
 ])
 def test_bad_configs_fail_at_construction(config, message):
     with pytest.raises(ValueError, match=message):

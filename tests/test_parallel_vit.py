@@ -102,7 +102,7 @@ def test_dropout_only_in_training_and_reproducible():
     (dict(image_size=18), r'divisible by the patch size: image_size=\(18, 18\), patch_size=\(4, 4\)'),
     (dict(patch_size=(4, 5)), r'divisible by the patch size: .*patch_size=\(4, 5\)'),
     (dict(pool='max'), "pool=.max."),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
     (dict(num_parallel_branches=-1), 'num_parallel_branches=-1'),
 ])
 def test_bad_configs_fail_at_construction(config, message):

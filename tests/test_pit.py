@@ -189,17 +189,17 @@ def test_dropout_only_in_training_and_reproducible():
     (dict(patch_size=1, image_size=12), r'patch_size must be at least 2 .* got patch_size=1', True),
     (dict(depth=[1, 1]), r'depth must be a tuple of integers.* got depth=\[1, 1\]', True),
     (dict(depth=2), r'depth must be a tuple of integers.* got depth=2', True),
-    (dict(heads=0), r'heads of stage 0 must be a positive int, got 0', True),
-    (dict(heads=(2, 0)), r'heads of stage 1 must be a positive int, got 0 in heads=\(2, 0\)', True),
+    (dict(heads=0), 'heads=0 must be a positive integer', True),
+    (dict(heads=(2, 0)), r'heads=\(2, 0\) holds 0; each entry must be a positive integer', True),
     (dict(heads=[2, 2]), r'heads must be an int or a tuple .* got heads=\[2, 2\]', True),
-    (dict(dim_head=0), 'dim_head must be an int >= 1, got dim_head=0', True),
-    (dict(num_classes=-1), 'num_classes must be an int >= 0, got num_classes=-1', True),
-    (dict(mlp_dim=-2), 'mlp_dim must be an int >= 0, got mlp_dim=-2', True),
-    (dict(dim=0), 'dim must be an int >= 1, got dim=0', True),
-    (dict(image_size=0), 'image_size must be at least the patch size: image_size=0', True),
+    (dict(dim_head=0), 'dim_head=0 must be a positive integer', True),
+    (dict(num_classes=-1), 'num_classes=-1 must be a non-negative integer', True),
+    (dict(mlp_dim=-2), 'mlp_dim=-2 must be a non-negative integer', True),
+    (dict(dim=0), 'dim=0 must be a positive integer', True),
+    (dict(image_size=0), 'image_size=0 must be a positive integer', True),
     # torch runs these (an empty stage; a model for 0-channel images, which its Unfold refuses); refused here
-    (dict(depth=(1, -1)), r'depth\[1\]=-1 must be a non-negative int', False),
-    (dict(channels=0), 'channels must be an int >= 1, got channels=0', False),
+    (dict(depth=(1, -1)), r'depth=\(1, -1\) holds -1; each entry must be a non-negative integer', False),
+    (dict(channels=0), 'channels=0 must be a positive integer', False),
 ])
 def test_bad_configs_fail_at_construction(config, message, torch_refuses):
     kwargs = {**TINY, **config}

@@ -203,7 +203,7 @@ def test_dropout_only_in_training_and_reproducible():
     (dict(image_size=(16, 16)), r'single int image_size .* got image_size=\(16, 16\)'),
     (dict(t2t_layers=()), r't2t_layers must list at least one .* got t2t_layers=\(\)'),
     (dict(t2t_layers=((3,),)), r't2t_layers\[0\]=\(3,\) must be a \(kernel_size, stride\) pair'),
-    (dict(t2t_layers=((3, 2), (3, 0))), r't2t_layers\[1\]=\(3, 0\) must be'),
+    (dict(t2t_layers=((3, 2), (3, 0))), r't2t_layers=\(\(3, 2\), \(3, 0\)\) holds 0; each entry must be'),
     (dict(t2t_layers=(3, 2)), r't2t_layers\[0\]=\(3,\) must be a \(kernel_size, stride\) pair'),
     (dict(image_size=4, t2t_layers=((7, 1),)), r't2t_layers\[0\]=\(7, 1\): kernel_size 7 is larger than the 4-pixel'),
     (dict(image_size=8, t2t_layers=((3, 2), (3, 1), (3, 1))), r't2t_layers\[2\]=\(3, 1\): kernel_size 3 is larger '

@@ -113,7 +113,7 @@ def test_jit_and_batch_independence():
     (ViT, dict(image_size=30), r'divisible by the patch size: image_size=\(30, 30\), patch_size=\(8, 8\)'),
     (ViT, dict(patch_size=(8, 5)), r'divisible by the patch size: .*patch_size=\(8, 5\)'),
     (ViT, dict(pool='max'), "pool=.max."),
-    (ViT, dict(channels=0), 'channels must be positive, got 0'),
+    (ViT, dict(channels=0), 'channels=0 must be a positive integer'),
     (SimpleViT, dict(dim=30), 'multiple of 4 .* dim=30'),
     (SimpleViT, dict(dim=4), 'needs dim >= 8, got dim=4'),
 ])

@@ -69,9 +69,9 @@ def test_dropout_only_in_training_and_reproducible():
     (dict(image_size=20), r'divisible by the patch size: image_size=\(20, 20\), patch_size=\(8, 8\)'),
     (dict(image_patch_size=(8, 5)), r'divisible by the patch size: .*patch_size=\(8, 5\)'),
     (dict(frames=5), 'Frames must be divisible by the frame patch size: frames=5, frame_patch_size=2'),
-    (dict(frame_patch_size=0), 'frames=4, frame_patch_size=0'),
+    (dict(frame_patch_size=0), 'frame_patch_size=0 must be a positive integer'),
     (dict(pool='max'), "pool='max'"),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
 ])
 def test_bad_configs_fail_at_construction(config, message):
     with pytest.raises(ValueError, match=message):

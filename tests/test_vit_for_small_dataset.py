@@ -149,7 +149,7 @@ def test_bfloat16_forward_is_finite():
 @pytest.mark.parametrize('config, message', [
     (dict(image_size=30), r'divisible by the patch size: image_size=\(30, 30\), patch_size=\(8, 8\)'),
     (dict(pool='max'), "pool=.max."),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
     (dict(patch_size=(8, 8)), r'int patch_size .* got patch_size=\(8, 8\)'),
 ])
 def test_bad_configs_fail_at_construction(config, message):

@@ -137,7 +137,7 @@ def test_dropout_only_in_training_and_reproducible():
     (dict(variant='joint'), "variant = 'joint' is not implemented"),
     (dict(pool='max'), "pool='max'"),
     (dict(variant='factorized_self_attention', temporal_depth=2), 'spatial_depth=1, temporal_depth=2'),
-    (dict(channels=0), 'channels must be positive, got 0'),
+    (dict(channels=0), 'channels=0 must be a positive integer'),
 ])
 def test_bad_configs_fail_at_construction(config, message):
     with pytest.raises(ValueError, match=message):

@@ -51,7 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, exists, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, exists, pair,
+    randn,
+)
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 TOKEN_SAMPLING = 'token_sampling'  # the rng stream of the Gumbel noise
@@ -82,11 +85,6 @@ def unique_sorted_padded(sampled_token_ids, num_tokens: int):
     rank = jnp.cumsum(present, axis=-1) - 1  # position of each present id in the sorted unique ids
     at = present[..., None, :] & (rank[..., None, :] == jnp.arange(k)[:, None])  # (b, k, num_tokens)
     return jnp.sum(jnp.where(at, jnp.arange(num_tokens), 0), axis=-1)  # no slot matched: 0
-
-
-def _check_positive(name: str, value):
-    if value < 1:
-        raise ValueError(f'{name} must be positive, got {name}={value}')
 
 
 class AdaptiveTokenSampling(nn.Module):
@@ -255,12 +253,9 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         check_max_tokens_per_depth(self.depth, self.max_tokens_per_depth)
-        _check_positive('heads', self.heads)
-        _check_positive('dim_head', self.dim_head)
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be non-negative, got num_classes={self.num_classes}')
         super().__post_init__()
 
     def token_sampling_noise(self, img) -> tuple:
@@ -291,6 +286,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, return_sampled_token_ids: bool = False, train: bool = False):
+        check_floating_input(self, 'img', img)
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 

@@ -36,7 +36,10 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, check_square_image_config, exists, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, check_floating_input, check_keywords, check_square_image_config, exists,
+    randn,
+)
 from vit_flax.vit import FeedForward, patchify
 
 CHANNELS = 3  # vit-pytorch's CaiT hard-codes RGB input
@@ -171,10 +174,8 @@ class CaiT(nn.Module):
     channels = CHANNELS  # not a field (vit-pytorch has no such keyword): what the registry's Images reads
 
     def __post_init__(self):
+        check_keywords(self)
         check_square_image_config('CaiT', self.image_size, self.patch_size)
-        if self.depth < 0 or self.cls_depth < 0:
-            raise ValueError(f'depth and cls_depth must not be negative, got depth={self.depth}, '
-                             f'cls_depth={self.cls_depth}')
         if self.layer_dropout != 0 and (self.depth == 0 or self.cls_depth == 0):
             # torch's dropout_layers calls random.randrange(0) on an empty transformer and fails
             raise ValueError(f'layer_dropout={self.layer_dropout} needs at least one layer in each transformer, '
@@ -183,6 +184,7 @@ class CaiT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         num_patches = (self.image_size // self.patch_size) ** 2
 
         x = patchify(img, self.patch_size, CHANNELS)

@@ -47,7 +47,9 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax import layers
-from vit_flax.layers import LayerNorm, attention_weights, default, exists, gelu, pair
+from vit_flax.layers import (
+    LayerNorm, attention_weights, check_floating_input, check_keywords, default, exists, gelu, pair,
+)
 
 # CCT Models
 
@@ -335,23 +337,15 @@ class CCT(nn.Module):
     positional_embedding: str = 'sine'
 
     def __post_init__(self):
+        check_keywords(self)
         if self.positional_embedding not in {'sine', 'learnable', 'none'}:
             raise ValueError(f"positional_embedding must be 'sine', 'learnable' or 'none', "
                              f'got positional_embedding={self.positional_embedding!r}')
-        for name in ('n_input_channels', 'kernel_size', 'stride', 'pooling_kernel_size', 'pooling_stride',
-                     'embedding_dim', 'num_heads'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        for name in ('padding', 'pooling_padding', 'num_classes', 'num_layers'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'{name} must not be negative, got {name}={getattr(self, name)}')
         if self.pooling_padding > self.pooling_kernel_size / 2:
             raise ValueError(f'pooling_padding={self.pooling_padding} should be at most half of '
                              f'pooling_kernel_size={self.pooling_kernel_size} (torch MaxPool2d)')
         if self.embedding_dim % self.num_heads:
             raise ValueError(f'embedding_dim={self.embedding_dim} must be divisible by num_heads={self.num_heads}')
-        if int(self.embedding_dim * self.mlp_ratio) < 0:
-            raise ValueError(f'mlp_ratio={self.mlp_ratio} gives a negative feed-forward width')
         self.tokenizer(parent=None).output_size(*pair(self.img_size))  # torch runs the tokenizer once here
         super().__post_init__()
 
@@ -375,6 +369,7 @@ class CCT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.n_input_channels:

@@ -36,7 +36,7 @@ from einops import rearrange
 
 from vit_flax import cct, layers
 from vit_flax.cct import Conv, sinusoidal_embedding
-from vit_flax.layers import default, exists, pair
+from vit_flax.layers import check_floating_input, check_keywords, default, exists, pair
 
 # CCT Models (defined at the end of the file, from cct.py's presets)
 
@@ -173,18 +173,10 @@ class CCT(nn.Module):
     positional_embedding: str = 'sine'
 
     def __post_init__(self):
+        check_keywords(self)
         if self.positional_embedding not in {'sine', 'learnable', 'none'}:
             raise ValueError(f"positional_embedding must be 'sine', 'learnable' or 'none', "
                              f'got positional_embedding={self.positional_embedding!r}')
-        for name in ('num_frames', 'n_input_channels', 'frame_kernel_size', 'frame_stride', 'kernel_size', 'stride',
-                     'frame_pooling_kernel_size', 'frame_pooling_stride', 'pooling_kernel_size', 'pooling_stride',
-                     'embedding_dim', 'num_heads'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        for name in ('frame_padding', 'padding', 'frame_pooling_padding', 'pooling_padding', 'num_classes',
-                     'num_layers'):
-            if exists(getattr(self, name)) and getattr(self, name) < 0:
-                raise ValueError(f'{name} must not be negative, got {name}={getattr(self, name)}')
         for padding, kernel in (('frame_pooling_padding', 'frame_pooling_kernel_size'),
                                 ('pooling_padding', 'pooling_kernel_size')):
             if default(getattr(self, padding), 0) > getattr(self, kernel) / 2:
@@ -192,8 +184,6 @@ class CCT(nn.Module):
                                  f'{kernel}={getattr(self, kernel)} (torch MaxPool3d)')
         if self.embedding_dim % self.num_heads:
             raise ValueError(f'embedding_dim={self.embedding_dim} must be divisible by num_heads={self.num_heads}')
-        if int(self.embedding_dim * self.mlp_ratio) < 0:
-            raise ValueError(f'mlp_ratio={self.mlp_ratio} gives a negative feed-forward width')
         self.tokenizer(parent=None).output_size(self.num_frames, *pair(self.img_size))  # torch runs it once here
         super().__post_init__()
 
@@ -225,6 +215,7 @@ class CCT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x, what='videos')
         if x.ndim != 5:
             raise ValueError(f'expected videos of shape (batch, frames, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.n_input_channels:

@@ -38,7 +38,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, default, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, default, randn,
+)
 from vit_flax.vit import FeedForward, patchify
 
 
@@ -246,22 +248,13 @@ class CrossViT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         check_sizes(image_size=self.image_size, sm_patch_size=self.sm_patch_size, lg_patch_size=self.lg_patch_size)
-        for name in ('sm_dim', 'lg_dim', 'channels', 'sm_enc_heads', 'sm_enc_dim_head', 'lg_enc_heads',
-                     'lg_enc_dim_head', 'cross_attn_heads', 'cross_attn_dim_head'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        for name in ('num_classes', 'depth', 'sm_enc_depth', 'lg_enc_depth', 'cross_attn_depth', 'sm_enc_mlp_dim',
-                     'lg_enc_mlp_dim'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'{name} must be non-negative, got {name}={getattr(self, name)}')
-        for name in ('dropout', 'emb_dropout'):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f'{name} probability has to be between 0 and 1, got {name}={getattr(self, name)}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         sm_image_embedder = ImageEmbedder(dim=self.sm_dim, channels=self.channels, image_size=self.image_size,
                                           patch_size=self.sm_patch_size, dropout=self.emb_dropout,
                                           name='sm_image_embedder')

@@ -47,17 +47,13 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax import layers
-from vit_flax.layers import ChanLayerNorm, Conv, Linear, gelu
+from vit_flax.layers import ChanLayerNorm, Conv, Linear, check_floating_input, check_keywords, gelu
 
 # helpers
 
 
 def cast_tuple(val, length=1):
     return val if isinstance(val, tuple) else ((val,) * length)
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
 def embed_dim_scales(dim_out: int, num_scales: int) -> list[int]:
@@ -265,18 +261,13 @@ class CrossFormer(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         self.stage_configs()  # validates
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
-        if not _is_positive_int(self.channels):
-            raise ValueError(f'channels must be a positive integer, got channels={self.channels!r}')
-        for key in ('attn_dropout', 'ff_dropout'):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f'dropout probability has to be between 0 and 1, got {key}={getattr(self, key)!r}')
         super().__post_init__()
 
     def stage_configs(self) -> tuple[dict, ...]:
-        """The four stages' keywords, cast to 4-tuples as vit-pytorch does, and checked."""
+        """The four stages' keywords, cast to 4-tuples as vit-pytorch does, and checked (their signs are
+        check_keywords')."""
         values = {}
         for key in _STAGE_KEYWORDS:
             value = cast_tuple(getattr(self, key), 4)
@@ -285,14 +276,8 @@ class CrossFormer(nn.Module):
             values[key] = value
         configs = tuple({key: values[key][i] for key in _STAGE_KEYWORDS} for i in range(4))
         for i, config in enumerate(configs):
-            for key in ('dim', 'global_window_size', 'local_window_size', 'cross_embed_strides'):
-                if not _is_positive_int(config[key]):
-                    raise ValueError(f'{key} of stage {i} must be a positive integer, got {key}={getattr(self, key)!r}')
-            if not isinstance(config['depth'], (int, np.integer)) or config['depth'] < 0:
-                raise ValueError(f'depth of stage {i} must be a non-negative integer, got depth={self.depth!r}')
             kernels = config['cross_embed_kernel_sizes']
-            if (not isinstance(kernels, (tuple, list)) or not kernels
-                    or not all(_is_positive_int(kernel) for kernel in kernels)):
+            if not isinstance(kernels, (tuple, list)) or not kernels:
                 raise ValueError(
                     f'cross_embed_kernel_sizes of stage {i} must be a sequence of positive kernel sizes, got '
                     f'cross_embed_kernel_sizes={self.cross_embed_kernel_sizes!r}'
@@ -318,6 +303,7 @@ class CrossFormer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.channels:

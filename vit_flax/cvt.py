@@ -48,8 +48,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import (BatchNorm, ChanLayerNorm, Conv, Linear, attention_weights, gelu,
-                             group_by_key_prefix_and_remove_prefix)
+from vit_flax.layers import (
+    BatchNorm, ChanLayerNorm, Conv, Linear, attention_weights, check_floating_input, check_keywords, gelu,
+    group_by_key_prefix_and_remove_prefix,
+)
 
 # classes
 
@@ -141,7 +143,6 @@ class Transformer(nn.Module):
 
 
 STAGES = ('s1', 's2', 's3')
-_POSITIVE = ('emb_dim', 'emb_kernel', 'emb_stride', 'proj_kernel', 'kv_proj_stride', 'heads', 'mlp_mult')
 
 
 class CvT(nn.Module):
@@ -174,18 +175,8 @@ class CvT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
-        if not isinstance(self.channels, int) or self.channels < 1:
-            raise ValueError(f'channels must be a positive integer, got channels={self.channels!r}')
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f'dropout probability has to be between 0 and 1, got dropout={self.dropout!r}')
+        check_keywords(self)
         for prefix, config in zip(STAGES, self.stage_configs()):
-            for key in _POSITIVE:
-                if not isinstance(config[key], int) or config[key] < 1:
-                    raise ValueError(f'{prefix}_{key} must be a positive integer, got {prefix}_{key}={config[key]!r}')
-            if not isinstance(config['depth'], int) or config['depth'] < 0:
-                raise ValueError(f'{prefix}_depth must be a non-negative integer, got {prefix}_depth={config["depth"]!r}')
             if config['proj_kernel'] % 2 == 0:
                 raise ValueError(
                     f'{prefix}_proj_kernel must be odd: an even kernel makes the query map one pixel larger than its '
@@ -217,6 +208,7 @@ class CvT(nn.Module):
 
     def layers(self, x, train: bool = False):
         """torch's `self.layers`: images (B, H, W, channels) -> latents (B, h, w, s3_emb_dim)."""
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.channels:

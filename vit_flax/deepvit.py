@@ -25,7 +25,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, randn,
+)
 from vit_flax.vit import FeedForward, patchify
 
 
@@ -96,26 +98,23 @@ class DeepViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
+        check_keywords(self)
         for name in ('image_size', 'patch_size'):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f'DeepViT takes a single int {name} (square images and patches), got {name}={value!r}')
-        if self.patch_size < 1 or self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:
             raise ValueError(
                 f'Image dimensions must be divisible by the patch size: image_size={self.image_size}, '
                 f'patch_size={self.patch_size}'
             )
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
-        for name in ('channels', 'heads', 'dim_head'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be non-negative, got num_classes={self.num_classes}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         num_patches = (self.image_size // self.patch_size) ** 2
 
         x = patchify(img, self.patch_size, self.channels)

@@ -74,7 +74,7 @@ from einops import rearrange
 from flax import traverse_util
 
 from vit_flax.extractor import NOT_THIS_LAYER, layer_call
-from vit_flax.layers import Linear, call_plugged_in, default, gelu
+from vit_flax.layers import Linear, call_plugged_in, check_floating_input, check_keywords, default, gelu
 
 AUGMENT = 'augment'  # colour jitter, grayscale, flip, blur
 CROP = 'crop'  # random resized crops
@@ -481,22 +481,12 @@ class NetWrapper(nn.Module):
 
 def _check_config(module):
     image_size = module.image_size
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+    if not isinstance(image_size, int):
         raise ValueError(f'image_size must be one positive int (square crops, as torch), got image_size={image_size!r}')
-    for name in ('projection_hidden_size', 'num_classes_K'):
-        value = getattr(module, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'{name} must be a positive integer, got {name}={value!r}')
-    for name in ('student_temp', 'teacher_temp'):
-        if not getattr(module, name) > 0:
-            raise ValueError(f'{name} must be positive, got {name}={getattr(module, name)!r}')
     if not 0.05 < module.local_upper_crop_scale <= 1.0:
         raise ValueError(f'local_upper_crop_scale must be in (0.05, 1], got {module.local_upper_crop_scale!r}')
     if not 0.0 < module.global_lower_crop_scale <= 1.0:
         raise ValueError(f'global_lower_crop_scale must be in (0, 1], got {module.global_lower_crop_scale!r}')
-    for name in ('moving_average_decay', 'center_moving_average_decay'):
-        if not 0.0 <= getattr(module, name) <= 1.0:
-            raise ValueError(f'{name} must be in [0, 1], got {name}={getattr(module, name)!r}')
     for name in ('augment_fn', 'augment_fn2'):
         if getattr(module, name) is not None and not callable(getattr(module, name)):
             raise ValueError(f'{name} must be a callable or a Flax module, got {getattr(module, name)!r}')
@@ -551,6 +541,7 @@ class Dino(_InitCopiesStudent, nn.Module):
         return {'net.': 'student_encoder.net.'}
 
     def __post_init__(self):
+        check_keywords(self)
         _check_config(self)
         super().__post_init__()
 
@@ -577,6 +568,7 @@ class Dino(_InitCopiesStudent, nn.Module):
     @nn.compact
     def __call__(self, x, return_embedding: bool = False, return_projection: bool = True, student_temp=None,
                  teacher_temp=None, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         student_encoder = self._encoder('student_encoder')

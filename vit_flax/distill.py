@@ -55,6 +55,8 @@ from vit_flax.layers import (
     Linear,
     add_position_embedding,
     call_plugged_in,
+    check_floating_input,
+    check_keywords,
     default,
     exists,
     randn,
@@ -110,6 +112,7 @@ class DistillableViT(DistillMixin, vit.ViT):
 
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):
+        check_floating_input(self, 'img', img)
         if self.num_classes <= 0:
             raise ValueError(
                 f'DistillableViT needs num_classes > 0, got num_classes={self.num_classes} (vit-pytorch builds it '
@@ -125,6 +128,7 @@ class DistillableT2TViT(DistillMixin, t2t.T2TViT):
 
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):
+        check_floating_input(self, 'img', img)
         return self._distill_forward(img, distill_token, train)
 
 
@@ -135,6 +139,7 @@ class DistillableEfficientViT(DistillMixin, efficient.ViT):
 
     @nn.compact
     def __call__(self, img, distill_token=None, train: bool = False):
+        check_floating_input(self, 'img', img)
         return self._distill_forward(img, distill_token, train)
 
 
@@ -171,6 +176,7 @@ class DistillWrapper(nn.Module):
     takes_labels = True
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.student, DISTILLABLE):
             raise ValueError(
                 f'student must be a vision transformer (DistillableViT, DistillableT2TViT or DistillableEfficientViT), '
@@ -182,6 +188,7 @@ class DistillWrapper(nn.Module):
 
     @nn.compact
     def __call__(self, img, labels, temperature=None, alpha=None, train: bool = False):
+        check_floating_input(self, 'img', img)
         alpha = default(alpha, self.alpha)
         T = default(temperature, self.temperature)
         dim, num_classes = self.student.dim, self.student.num_classes

@@ -39,20 +39,20 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, call_plugged_in, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, call_plugged_in, check_floating_input, check_keywords, pair, randn,
+)
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
-def check_efficient_config(image_size, patch_size, pool, channels, transformer, num_classes):
+def check_efficient_config(image_size, patch_size, pool, transformer):
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):
         raise ValueError(f'efficient.ViT takes a single int patch_size, got patch_size={patch_size!r}')
-    check_image_config(image_size, patch_size, channels)
+    check_image_config(image_size, patch_size)
     if pool not in {'cls', 'mean'}:
         raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={pool!r}")
     if not isinstance(transformer, nn.Module):
         raise ValueError(f'transformer must be a Flax linen Module, got {type(transformer).__name__}')
-    if num_classes < 0:
-        raise ValueError(f'num_classes must not be negative, got num_classes={num_classes}')
 
 
 class ViT(nn.Module):
@@ -65,8 +65,8 @@ class ViT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
-        check_efficient_config(self.image_size, self.patch_size, self.pool, self.channels, self.transformer,
-                               self.num_classes)
+        check_keywords(self)
+        check_efficient_config(self.image_size, self.patch_size, self.pool, self.transformer)
         super().__post_init__()
 
     # the pieces of the forward pass, shared with distill.DistillableEfficientViT
@@ -95,6 +95,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         x = self._to_patch_embedding(img, train)
         b = x.shape[0]
 

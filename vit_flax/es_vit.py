@@ -77,7 +77,7 @@ import jax.numpy as jnp
 from vit_flax import dino
 from vit_flax.dino import (AUGMENT, CROP, EMA, MLP, DefaultAugment, FlipAndBlur, L2Norm, RandomApply,  # noqa: F401
                            reset_moving_average, trainable_mask)
-from vit_flax.layers import default
+from vit_flax.layers import check_floating_input, default
 
 CENTERS = (('teacher_view_centers', 'last_teacher_view_centers'),
            ('teacher_region_centers', 'last_teacher_region_centers'))
@@ -168,6 +168,7 @@ class EsViTTrainer(dino.Dino):
     @nn.compact
     def __call__(self, x, return_embedding: bool = False, return_projection: bool = True, student_temp=None,
                  teacher_temp=None, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         student_encoder = self._encoder('student_encoder')

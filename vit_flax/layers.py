@@ -7,8 +7,11 @@ that training from scratch behaves like vit-pytorch.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import numbers
+import re
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -32,6 +35,119 @@ def pair(t):
     return t if isinstance(t, tuple) else (t, t)
 
 
+# what every registered model checks first: its inputs' dtype (at the top of `__call__`) and its numeric keywords
+# (in `__post_init__`, so a bad value fails at construction, before any JAX computation)
+
+
+def check_floating_input(module: nn.Module, argument: str, value, what: str = 'images'):
+    """Refuse an input that is not floating point (ints, uint8 pixels, bools), naming the model, the argument and the
+    dtype. Computing on integers would go wrong silently (LayerNorm casts its result back to the input's dtype);
+    vit-pytorch's layers refuse integer inputs too. A list or tuple (NaViT's lists of images) is checked item by
+    item. float16, bfloat16, float32 and float64 pass unchanged."""
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_floating_input(module, f'{argument}[{index}]', item, what)
+        return
+    dtype = value.dtype if hasattr(value, 'dtype') else np.result_type(value)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        example = ' (e.g. pixels / 255, normalised)' if what in ('images', 'videos') else ''
+        raise TypeError(
+            f"{type(module).__name__}: {argument} has dtype {dtype}; pass floating-point {what}{example}: vit-pytorch's "
+            'layers (Linear, Conv2d, LayerNorm) refuse integer inputs too'
+        )
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeywordRule:
+    """What the values of a numeric keyword must be: `description` for the message, `accepts` for one value."""
+
+    description: str
+    accepts: Callable[[object], bool]
+
+
+POSITIVE_INTEGER = KeywordRule('a positive integer', lambda v: _integer(v) and v >= 1)
+NON_NEGATIVE_INTEGER = KeywordRule('a non-negative integer', lambda v: _integer(v) and v >= 0)
+POSITIVE_NUMBER = KeywordRule('a positive number', lambda v: _real(v) and v > 0)
+NON_NEGATIVE_NUMBER = KeywordRule('a non-negative number', lambda v: _real(v) and v >= 0)
+DROPOUT_PROBABILITY = KeywordRule('a probability in [0, 1)', lambda v: _real(v) and 0 <= v < 1)
+PROBABILITY = KeywordRule('a probability in [0, 1]', lambda v: _real(v) and 0 <= v <= 1)
+OPEN_FRACTION = KeywordRule('a fraction in (0, 1)', lambda v: _real(v) and 0 < v < 1)
+
+# one rule per keyword name, for every registered model: at most what vit-pytorch accepts (the parity configurations
+# and random-configuration sweeps include depth, num_classes, mlp_dim and padding 0). A model checks what is
+# particular to it itself: divisibility, tuple lengths, odd kernels, a keyword that matters only with layers
+# (XCiT's local_patch_kernel_size) ...
+KEYWORD_RULES: dict[str, KeywordRule] = {
+    **dict.fromkeys((
+        'image_size', 'img_size', 'image_patch_size', 'patch_size', 'frames', 'num_frames', 'channels',
+        'n_input_channels', 'dim', 'dims', 'emb_dim', 'embedding_dim', 'heads', 'num_heads', 'dim_head', 'dim_key',
+        'dim_value', 'dim_conv_stem', 'mlp_mult', 'ff_expansion_factor', 'kernel_size', 'emb_kernel', 'proj_kernel',
+        'peg_kernel_size', 'pooling_kernel_size', 'stride', 'emb_stride', 'kv_proj_stride',
+        'pooling_stride', 'cross_embed_kernel_sizes', 'cross_embed_strides', 'window_size', 'local_window_size',
+        'global_window_size', 'local_patch_size', 'global_k', 'reduction_factor', 'stages', 'num_hierarchies',
+        'max_tokens_per_depth', 't2t_layers', 'projection_hidden_size', 'projection_layers', 'num_classes_K',
+        'output_channel_bits',
+    ), POSITIVE_INTEGER),
+    **dict.fromkeys((
+        'depth', 'depths', 'cls_depth', 'spatial_depth', 'temporal_depth', 'num_layers', 'n_conv_layers',
+        'block_repeats', 'num_classes', 'num_distill_classes', 'num_memories_per_layer', 'num_parallel_branches',
+        'num_tokens_out', 'patch_merge_num_tokens', 'padding', 'pooling_padding', 'mlp_dim',
+    ), NON_NEGATIVE_INTEGER),
+    **dict.fromkeys(('temperature', 'student_temp', 'teacher_temp', 'max_pixel_val', 'expansion', 'ff_mult',
+                     'mbconv_expansion_rate'), POSITIVE_NUMBER),
+    **dict.fromkeys(('mlp_ratio', 'mbconv_shrinkage_rate'), NON_NEGATIVE_NUMBER),
+    **dict.fromkeys(('dropout', 'emb_dropout', 'attn_dropout', 'ff_dropout', 'layer_dropout', 'dropout_rate',
+                     'attention_dropout', 'stochastic_depth_rate', 'token_dropout_prob'), DROPOUT_PROBABILITY),
+    **dict.fromkeys(('mask_prob', 'replace_prob', 'random_patch_prob', 'alpha', 'moving_average_decay',
+                     'center_moving_average_decay'), PROBABILITY),
+    'masking_ratio': OPEN_FRACTION,
+}
+
+# a stage's or a branch's keyword takes its base name's rule: s2_heads, sm_enc_heads, cross_attn_heads and
+# decoder_heads are heads; frame_stride is stride; iwsa_dim_key is dim_key
+_KEYWORD_PREFIX = re.compile(r'^(s[1-4]|sm_enc|lg_enc|sm|lg|cross_attn|decoder|frame|iwsa|ssa)_')
+
+
+def keyword_rule(name: str) -> KeywordRule | None:
+    """The rule of a keyword, by its name (None: the keyword has none)."""
+    return KEYWORD_RULES.get(name) or KEYWORD_RULES.get(_KEYWORD_PREFIX.sub('', name))
+
+
+def _entries(value):
+    """The values a keyword holds: itself, or each entry of (nested) tuples and lists."""
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _entries(item)
+    else:
+        yield value
+
+
+def check_keywords(module: nn.Module):
+    """Check a model's numeric keywords by name (KEYWORD_RULES) at construction: a ValueError names the class, the
+    keyword and its value, e.g. "ViT: heads=0 must be a positive integer". Tuples and lists are checked entry by
+    entry; None (a default) and callables (NaViT's token_dropout_prob) are not numbers to check."""
+    for field in dataclasses.fields(module):
+        rule = keyword_rule(field.name)
+        if rule is None:
+            continue
+        value = getattr(module, field.name)
+        for entry in _entries(value):
+            if entry is None or callable(entry) or rule.accepts(entry):
+                continue
+            if isinstance(value, (list, tuple)):
+                raise ValueError(f'{type(module).__name__}: {field.name}={value!r} holds {entry!r}; each entry must be '
+                                 f'{rule.description}')
+            raise ValueError(f'{type(module).__name__}: {field.name}={value!r} must be {rule.description}')
+
+
 # initialisers
 
 
@@ -53,12 +169,11 @@ def group_by_key_prefix_and_remove_prefix(prefix: str, d: dict) -> tuple[dict, d
 
 
 def check_square_image_config(model: str, image_size, patch_size):
-    """The checks of models that take one int for the image and patch sides (CaiT, XCiT)."""
+    """The checks of models that take one int for the image and patch sides (CaiT, XCiT; their signs are
+    check_keywords')."""
     for name, value in (('image_size', image_size), ('patch_size', patch_size)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f'{model} takes a single int {name} (square images and patches), got {name}={value!r}')
-    if patch_size < 1:
-        raise ValueError(f'patch_size must be positive, got patch_size={patch_size}')
     if image_size % patch_size:
         raise ValueError(
             f'Image dimensions must be divisible by the patch size: image_size={image_size}, patch_size={patch_size}'

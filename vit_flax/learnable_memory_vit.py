@@ -59,7 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, exists, pair, randn, record_attention_map
+from vit_flax.layers import (
+    LayerNorm, Linear, attention_weights, check_floating_input, check_keywords, exists, pair, randn,
+    record_attention_map,
+)
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
@@ -114,12 +117,6 @@ class Transformer(nn.Module):
         return x
 
 
-def check_positive(**values):
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f'{name} must be a positive integer, got {name}={value}')
-
-
 class ViT(nn.Module):
     image_size: int | tuple[int, int]
     patch_size: int | tuple[int, int]
@@ -135,14 +132,10 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
-        check_positive(dim=self.dim, heads=self.heads, dim_head=self.dim_head, mlp_dim=self.mlp_dim)
-        if self.depth < 0:
-            raise ValueError(f'depth must be >= 0, got depth={self.depth}')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={self.num_classes}')
         super().__post_init__()
 
     @property
@@ -181,6 +174,7 @@ class ViT(nn.Module):
         return self.embedding_dropout(x, deterministic=not train)
 
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         x = self.img_to_tokens(img, train)
 
         x = self.transformer(x, train=train)
@@ -212,15 +206,12 @@ class Adapter(nn.Module):
     num_classes: int = 2
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.vit, ViT):
             raise ValueError(
                 f'vit must be a vit_flax.learnable_memory_vit.ViT, got vit={type(self.vit).__module__}.'
                 f'{type(self.vit).__name__}'
             )
-        if self.num_memories_per_layer < 0:
-            raise ValueError(f'num_memories_per_layer must be >= 0, got num_memories_per_layer={self.num_memories_per_layer}')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={self.num_classes}')
         super().__post_init__()
 
     @property
@@ -233,6 +224,7 @@ class Adapter(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         dim, layers, num_tokens = self.vit.dim, self.vit.depth, self.vit.num_patches + 1
 
         # learnable parameters

@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vit_flax.layers import BatchNorm, Conv, Embedding, Linear, default, exists, gelu
+from vit_flax.layers import (
+    BatchNorm, Conv, Embedding, Linear, check_floating_input, check_keywords, default, exists, gelu,
+)
 
 # helpers
 
@@ -147,12 +149,6 @@ class Transformer(nn.Module):
         return x
 
 
-def _positive_ints(name, values):
-    for value in values:
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f'{name} must be positive ints, got {name}={values}')
-
-
 class LeViT(nn.Module):
     image_size: int
     num_classes: int
@@ -169,34 +165,25 @@ class LeViT(nn.Module):
     channels = 3  # not a keyword: vit-pytorch's conv embedding takes 3 channels
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.image_size, (int, np.integer)) or isinstance(self.image_size, bool):
             raise ValueError(f'LeViT takes a single int image_size (vit-pytorch divides it by 16), '
                              f'got image_size={self.image_size!r}')
         if self.image_size < 16:
             raise ValueError(f'image_size={self.image_size} gives an empty feature map: LeViT downsamples by 16')
-        if not isinstance(self.stages, (int, np.integer)) or self.stages < 1:
-            raise ValueError(f'stages must be a positive int, got stages={self.stages!r}')
         dims, depths, layer_heads = (cast_tuple(v, self.stages) for v in (self.dim, self.depth, self.heads))
         if not all(len(t) == self.stages for t in (dims, depths, layer_heads)):
             raise ValueError(
                 'dimensions, depths, and heads must be a tuple that is less than the designated number of stages: '
                 f'dim={self.dim}, depth={self.depth}, heads={self.heads}, stages={self.stages}'
             )
-        _positive_ints('dim', dims)
-        _positive_ints('depth', depths)
-        _positive_ints('heads', layer_heads)
-        _positive_ints('mlp_mult', (self.mlp_mult,))
-        _positive_ints('dim_key', (self.dim_key,))
-        _positive_ints('dim_value', (self.dim_value,))
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={self.num_classes}')
-        if exists(self.num_distill_classes) and self.num_distill_classes < 0:
-            raise ValueError(f'num_distill_classes must be >= 0 or None, got '
-                             f'num_distill_classes={self.num_distill_classes}')
+        if min(depths) < 1:
+            raise ValueError(f'depth must be positive ints, got depth={self.depth}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         dims, depths, layer_heads = (cast_tuple(v, self.stages) for v in (self.dim, self.depth, self.heads))
         fmap_size = self.image_size // (2**4)
 

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from vit_flax import vit
-from vit_flax.layers import Embedding, Linear, pair, randn
+from vit_flax.layers import Embedding, Linear, check_floating_input, check_keywords, pair, randn
 
 MASKING = 'masking'  # the rng stream of the masks
 
@@ -76,14 +76,12 @@ def call_in_scope(module: nn.Module, fn, *args, **kwargs):
     return module._call_wrapped_method(nn.compact(fn), args, kwargs)
 
 
-def check_encoder(objective: str, encoder, masking_ratio: float):
+def check_encoder(objective: str, encoder):
     if not isinstance(encoder, vit.ViT):
         raise ValueError(
             f'{objective} takes a vit_flax.vit.ViT encoder, got encoder={type(encoder).__module__}.'
             f'{type(encoder).__name__}'
         )
-    if not 0 < masking_ratio < 1:
-        raise ValueError(f'masking ratio must be kept between 0 and 1, got masking_ratio={masking_ratio}')
 
 
 def num_masked_patches(objective: str, masking_ratio: float, num_patches: int) -> int:
@@ -186,7 +184,8 @@ class MAE(WrapsEncoder, nn.Module):
     decoder_dim_head: int = 64
 
     def __post_init__(self):
-        check_encoder('MAE', self.encoder, self.masking_ratio)
+        check_keywords(self)
+        check_encoder('MAE', self.encoder)
         super().__post_init__()
 
     def setup(self):
@@ -216,6 +215,7 @@ class MAE(WrapsEncoder, nn.Module):
 
     def _reconstruction(self, img, train: bool):
         """(pred_pixel_values, masked_patches, masked_indices) as vit-pytorch's forward computes them."""
+        check_floating_input(self, 'img', img)
         encoder = self.encoder
         patches = vit.patchify(img, encoder.patch_size, encoder.channels)
         batch, num_patches = patches.shape[:2]

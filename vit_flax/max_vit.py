@@ -55,7 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vit_flax.layers import BatchNorm, Conv, Embedding, LayerNorm, Linear, default, exists, gelu
+from vit_flax.layers import (
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, check_floating_input, check_keywords, default, gelu,
+)
 
 # helpers
 
@@ -242,18 +244,12 @@ class MaxViT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.depth, tuple):
             raise ValueError(
                 'depth needs to be tuple if integers indicating number of transformer blocks at that stage, '
                 f'got depth={self.depth!r}'
             )
-        for name in ('dim', 'dim_head', 'window_size', 'channels'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        if exists(self.dim_conv_stem) and self.dim_conv_stem < 1:
-            raise ValueError(f'dim_conv_stem must be positive, got dim_conv_stem={self.dim_conv_stem}')
-        if any(not isinstance(d, int) or d < 0 for d in self.depth):
-            raise ValueError(f'every stage depth must be a non-negative int, got depth={self.depth}')
         if self.dim % self.dim_head:
             raise ValueError(
                 f'dimension should be divisible by dimension per head: dim={self.dim}, dim_head={self.dim_head}'
@@ -273,14 +269,11 @@ class MaxViT(nn.Module):
                              'an empty last stage')
         if int(self.mbconv_expansion_rate * self.dim) < 1:
             raise ValueError(f'mbconv_expansion_rate={self.mbconv_expansion_rate} leaves no hidden channels')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be non-negative, got num_classes={self.num_classes}')
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f'dropout probability has to be between 0 and 1, got dropout={self.dropout}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.channels:

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import BatchNorm, Conv, LayerNorm, Linear, attention_weights
+from vit_flax.layers import BatchNorm, Conv, LayerNorm, Linear, attention_weights, check_floating_input, check_keywords
 
 # helpers
 
@@ -196,6 +196,7 @@ class MobileViT(nn.Module):
     depths: tuple[int, ...] = (2, 4, 3)
 
     def __post_init__(self):
+        check_keywords(self)
         if len(self.dims) != 3:
             raise ValueError(f'dims must be a tuple of 3, got dims={self.dims}')
         if len(self.depths) != 3:
@@ -221,6 +222,7 @@ class MobileViT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         channels, expansion = self.channels, self.expansion
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')

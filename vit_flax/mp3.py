@@ -54,7 +54,10 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, check_sincos_dim, exists, pair, posemb_sincos_2d, record_attention_map
+from vit_flax.layers import (
+    LayerNorm, Linear, attention_weights, check_floating_input, check_keywords, check_sincos_dim, exists, pair,
+    posemb_sincos_2d, record_attention_map,
+)
 from vit_flax.distill import cross_entropy
 from vit_flax.vit import FeedForward, check_image_config, patchify  # mp3's FeedForward is vit.py's
 
@@ -123,18 +126,9 @@ class ViT(nn.Module):
     dropout: float = 0.0
 
     def __post_init__(self):
-        for name in ('patch_size', 'image_size'):
-            if min(pair(getattr(self, name))) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         check_sincos_dim(self.dim)
-        for name in ('heads', 'dim_head'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be positive, got {name}={getattr(self, name)}')
-        if self.depth < 0:
-            raise ValueError(f'depth must not be negative, got depth={self.depth}')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be non-negative, got num_classes={self.num_classes}')
         super().__post_init__()
 
     @property
@@ -161,6 +155,7 @@ class ViT(nn.Module):
         return self.to_patch_embedding_3(x)
 
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         x = self.to_patch_embedding(img)
         _, h, w, _ = x.shape
         x = rearrange(x, 'b h w d -> b (h w) d') + jnp.asarray(posemb_sincos_2d(h, w, self.dim), dtype=x.dtype)
@@ -184,12 +179,11 @@ class MP3(nn.Module):
     takes_labels = False
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.vit, ViT):
             raise ValueError(
                 f'vit must be a vit_flax.mp3.ViT, got vit={type(self.vit).__module__}.{type(self.vit).__name__}'
             )
-        if not 0 < self.masking_ratio < 1:
-            raise ValueError(f'masking ratio must be kept between 0 and 1, got masking_ratio={self.masking_ratio}')
         super().__post_init__()
 
     @property
@@ -220,6 +214,7 @@ class MP3(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         vit = self.vit
         noise = self.masking_noise(img)
         if self.is_initializing():

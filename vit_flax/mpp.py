@@ -75,7 +75,7 @@ from einops import rearrange, reduce
 
 from vit_flax import vit
 from vit_flax.distill import cross_entropy
-from vit_flax.layers import Linear, pair, randn
+from vit_flax.layers import Linear, check_floating_input, check_keywords, pair, randn
 
 MASKING = 'masking'
 
@@ -205,6 +205,7 @@ class MPP(nn.Module):
     takes_labels = False
 
     def __post_init__(self):
+        check_keywords(self)
         self._check_config()
         super().__post_init__()
 
@@ -225,10 +226,6 @@ class MPP(nn.Module):
             )
         if not 0 < self.mask_prob <= 1:
             raise ValueError(f'mask_prob must be in (0, 1], got mask_prob={self.mask_prob}')
-        if not 0 <= self.replace_prob <= 1:
-            raise ValueError(f'replace_prob must be in [0, 1], got replace_prob={self.replace_prob}')
-        if self.random_patch_prob < 0:
-            raise ValueError(f'random_patch_prob must be >= 0, got random_patch_prob={self.random_patch_prob}')
         if self.random_patch_prob > 0 and self.replace_prob + self.random_patch_prob > 1 + 1e-9:
             raise ValueError(
                 f'replace_prob + random_patch_prob must be at most 1 (they share the masked patches), got '
@@ -239,11 +236,6 @@ class MPP(nn.Module):
                 f'random_patch_prob={self.random_patch_prob} needs replace_prob < 1, got replace_prob='
                 f'{self.replace_prob} (vit-pytorch divides by 1 - replace_prob)'
             )
-        bits = self.output_channel_bits
-        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
-            raise ValueError(f'output_channel_bits must be a positive int, got output_channel_bits={bits!r}')
-        if not self.max_pixel_val > 0:
-            raise ValueError(f'max_pixel_val must be positive, got max_pixel_val={self.max_pixel_val}')
         for name in ('mean', 'std'):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (list, tuple)) or len(value) not in (0, 1, self.channels)):
@@ -281,6 +273,7 @@ class MPP(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):
         # clone original image for loss; no gradient reaches the input (torch: input.clone().detach())
+        check_floating_input(self, 'img', img)
         img = jax.lax.stop_gradient(img)
 
         # reshape raw image to patches, the encoder's layout (its own checks name a wrong shape)

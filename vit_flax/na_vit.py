@@ -51,7 +51,8 @@ from einops import rearrange, repeat
 from vit_flax.extras import require
 from vit_flax.layers import LayerNorm as _BiasedLayerNorm
 from vit_flax.layers import (
-    Linear, attention_weights, check_attention_impl, default, fused_attention, gelu, pair, randn, uses_fused_attention,
+    Linear, attention_weights, check_attention_impl, check_floating_input, check_keywords, default, fused_attention,
+    gelu, pair, randn, uses_fused_attention,
 )
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class PackedBatch(flax.struct.PyTreeNode):
 def _tokens(model, image, rng: np.random.Generator | None, where: str):
     """One image's patches and positions on the host, with the model's token dropout when `rng` is given."""
     rows, columns = check_image(image, model.patch_size, model.channels, model.image_size, where)
+    check_floating_input(model, where, image)
     patches = to_patches(np.asarray(image, np.float32), model.patch_size)
     positions = patch_positions(rows, columns)
     if rng is not None:
@@ -418,16 +420,14 @@ class NaViT(nn.Module):
     attention_impl: str = 'explicit'  # JAX-only, see the module docstring
 
     def __post_init__(self):
+        check_keywords(self)
         check_attention_impl(self.attention_impl)
         image_height, image_width = pair(self.image_size)
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+        if not isinstance(self.patch_size, int):
             raise ValueError(f'patch_size must be a positive int, got patch_size={self.patch_size!r}')
         if image_height % self.patch_size or image_width % self.patch_size:
             raise ValueError(f'Image dimensions must be divisible by the patch size: image_size='
                              f'{(image_height, image_width)}, patch_size={self.patch_size}')
-        p = self.token_dropout_prob
-        if p is not None and not callable(p) and not 0.0 <= float(p) < 1.0:
-            raise ValueError(f'token_dropout_prob must be in [0, 1), got token_dropout_prob={p}')
         super().__post_init__()
 
     # image lists -> one packed batch, while tracing
@@ -539,7 +539,9 @@ class NaViT(nn.Module):
     def __call__(self, batched_images, group_images: bool = False, group_max_seq_len: int = 2048,
                  train: bool = False):
         if isinstance(batched_images, PackedBatch):
+            check_floating_input(self, 'batched_images.patches', batched_images.patches)
             return self._logits_per_slot(batched_images, train)
+        check_floating_input(self, 'batched_images', batched_images)
         groups = self._groups(batched_images, group_images, group_max_seq_len, train)
         batch, num_images = self._pack_lists(groups, train)
         logits = self._logits_per_slot(batch, train)

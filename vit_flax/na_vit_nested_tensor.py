@@ -32,7 +32,9 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax import na_vit
-from vit_flax.layers import LayerNorm, Linear, attention_weights, default, fused_attention, uses_fused_attention
+from vit_flax.layers import (
+    LayerNorm, Linear, attention_weights, check_floating_input, default, fused_attention, uses_fused_attention,
+)
 from vit_flax.na_vit import PackedBatch
 
 NoBiasLayerNorm = functools.partial(LayerNorm, use_bias=False)
@@ -129,7 +131,9 @@ class NaViT(na_vit.NaViT):
 
     def __call__(self, images, train: bool = False):
         if isinstance(images, PackedBatch):
+            check_floating_input(self, 'images.patches', images.patches)
             return self._logits_per_slot(images, train)
+        check_floating_input(self, 'images', images)
         if na_vit.is_image(images) or not len(images) or not all(na_vit.is_image(image) for image in images):
             raise ValueError('this NaViT takes a flat list of (height, width, channels) images or a PackedBatch')
         # one image per row: vit-pytorch's jagged batch, padded

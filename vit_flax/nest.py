@@ -32,7 +32,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import ChanLayerNorm, Conv, Linear, attention_weights, gelu, randn
+from vit_flax.layers import (
+    ChanLayerNorm, Conv, Linear, attention_weights, check_floating_input, check_keywords, gelu, randn,
+)
 
 # helpers
 
@@ -136,6 +138,7 @@ class NesT(nn.Module):
     dropout: float = 0.0
 
     def __post_init__(self):
+        check_keywords(self)
         for name in ('image_size', 'patch_size'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -145,8 +148,6 @@ class NesT(nn.Module):
                 f'Image dimensions must be divisible by the patch size: image_size={self.image_size}, '
                 f'patch_size={self.patch_size}'
             )
-        if self.num_hierarchies < 1:
-            raise ValueError(f'num_hierarchies must be at least 1, got num_hierarchies={self.num_hierarchies}')
         fmap_size, blocks = self.image_size // self.patch_size, 2 ** (self.num_hierarchies - 1)
         if fmap_size % blocks:
             raise ValueError(
@@ -162,12 +163,11 @@ class NesT(nn.Module):
                 f'block_repeats={self.block_repeats} needs one entry per hierarchy (num_hierarchies='
                 f'{self.num_hierarchies})'
             )
-        if self.channels < 1:
-            raise ValueError(f'channels must be positive, got channels={self.channels}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         num_hierarchies, patch_size = self.num_hierarchies, self.patch_size
         patch_dim = self.channels * patch_size**2
         fmap_size = self.image_size // patch_size

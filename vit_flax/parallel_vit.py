@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, pair, randn
+from vit_flax.layers import LayerNorm, Linear, add_position_embedding, check_floating_input, check_keywords, pair, randn
 from vit_flax.vit import Attention, FeedForward, check_image_config, patchify
 
 
@@ -80,15 +80,15 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
-        if self.num_parallel_branches < 0:
-            raise ValueError(f'num_parallel_branches must be >= 0, got num_parallel_branches={self.num_parallel_branches}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 

@@ -43,7 +43,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import Conv, LayerNorm, Linear, add_position_embedding, conv_output_size, randn, unfold
+from vit_flax.layers import (
+    Conv, LayerNorm, Linear, add_position_embedding, check_floating_input, check_keywords, conv_output_size, randn,
+    unfold,
+)
 from vit_flax.vit import Attention, FeedForward
 
 # helpers
@@ -144,6 +147,7 @@ class PiT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         for name in ('image_size', 'patch_size'):
             value = getattr(self, name)
             if not _is_int(value):
@@ -169,18 +173,8 @@ class PiT(nn.Module):
                 'depth must be a tuple of integers, specifying the number of blocks before each downsizing, '
                 f'got depth={self.depth!r}'
             )
-        for i, d in enumerate(self.depth):
-            if not _is_int(d) or d < 0:
-                raise ValueError(f'depth[{i}]={d!r} must be a non-negative int, in depth={self.depth}')
         if not (_is_int(self.heads) or isinstance(self.heads, tuple)):
             raise ValueError(f'heads must be an int or a tuple of ints (one per stage), got heads={self.heads!r}')
-        for i, h in enumerate(self.stage_heads):
-            if not _is_int(h) or h < 1:
-                raise ValueError(f'heads of stage {i} must be a positive int, got {h!r} in heads={self.heads!r}')
-        for name, low in (('dim', 1), ('dim_head', 1), ('channels', 1), ('mlp_dim', 0), ('num_classes', 0)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ValueError(f'{name} must be an int >= {low}, got {name}={value!r}')
         super().__post_init__()
 
     @property
@@ -190,6 +184,7 @@ class PiT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         if img.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {img.shape}')
         if img.shape[-1] != self.channels:

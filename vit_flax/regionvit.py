@@ -45,7 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from vit_flax.layers import ChanLayerNorm, Conv, Embedding, LayerNorm, Linear, exists, gelu
+from vit_flax.layers import (
+    ChanLayerNorm, Conv, Embedding, LayerNorm, Linear, check_floating_input, check_keywords, exists, gelu,
+)
 
 # helpers
 
@@ -211,10 +213,6 @@ class R2LTransformer(nn.Module):
 # classes
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
 class RegionViT(nn.Module):
     dim: int | tuple[int, int, int, int] = (64, 128, 256, 512)
     depth: int | tuple[int, int, int, int] = (2, 2, 8, 2)
@@ -228,28 +226,17 @@ class RegionViT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         dim, depth = cast_tuple(self.dim, 4), cast_tuple(self.depth, 4)
         if len(dim) != 4:
             raise ValueError(f'dim needs to be a single value or a tuple of length 4, got dim={self.dim!r}')
         if len(depth) != 4:
             raise ValueError(f'depth needs to be a single value or a tuple of length 4, got depth={self.depth!r}')
-        if not all(_positive_int(d) for d in dim):
-            raise ValueError(f'every dim must be a positive integer, got dim={self.dim!r}')
-        if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in depth):
-            raise ValueError(f'every depth must be a non-negative integer, got depth={self.depth!r}')
-        for name in ('window_size', 'local_patch_size'):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(f'{name} must be a positive integer, got {name}={getattr(self, name)!r}')
-        if not isinstance(self.num_classes, (int, np.integer)) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
         if self.channels != 3:
             raise ValueError(
                 f"channels={self.channels!r}: vit-pytorch's local tokenizer always takes 3 channels while its region "
                 'encoder takes `channels`, so only channels=3 runs'
             )
-        for name in ('attn_dropout', 'ff_dropout'):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f'dropout probability has to be between 0 and 1, got {name}={getattr(self, name)!r}')
         super().__post_init__()
 
     @property
@@ -273,6 +260,7 @@ class RegionViT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         *_, h, w, c = x.shape

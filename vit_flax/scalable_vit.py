@@ -44,7 +44,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import ChanLayerNorm, Conv, LayerNorm, Linear, attention_weights, default, gelu
+from vit_flax.layers import (
+    ChanLayerNorm, Conv, LayerNorm, Linear, attention_weights, check_floating_input, check_keywords, default, gelu,
+)
 
 # helpers
 
@@ -227,10 +229,6 @@ _PER_STAGE = ('heads', 'ssa_dim_key', 'ssa_dim_value', 'reduction_factor', 'iwsa
               'window_size')
 
 
-def _positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 class ScalableViT(nn.Module):
     num_classes: int
     dim: int
@@ -247,13 +245,12 @@ class ScalableViT(nn.Module):
     dropout: float = 0.0
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.depth, tuple):
             raise ValueError(
                 'depth needs to be tuple if integers indicating number of transformer blocks at that stage, '
                 f'got depth={self.depth!r}'
             )
-        if not all(isinstance(d, int) and d >= 0 for d in self.depth):
-            raise ValueError(f'every stage depth must be a non-negative integer, got depth={self.depth!r}')
         num_stages = len(self.depth)
         if num_stages == 0:
             raise ValueError(f'depth needs at least one stage, got depth={self.depth!r}')
@@ -263,18 +260,6 @@ class ScalableViT(nn.Module):
                 raise ValueError(
                     f'{key}={getattr(self, key)!r} needs one entry per stage ({num_stages} stages: depth={self.depth})'
                 )
-            for value in values:
-                if key == 'window_size' and value is None:
-                    continue
-                if not _positive_int(value):
-                    raise ValueError(f'{key} entries must be positive integers, got {key}={getattr(self, key)!r}')
-        for key in ('dim', 'ff_expansion_factor', 'channels'):
-            if not _positive_int(getattr(self, key)):
-                raise ValueError(f'{key} must be a positive integer, got {key}={getattr(self, key)!r}')
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f'dropout probability has to be between 0 and 1, got dropout={self.dropout!r}')
         super().__post_init__()
 
     def stage_configs(self) -> tuple[dict, ...]:
@@ -295,6 +280,7 @@ class ScalableViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         if img.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {img.shape}')
         if img.shape[-1] != self.channels:

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import ChanLayerNorm, Conv, LayerNorm, Linear, gelu, randn
+from vit_flax.layers import ChanLayerNorm, Conv, LayerNorm, Linear, check_floating_input, check_keywords, gelu, randn
 from vit_flax.cvt import FeedForward  # the same channel-first feed-forward as cvt
 
 # helpers
@@ -194,6 +194,7 @@ class SepViT(nn.Module):
     dropout: float = 0.0
 
     def __post_init__(self):
+        check_keywords(self)
         if not isinstance(self.depth, tuple):
             raise ValueError(
                 'depth needs to be tuple if integers indicating number of transformer blocks at that stage, '
@@ -206,25 +207,13 @@ class SepViT(nn.Module):
                 raise ValueError(
                     f'{name}={getattr(self, name)!r} needs one entry per stage, depth={self.depth!r} has {num_stages}'
                 )
-        for i, (layer_depth, layer_heads) in enumerate(zip(self.depth, cast_tuple(self.heads, num_stages))):
-            if not isinstance(layer_depth, int) or layer_depth < 0:
-                raise ValueError(f'depth[{i}] must be a non-negative integer, got depth={self.depth!r}')
-            if not isinstance(layer_heads, int) or layer_heads < 1:
-                raise ValueError(f'heads must be positive integers, got heads={self.heads!r}')
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f'dim must be a positive integer, got dim={self.dim!r}')
-        if not isinstance(self.channels, int) or self.channels < 1:
-            raise ValueError(f'channels must be a positive integer, got channels={self.channels!r}')
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
         if int(self.dim * self.ff_mult) < 1:
             raise ValueError(f'ff_mult={self.ff_mult!r} gives int(dim * ff_mult) < 1 hidden channels (dim={self.dim})')
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f'dropout probability has to be between 0 and 1, got dropout={self.dropout!r}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         if x.ndim != 4:
             raise ValueError(f'expected images of shape (batch, height, width, channels), got shape {x.shape}')
         if x.shape[-1] != self.channels:

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from einops import repeat
 
 from vit_flax import vit
-from vit_flax.layers import Linear, pair, randn
+from vit_flax.layers import Linear, check_floating_input, check_keywords, pair, randn
 from vit_flax.mae import (
     MASKING,
     WrapsEncoder,
@@ -64,7 +64,8 @@ class SimMIM(WrapsEncoder, nn.Module):
     masking_ratio: float = 0.5
 
     def __post_init__(self):
-        check_encoder('SimMIM', self.encoder, self.masking_ratio)
+        check_keywords(self)
+        check_encoder('SimMIM', self.encoder)
         super().__post_init__()
 
     def masking_noise(self, img):
@@ -76,6 +77,7 @@ class SimMIM(WrapsEncoder, nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         encoder = self.encoder
         patches = vit.patchify(img, encoder.patch_size, encoder.channels)
         batch, num_patches, pixel_values_per_patch = patches.shape

@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_flax.layers import (
-    LayerNorm, Linear, check_attention_impl, check_sincos_dim, gelu, multi_head_attention, pair, posemb_sincos_2d,
-    residual_boundary,
+    LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim, gelu,
+    multi_head_attention, pair, posemb_sincos_2d, residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import check_image_config, patchify
@@ -123,7 +123,8 @@ class SimpleViT(nn.Module):
     attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         check_sincos_dim(self.dim)
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
@@ -131,6 +132,7 @@ class SimpleViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
+        check_floating_input(self, 'img', img)
         x = patchify(img, self.patch_size, self.channels)
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)

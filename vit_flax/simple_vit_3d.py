@@ -21,7 +21,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_flax.layers import LayerNorm, Linear, check_attention_impl, check_sincos_3d_dim, pair, posemb_sincos_3d
+from vit_flax.layers import (
+    LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_3d_dim, pair,
+    posemb_sincos_3d,
+)
 from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
 from vit_flax.vit_3d import check_video_config, patchify_3d
@@ -45,7 +48,8 @@ class SimpleViT(nn.Module):
     attention_impl: str = 'explicit'
 
     def __post_init__(self):
-        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
+        check_keywords(self)
+        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size)
         check_sincos_3d_dim(self.dim)
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
@@ -53,6 +57,7 @@ class SimpleViT(nn.Module):
 
     @nn.compact
     def __call__(self, video, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
+        check_floating_input(self, 'video', video, what='videos')
         x = patchify_3d(video, self.image_patch_size, self.frame_patch_size, self.channels)
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)

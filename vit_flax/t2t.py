@@ -50,7 +50,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import (
-    Linear, add_position_embedding, call_plugged_in, check_attention_impl, conv_output_size, exists, randn, unfold,
+    Linear, add_position_embedding, call_plugged_in, check_attention_impl, check_floating_input, check_keywords,
+    conv_output_size, exists, randn, unfold,
 )
 from vit_flax.scan import check_remat_policy
 from vit_flax.vit import Transformer
@@ -124,6 +125,7 @@ class T2TViT(nn.Module):
     attention_impl: str = 'explicit'
 
     def __post_init__(self):
+        check_keywords(self)
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
@@ -138,8 +140,6 @@ class T2TViT(nn.Module):
                 )
         elif not isinstance(self.transformer, nn.Module):
             raise ValueError(f'transformer must be a Flax linen Module, got {type(self.transformer).__name__}')
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must not be negative, got num_classes={self.num_classes}')
         super().__post_init__()
 
     # the pieces of the forward pass, shared with distill.DistillableT2TViT
@@ -192,6 +192,7 @@ class T2TViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         x = self._to_patch_embedding(img, train)
         cls_token, pos_embedding = self._cls_and_pos_embedding()
 

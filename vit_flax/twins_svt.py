@@ -48,7 +48,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange
 
-from vit_flax.layers import (ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, group_by_key_prefix_and_remove_prefix)
+from vit_flax.layers import (
+    ChanLayerNorm, Conv, Linear, attention_weights, call_plugged_in, check_floating_input, check_keywords,
+    group_by_key_prefix_and_remove_prefix,
+)
 from vit_flax.cvt import FeedForward  # the same channel-first feed-forward as cvt
 
 LayerNorm = ChanLayerNorm  # vit-pytorch's name for the channel LayerNorm in this file
@@ -184,7 +187,6 @@ class Transformer(nn.Module):
 
 
 STAGES = ('s1', 's2', 's3', 's4')
-_POSITIVE = ('emb_dim', 'patch_size', 'local_patch_size', 'global_k')
 
 
 class TwinsSVT(nn.Module):
@@ -215,21 +217,12 @@ class TwinsSVT(nn.Module):
     channels: ClassVar[int] = 3  # not a keyword: vit-pytorch builds the first patch embedding for 3 channels
 
     def __post_init__(self):
-        if not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f'num_classes must be a non-negative integer, got num_classes={self.num_classes!r}')
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f'dropout probability has to be between 0 and 1, got dropout={self.dropout!r}')
-        if not isinstance(self.peg_kernel_size, int) or self.peg_kernel_size < 1 or self.peg_kernel_size % 2 == 0:
+        check_keywords(self)
+        if self.peg_kernel_size % 2 == 0:
             raise ValueError(
                 'peg_kernel_size must be a positive odd integer: an even kernel makes the PEG output one pixel larger '
                 f'than its input and vit-pytorch fails at the residual add, got peg_kernel_size={self.peg_kernel_size!r}'
             )
-        for prefix, config in zip(STAGES, self.stage_configs()):
-            for key in _POSITIVE:
-                if not isinstance(config[key], int) or config[key] < 1:
-                    raise ValueError(f'{prefix}_{key} must be a positive integer, got {prefix}_{key}={config[key]!r}')
-            if not isinstance(config['depth'], int) or config['depth'] < 0:
-                raise ValueError(f'{prefix}_depth must be a non-negative integer, got {prefix}_depth={config["depth"]!r}')
         super().__post_init__()
 
     def stage_configs(self) -> tuple[dict, ...]:
@@ -265,6 +258,7 @@ class TwinsSVT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x)
         self.check_input(x)
         dim = self.channels
         for i, (prefix, config) in enumerate(zip(STAGES, self.stage_configs())):

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import (
-    LayerNorm, Linear, add_position_embedding, check_attention_impl, gelu, multi_head_attention, pair, randn,
-    residual_boundary,
+    LayerNorm, Linear, add_position_embedding, check_attention_impl, check_floating_input, check_keywords, gelu,
+    multi_head_attention, pair, randn, residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
@@ -129,16 +129,15 @@ class Transformer(nn.Module):
         return x
 
 
-def check_image_config(image_size, patch_size, channels):
-    """vit-pytorch's construction-time checks, with the offending values in the message."""
+def check_image_config(image_size, patch_size):
+    """vit-pytorch's construction-time check, with the offending values in the message (the sizes' signs are
+    layers.check_keywords')."""
     (image_height, image_width), (patch_height, patch_width) = pair(image_size), pair(patch_size)
     if image_height % patch_height or image_width % patch_width:
         raise ValueError(
             f'Image dimensions must be divisible by the patch size: image_size={(image_height, image_width)}, '
             f'patch_size={(patch_height, patch_width)}'
         )
-    if channels < 1:
-        raise ValueError(f'channels must be positive, got {channels}')
 
 
 def patchify(img, patch_size, channels):
@@ -174,7 +173,8 @@ class ViT(nn.Module):
     attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
@@ -211,6 +211,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         x = self._to_patch_embedding(img, train)
         cls_token, pos_embedding = self._cls_and_pos_embedding()
 

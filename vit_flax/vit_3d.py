@@ -26,7 +26,9 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax import vit
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, check_attention_impl, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, check_attention_impl, check_floating_input, check_keywords, pair, randn,
+)
 from vit_flax.scan import check_remat_policy
 from vit_flax.vit import check_image_config
 
@@ -40,10 +42,11 @@ class Transformer(vit.Transformer):
         return self.run_layers(x, train)
 
 
-def check_video_config(image_size, image_patch_size, frames, frame_patch_size, channels):
-    """vit-pytorch's construction-time checks of the 3-D models, with the offending values in the message."""
-    check_image_config(image_size, image_patch_size, channels)
-    if frame_patch_size < 1 or frames % frame_patch_size:
+def check_video_config(image_size, image_patch_size, frames, frame_patch_size):
+    """vit-pytorch's construction-time checks of the 3-D models, with the offending values in the message (the
+    sizes' signs are layers.check_keywords')."""
+    check_image_config(image_size, image_patch_size)
+    if frames % frame_patch_size:
         raise ValueError(
             f'Frames must be divisible by the frame patch size: frames={frames}, frame_patch_size={frame_patch_size}'
         )
@@ -91,7 +94,8 @@ class ViT(nn.Module):
     attention_impl: str = 'explicit'
 
     def __post_init__(self):
-        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
+        check_keywords(self)
+        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size)
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
         if self.pool not in {'cls', 'mean'}:
@@ -100,6 +104,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, video, train: bool = False):
+        check_floating_input(self, 'video', video, what='videos')
         x = patchify_3d(video, self.image_patch_size, self.frame_patch_size, self.channels)
         x = LayerNorm(name='to_patch_embedding_1')(x)
         x = Linear(self.dim, name='to_patch_embedding_2')(x)

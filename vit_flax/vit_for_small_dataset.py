@@ -33,7 +33,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, pair, randn, record_attention_map
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, pair, randn,
+    record_attention_map,
+)
 from vit_flax.vit import FeedForward, check_image_config, patchify
 
 
@@ -108,13 +111,13 @@ class SPT(nn.Module):
     channels: int = 3
 
     def __post_init__(self):
+        check_keywords(self)
         check_int_patch_size(self.patch_size)
-        if self.channels < 1:
-            raise ValueError(f'channels must be positive, got {self.channels}')
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # `train` for the module contract: SPT has no dropout
+        check_floating_input(self, 'x', x)
         patchify(x, self.patch_size, self.channels)  # checks rank, channels and divisibility with its messages
         shifted = [shift(x, 2, 1), shift(x, 2, -1), shift(x, 1, 1), shift(x, 1, -1)]
         x_with_shifts = jnp.concatenate((x, *shifted), axis=-1)
@@ -138,7 +141,8 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         if self.pool not in {'cls', 'mean'}:
             raise ValueError(f"pool type must be either cls (cls token) or mean (mean pooling), got pool={self.pool!r}")
         check_int_patch_size(self.patch_size)
@@ -146,6 +150,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 

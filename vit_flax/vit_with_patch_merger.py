@@ -30,7 +30,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vit_flax.layers import LayerNorm, Linear, add_position_embedding, attention_weights, default, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, default, pair,
+    randn,
+)
 from vit_flax.vit import Attention, FeedForward, check_image_config, patchify
 
 # patch merger class
@@ -41,14 +44,12 @@ class PatchMerger(nn.Module):
     num_tokens_out: int
 
     def __post_init__(self):
-        if self.dim < 1:
-            raise ValueError(f'PatchMerger needs a positive dim, got dim={self.dim}')
-        if self.num_tokens_out < 0:
-            raise ValueError(f'PatchMerger num_tokens_out must be >= 0, got num_tokens_out={self.num_tokens_out}')
+        check_keywords(self)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_floating_input(self, 'x', x, what='tokens')
         if x.ndim < 2 or x.shape[-1] != self.dim:
             raise ValueError(f'PatchMerger expects tokens (..., n, dim={self.dim}), got shape {x.shape}')
         x = LayerNorm(name='norm')(x)
@@ -105,17 +106,13 @@ class ViT(nn.Module):
     emb_dropout: float = 0.0
 
     def __post_init__(self):
-        check_image_config(self.image_size, self.patch_size, self.channels)
-        if self.num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got num_classes={self.num_classes}')
-        if self.patch_merge_num_tokens < 0:
-            raise ValueError(
-                f'patch_merge_num_tokens must be >= 0, got patch_merge_num_tokens={self.patch_merge_num_tokens}'
-            )
+        check_keywords(self)
+        check_image_config(self.image_size, self.patch_size)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 

@@ -46,7 +46,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, reduce, repeat
 
-from vit_flax.layers import LayerNorm, Linear, attention_weights, exists, pair, randn
+from vit_flax.layers import (
+    LayerNorm, Linear, attention_weights, check_floating_input, check_keywords, exists, pair, randn,
+)
 from vit_flax.vit import FeedForward
 from vit_flax.vit_3d import check_video_config, patchify_3d
 
@@ -160,8 +162,9 @@ class ViViT(nn.Module):
     use_flash_attn: bool = True
 
     def __post_init__(self):
+        check_keywords(self)
         # vit-pytorch's asserts, as ValueErrors naming the values
-        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size, self.channels)
+        check_video_config(self.image_size, self.image_patch_size, self.frames, self.frame_patch_size)
         if self.variant not in VARIANTS:
             raise ValueError(f'variant = {self.variant!r} is not implemented; choose one of {VARIANTS}')
         if self.pool not in {'cls', 'mean'}:
@@ -207,6 +210,7 @@ class ViViT(nn.Module):
 
     @nn.compact
     def __call__(self, video, mask=None, train: bool = False):
+        check_floating_input(self, 'video', video, what='videos')
         global_average_pool = self.pool == 'mean'
         transformer = lambda depth, name: Transformer(
             self.dim, depth, self.heads, self.dim_head, self.mlp_dim, self.dropout, self.use_flash_attn, name=name

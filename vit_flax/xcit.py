@@ -44,8 +44,10 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.cait import layer_drop_draw, layers_to_keep
-from vit_flax.layers import (BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights,
-                             check_square_image_config, exists, gelu, randn)
+from vit_flax.layers import (
+    BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords,
+    check_square_image_config, exists, gelu, randn,
+)
 from vit_flax.vit import FeedForward, patchify
 
 CHANNELS = 3  # vit-pytorch's XCiT hard-codes RGB input
@@ -273,12 +275,8 @@ class XCiT(nn.Module):
     channels = CHANNELS  # not a field (vit-pytorch has no such keyword): what the registry's Images reads
 
     def __post_init__(self):
+        check_keywords(self)
         check_square_image_config('XCiT', self.image_size, self.patch_size)
-        if self.depth < 0 or self.cls_depth < 0:
-            raise ValueError(f'depth and cls_depth must not be negative, got depth={self.depth}, '
-                             f'cls_depth={self.cls_depth}')
-        if self.heads < 1 or self.dim_head < 1:
-            raise ValueError(f'heads and dim_head must be positive, got heads={self.heads}, dim_head={self.dim_head}')
         if self.depth > 0:  # torch builds (and asserts on) the kernel size only inside a layer
             check_kernel_size(self.local_patch_kernel_size)
         if self.layer_dropout != 0 and (self.depth == 0 or self.cls_depth == 0):
@@ -289,6 +287,7 @@ class XCiT(nn.Module):
 
     @nn.compact
     def __call__(self, img, train: bool = False):
+        check_floating_input(self, 'img', img)
         num_patches = (self.image_size // self.patch_size) ** 2
 
         x = patchify(img, self.patch_size, CHANNELS)  # (b, (h w), (p1 p2 c))
