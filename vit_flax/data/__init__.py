@@ -3,7 +3,8 @@
 `config.dataset` picks the data:
   'digits'        scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes): no download; the
                   default, for demos and tests (vit_flax/data/digits.py)
-  'image_folder'  config.data_dir/<split>/<class_name>/*.{jpg,jpeg,png} (vit_flax/data/image_folder.py)
+  'image_folder'  config.data_dir/<split>/<class_name>/*.{jpg,jpeg,png} (vit_flax/data/image_folder.py); every
+                  file's header is checked when the folder is loaded, and unreadable files are refused up front
   'synthetic'     deterministic random images and labels of any shape, for benchmarks (vit_flax/data/synthetic.py)
 
 Every dataset is two grain RandomAccessDataSources, train and eval, whose records are
@@ -16,7 +17,8 @@ the trainer assembles the global batch with `jax.make_array_from_process_local_d
 
 Config keys read here (the dataset modules read their own; `config.get` defaults make them optional):
   dataset, augment (see augment.py), data_workers (grain worker processes for training, default 0 = read in
-  the training process), mean / std (replace the dataset's normalisation).
+  the training process), mean / std (replace the dataset's normalisation), skip_bad_images (image_folder: leave
+  out the files that fail the check, logging each, instead of refusing them; default False).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ killed run resumes exactly. A checkpoint that cannot be restored is an error, ne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grain
@@ -37,15 +38,41 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
+    class _SavedDataPosition:
+        """Stands in for the data iterator while orbax reads a checkpoint's data item: keeps grain's state."""
+        state = None
+
+        def set_state(self, state: bytes):
+            self.state = state
+
+        def start_prefetch(self):
+            pass
+
     def restore(self, step: int, abstract_state, data_iterator):
-        """The state at `step` (laid out like `abstract_state`); moves `data_iterator` to where it was."""
+        """The state at `step` (laid out like `abstract_state`); moves `data_iterator` to where it was. A checkpoint
+        of other training data is refused, naming it as it was and as it is (grain's state holds the data
+        source's repr: an image folder's names its file list)."""
+        path = self.directory / str(step)
         try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(
+                data=grain.checkpoint.CheckpointRestore(self._SavedDataPosition())))['data'].state
+            then, now = (json.loads(state).get('data_source') for state in (saved, data_iterator.get_state()))
+            if then != now:
+                raise CheckpointError(
+                    f'the training data changed since checkpoint {path} was written, so the run cannot resume from '
+                    f'it:\n  then: {then}\n  now:  {now}\nFor an image folder, files were added, removed or renamed '
+                    '(config.skip_bad_images also leaves files out). Put the data back as it was to resume, or train '
+                    "in a new workdir, starting from this run's weights with "
+                    f"config.init_from='{self.directory.parent}'.")
+            data_iterator.set_state(saved)
+            data_iterator.start_prefetch()  # reads ahead while the train state is restored
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                state=ocp.args.StandardRestore(abstract_state)))
+        except CheckpointError:
+            raise
         except Exception as error:
             raise CheckpointError(
-                f'checkpoint {self.directory / str(step)} could not be restored: {type(error).__name__}: {error}\n'
+                f'checkpoint {path} could not be restored: {type(error).__name__}: {error}\n'
                 'It is corrupt or was written by a different model or config. Nothing was overwritten: move it '
                 'away to resume from an earlier checkpoint, or train in a new workdir.'
             ) from error
