@@ -26,7 +26,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vit_flax import data, registry
-from vit_flax.training import checkpoint, objectives, sharding, steps
+from vit_flax.training import checkpoint, distributed, objectives, sharding, steps
 from vit_flax.training.metrics import MetricsWriter
 from vit_flax.training.optim import make_optimizer
 from vit_flax.training.state import abstract_state, create_train_state
@@ -240,9 +240,8 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax and grain narrate every save at INFO
     config = FLAGS.config
-    if config.distributed:
-        jax.distributed.initialize()
     try:
+        distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)
     except (TrainingDiverged, checkpoint.CheckpointError, ValueError) as error:
         raise SystemExit(f'error: {error}') from None

@@ -60,7 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
     # fsdp_min_size: arrays smaller than this stay replicated under FSDP
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, fsdp_min_size=2**14))
     config.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, float32 parameters and optimiser state
-    config.distributed = False  # jax.distributed.initialize() for multi-host runs
+    # multi-process (multi-host) runs: every process runs the same command with distributed=True. Empty keys fall
+    # back to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, then to JAX's detection (Cloud TPU,
+    # SLURM, Open MPI, Kubernetes); a key and its variable must agree (vit_flax/training/distributed.py)
+    config.distributed = False
+    config.coordinator_address = ''  # host:port of process 0
+    config.num_processes = ml_collections.config_dict.placeholder(int)
+    config.process_id = ml_collections.config_dict.placeholder(int)  # this process: 0 .. num_processes - 1
     config.init_from = ''  # an orbax checkpoint written by `python -m vit_flax import`, to fine-tune from
     config.progress_bar = True
     return config

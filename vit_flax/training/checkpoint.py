@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -85,24 +86,36 @@ class Checkpoints:
         self.manager.close()
 
 
+VARIABLE_COLLECTIONS = ('params', 'batch_stats', 'buffers')
+
+
 def restore_variables(directory: str | Path) -> dict:
-    """The model variables ({'params': ..., 'batch_stats': ..., 'buffers': ...}, those it has) of a trainer checkpoint folder (its latest step)
-    or of a folder written by `python -m vit_flax import`."""
+    """The model variables ({'params': ..., 'batch_stats': ..., 'buffers': ...}, those it has), as numpy arrays, of
+    a trainer checkpoint folder (its latest step) or of a folder written by `python -m vit_flax import`.
+
+    Any process can read any checkpoint: the arrays are restored into host memory whatever devices and processes
+    wrote them (orbax's partial restore of the variables alone, with a target built from the checkpoint's
+    metadata: the optimiser state stays on disk). The caller puts them on its devices (`jax.device_put` of a numpy
+    array onto a sharding spanning several processes works where a one-device array would not)."""
     directory = Path(directory).absolute()
     if (directory / 'checkpoints').is_dir():
         directory = directory / 'checkpoints'
-    manager = ocp.CheckpointManager(directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
-                                    options=ocp.CheckpointManagerOptions(create=False))
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False), item_handlers={
+        'state': ocp.PyTreeCheckpointHandler(), 'data': grain.checkpoint.CheckpointHandler()})  # data: read, unused
     step = manager.latest_step()
     if step is None:
         raise CheckpointError(f'no checkpoint in {directory}')
     try:
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+        saved = manager.item_metadata(step)['state'].tree
+        target = {name: saved[name] for name in VARIABLE_COLLECTIONS if name in saved}
+        restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            target, restore_args=restore_args, partial_restore=True)))['state']
     except Exception as error:
         raise CheckpointError(f'checkpoint {directory / str(step)} could not be read: {error}') from error
     finally:
         manager.close()
-    return {'params': state['params'], **{name: state[name] for name in ('batch_stats', 'buffers') if state.get(name)}}
+    return {'params': state['params'], **{name: state[name] for name in VARIABLE_COLLECTIONS[1:] if state.get(name)}}
 
 
 def save_variables(directory: str | Path, variables: dict):
