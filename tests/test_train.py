@@ -20,7 +20,7 @@ from vit_flax.train import TrainingDiverged, train_and_evaluate
 from vit_flax.training.checkpoint import CheckpointError
 from vit_flax.training.metrics import read_metrics
 from tests.conftest import float64_reference, nchw
-from tests.train_helpers import REPO, losses, run_python, tiny_config
+from tests.train_helpers import REPO, losses, run_python, tiny_config, write_class_folders
 
 
 # the same training on different device layouts
@@ -140,7 +140,7 @@ def test_workdir_of_another_model_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_a_message(tmp_path):
-    with pytest.raises(TrainingDiverged, match='train loss is nan at step'):
+    with pytest.raises(TrainingDiverged, match='became non-finite at step'):
         train_and_evaluate(tiny_config(learning_rate=1e30, grad_clip_norm=0.0, total_steps=20), tmp_path)
 
 
@@ -230,18 +230,8 @@ def test_mixup_and_label_smoothing_change_the_targets(tmp_path, plain_losses):
 
 
 def test_trains_on_an_image_folder(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ('train', 'val'):
-        for label, name in enumerate(('cats', 'dogs')):
-            folder = tmp_path / 'images' / split / name
-            folder.mkdir(parents=True)
-            for i in range(6):
-                pixels = rng.integers(0, 100, (12, 10, 3)) + 150 * label
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i}.png')
-    config = tiny_config(dataset='image_folder', data_dir=str(tmp_path / 'images'), batch_size=4, eval_batch_size=4,
-                         **{'model.channels': 3, 'model.num_classes': 2})
+    config = tiny_config(dataset='image_folder', data_dir=str(write_class_folders(tmp_path / 'images')),
+                         batch_size=4, eval_batch_size=4, **{'model.channels': 3, 'model.num_classes': 2})
     metrics = train_and_evaluate(config, tmp_path / 'run')
     assert 0.0 <= metrics['eval_accuracy'] <= 1.0 and np.isfinite(metrics['eval_loss'])
     assert len(losses(tmp_path / 'run')) == 6

@@ -30,6 +30,24 @@ def tiny_config(**overrides):
     return config
 
 
+def write_class_folders(root, classes=('cats', 'dogs'), per_class=6, size=(12, 10), mode='RGB'):
+    """root/{train,val}/<class>/<i>.png: noisy images whose brightness tells the class (class i near 150 * i),
+    RGB or grey-scale ('L'), from a fixed seed. Returns root."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for label, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 100, (*size, 3 if mode == 'RGB' else 1)) + 150 * label
+                Image.fromarray(pixels.astype(np.uint8).squeeze(-1) if mode == 'L' else pixels.astype(np.uint8),
+                                mode).save(folder / f'{i}.png')
+    return root
+
+
 def losses(workdir):
     """The train losses a run logged, in step order."""
     return [m['train_loss'] for m in read_metrics(workdir) if 'train_loss' in m]

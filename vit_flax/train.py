@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from vit_flax import data, registry
 from vit_flax.training import checkpoint, distributed, objectives, sharding, steps
-from vit_flax.training.metrics import MetricsWriter
+from vit_flax.training import config as training_config
+from vit_flax.training.metrics import MetricsWriter, read_metrics
 from vit_flax.training.optim import make_optimizer
 from vit_flax.training.state import abstract_state, create_train_state
 
@@ -50,45 +51,33 @@ def build_trainee(config, info: data.DatasetInfo):
                             config.get('objective_kwargs', ml_collections.ConfigDict()).to_dict())
 
 
-def check_config(config, info: data.DatasetInfo):
-    """Fail before compiling anything when the config cannot work, naming the values."""
-    if config.objective not in objectives.NAMES:
-        raise ValueError(f'objective={config.objective!r}: this trainer knows {objectives.NAMES}')
-    model = config.model
-    wanted = {'num_classes': info.num_classes, 'channels': info.channels}
-    for key, value in wanted.items():
-        if key in model and model[key] != value:
-            raise ValueError(f'config.model.{key}={model[key]} but dataset {config.dataset!r} has {value} {key}')
-    if 'image_size' in model:  # models without one (cvt.CvT) take any size
-        size = tuple(model.image_size) if isinstance(model.image_size, (list, tuple)) else (model.image_size,) * 2
-        if size != tuple(info.image_size):
-            raise ValueError(f'config.model.image_size={model.image_size} but dataset images are {info.image_size}')
-    devices, processes = jax.device_count(), jax.process_count()
-    for name in ('batch_size', 'eval_batch_size'):
-        if config[name] % devices:
-            raise ValueError(f'config.{name}={config[name]} must be divisible by the {devices} devices')
-    if config.batch_size % (devices * config.grad_accum_steps):
-        raise ValueError(f'config.batch_size={config.batch_size} must be divisible by devices x grad_accum_steps '
-                         f'= {devices} x {config.grad_accum_steps}')
-    if config.parallelism not in ('jit', 'pmap'):
-        raise ValueError(f"config.parallelism={config.parallelism!r}: use 'jit' or 'pmap'")
-    if config.parallelism == 'pmap' and processes > 1:
-        raise ValueError('parallelism=pmap is single-process here; use jit for multi-host runs')
-
-
-def check_workdir_config(workdir: Path, config):
-    """The first run writes WORKDIR/config.json; later runs in the same workdir must train the same thing."""
+def check_workdir(workdir: Path, config):
+    """A workdir holds one run: a later run in it must train the same thing, and a run whose checkpoints are gone
+    is not silently started over (that would overwrite its metrics). Reads only: nothing is written on a refusal."""
     path = workdir / 'config.json'
-    if path.exists():
-        saved = json.loads(path.read_text())
-        current = json.loads(config.to_json())
-        changed = [key for key in FIXED_ON_RESUME if saved.get(key) != current.get(key)]
-        if changed:
-            raise ValueError(f'{workdir} holds a run with a different {", ".join(changed)}: '
-                             + '; '.join(f'{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in changed)
-                             + '. Use a new --workdir.')
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    current = json.loads(config.to_json())
+    changed = [key for key in FIXED_ON_RESUME if saved.get(key) != current.get(key)]
+    if changed:
+        raise ValueError(f'{workdir} holds a run with a different {", ".join(changed)}: '
+                         + '; '.join(f'{k}: saved {saved.get(k)!r}, now {current.get(k)!r}' for k in changed)
+                         + '. Use a new --workdir.')
+    if not (workdir / 'checkpoints').is_dir():
+        logged = [row['step'] for row in read_metrics(workdir)]
+        raise ValueError(f'{workdir} holds a run (config.json{f", metrics up to step {max(logged)}" if logged else ""})'
+                         f' whose checkpoints/ folder is gone: starting over would overwrite its metrics.jsonl. Put '
+                         f'{workdir / "checkpoints"} back, or use a new --workdir.')
+
+
+def write_record(workdir: Path, config):
+    """WORKDIR/config.json: what the run trains, written once it has started (restored or initialised)."""
     if jax.process_index() == 0:
-        path.write_text(config.to_json(indent=2) + '\n')
+        path = workdir / 'config.json'
+        temporary = path.with_name(path.name + '.tmp')
+        temporary.write_text(config.to_json(indent=2) + '\n')
+        temporary.replace(path)  # a kill leaves the old record or the new one, never half of one
 
 
 def input_spec(config, info: data.DatasetInfo) -> dict:
@@ -154,12 +143,16 @@ def evaluate(trainer: Trainer, state, config) -> dict:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Train to `config.total_steps` (resuming if WORKDIR has checkpoints); returns the last eval metrics."""
+    """Train to `config.total_steps` (resuming if WORKDIR has checkpoints); returns the last eval metrics.
+
+    Everything that can be refused is checked before WORKDIR is written to: the config's keys and values, the
+    dataset, the model (built and traced), the workdir's earlier run and its checkpoint. WORKDIR/config.json is
+    written once the run has started."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    training_config.check(config)
     info = data.dataset_info(config)
-    check_config(config, info)
-    check_workdir_config(workdir, config)
+    training_config.check_against_data(config, info)
+    check_workdir(workdir, config)
 
     model = build_trainee(config, info)
     trainer = Trainer(config, model, objectives.example_inputs(config.objective, info), info.num_classes)
@@ -167,17 +160,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                            seed=config.seed))
 
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
-    start = checkpoints.latest_step() or 0
-    if start:
-        restored = checkpoints.restore(start, checkpoint.with_shardings(trainer.abstract, trainer.state_shardings),
-                                       data_iterator)
-        state = trainer.to_device_layout(restored)
-        if jax.process_index() == 0:
-            print(f'resumed from {checkpoints.directory / str(start)}', flush=True)
-    else:
-        state = trainer.init(jax.random.key(config.seed))
-        if config.init_from:
-            state = trainer.to_device_layout(initialise_from(trainer.to_checkpoint_layout(state), config.init_from))
+    try:
+        start = checkpoints.latest_step() or 0
+        if start:
+            restored = checkpoints.restore(start, checkpoint.with_shardings(trainer.abstract, trainer.state_shardings),
+                                           data_iterator)
+            state = trainer.to_device_layout(restored)
+            if jax.process_index() == 0:
+                print(f'resumed from {checkpoints.directory / str(start)}', flush=True)
+        else:
+            state = trainer.init(jax.random.key(config.seed))
+            if config.init_from:
+                state = trainer.to_device_layout(initialise_from(trainer.to_checkpoint_layout(state), config.init_from))
+    except BaseException:
+        checkpoints.close()
+        raise
+    write_record(workdir, config)
 
     writer = MetricsWriter(workdir, resume_step=start)
     eval_metrics = {}
@@ -189,23 +187,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = trainer.train_step(state, trainer.batch(next(data_iterator)))
             last = step == config.total_steps
-            if step % config.log_every == 0 or last:
+            logs, evaluates, saves = (step % every == 0 or last for every in
+                                      (config.log_every, config.eval_every, config.checkpoint_every))
+            if logs or evaluates or saves:  # the one host sync: the step's flag, nothing else
+                check_finite(trainer, state, step, checkpoints.latest_step())
+            if logs:
                 metrics = {key: float(value) for key, value in trainer.metrics(metrics).items()}
-                if not np.isfinite(metrics['train_loss']):
-                    raise TrainingDiverged(
-                        f'train loss is {metrics["train_loss"]} at step {step}; stopping. The last checkpoint '
-                        f'({checkpoints.latest_step()}) predates it: lower the learning rate or check the data.')
                 now = time.perf_counter()
                 metrics['images_per_second'] = config.batch_size * (step - last_step) / (now - last_time)
                 last_time, last_step = now, step
                 writer.write(step, metrics)
                 progress.set_postfix(loss=f'{metrics["train_loss"]:.4f}', img_s=f'{metrics["images_per_second"]:.0f}')
-            if step % config.eval_every == 0 or last:
+            if evaluates:
                 eval_metrics = evaluate(trainer, state, config)
                 writer.write(step, eval_metrics)
-                progress.write(f'step {step}: ' + ', '.join(f'{key.replace("_", " ")} {value:.4f}'
-                                                             for key, value in eval_metrics.items()))
-            if step % config.checkpoint_every == 0 or last:
+                if jax.process_index() == 0:
+                    progress.write(f'step {step}: ' + ', '.join(f'{key.replace("_", " ")} {value:.4f}'
+                                                                 for key, value in eval_metrics.items()))
+            if saves:
                 checkpoints.save(step, trainer.to_checkpoint_layout(state), data_iterator)
             progress.update(1)
     finally:
@@ -216,6 +215,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if not eval_metrics:  # resumed a finished run: evaluate what is there
         eval_metrics = evaluate(trainer, state, config)
     return eval_metrics
+
+
+def check_finite(trainer: Trainer, state, step: int, last_checkpoint: int | None):
+    """Stop at the first non-finite loss, gradient or parameter, before it is evaluated or saved. The train step
+    records the step where it happened on device (TrainState.nonfinite_step), so checking costs one scalar."""
+    bad = int(trainer.metrics(state.nonfinite_step))
+    if bad:
+        saved = (f'the last checkpoint (step {last_checkpoint}) predates it and holds finite parameters'
+                 if last_checkpoint else 'no checkpoint was saved')
+        raise TrainingDiverged(f'the train loss, gradients or parameters became non-finite at step {bad}; stopped at '
+                               f'step {step} without saving: {saved}. Lower the learning rate or check the data.')
 
 
 def initialise_from(state, directory: str):
@@ -232,7 +242,10 @@ def initialise_from(state, directory: str):
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file (ml_collections).', lock_config=True)
+# Any key may be set from the command line (--config.model.pool=mean, --config.channels=1): new keys are taken as
+# Python literals, and training.config checks each against the keys the trainer reads, naming the nearest.
+config_flags.DEFINE_config_file('config', None, 'Training config file (ml_collections).', lock_config=False,
+                                accept_new_attributes=True)
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, metrics and the config snapshot.')
 
 
@@ -243,7 +256,7 @@ def main(argv):
     try:
         distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)
-    except (TrainingDiverged, checkpoint.CheckpointError, ValueError) as error:
+    except (TrainingDiverged, checkpoint.CheckpointError, ValueError, OSError) as error:
         raise SystemExit(f'error: {error}') from None
     print(json.dumps({'workdir': FLAGS.workdir, **metrics}))
 

@@ -4,10 +4,12 @@ killed run resumes exactly. A checkpoint that cannot be restored is an error, ne
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -20,6 +22,44 @@ def with_shardings(abstract_tree, shardings):
     """Abstract arrays that orbax restores straight into their shards."""
     return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract_tree, shardings)
+
+
+# orbax refuses arrays with no elements (google/orbax#2587), which vit-pytorch's layouts have (ViT's cls_token with
+# pool='mean' is (0, dim)). They hold no values: each is saved as a node {EMPTY + dtype: its shape} and rebuilt.
+EMPTY = 'empty_array_of_'
+
+
+def _is_empty(leaf) -> bool:
+    return math.prod(leaf.shape) == 0
+
+
+def storable(tree):
+    """`tree` with every zero-size array (or abstract array) replaced by a node holding its shape."""
+    def store(leaf):
+        if not _is_empty(leaf):
+            return leaf
+        shape = np.array(leaf.shape, np.int64)
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            shape = jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=leaf.sharding)
+        return {EMPTY + jnp.dtype(leaf.dtype).name: shape}
+    return jax.tree_util.tree_map(store, tree)
+
+
+def _is_placeholder(node) -> bool:
+    return isinstance(node, dict) and len(node) == 1 and next(iter(node)).startswith(EMPTY)
+
+
+def rebuilt(tree, abstract_tree=None):
+    """`tree` as restored, with each zero-size array rebuilt from its node (in `abstract_tree`'s sharding)."""
+    def rebuild(node, abstract=None):
+        if not _is_placeholder(node):
+            return node
+        (key, shape), = node.items()
+        empty = np.zeros(tuple(int(side) for side in np.asarray(shape)), jnp.dtype(key[len(EMPTY):]))
+        return jax.device_put(empty, abstract.sharding) if getattr(abstract, 'sharding', None) else empty
+    if abstract_tree is None:
+        return jax.tree_util.tree_map(rebuild, tree, is_leaf=_is_placeholder)
+    return jax.tree_util.tree_map(rebuild, tree, abstract_tree, is_leaf=_is_placeholder)
 
 
 class Checkpoints:
@@ -36,7 +76,7 @@ class Checkpoints:
 
     def save(self, step: int, state, data_iterator):
         """Asynchronous: the state is copied off the devices, then written while training goes on."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(storable(state)),
                                                         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
     class _SavedDataPosition:
@@ -68,7 +108,7 @@ class Checkpoints:
             data_iterator.set_state(saved)
             data_iterator.start_prefetch()  # reads ahead while the train state is restored
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state)))
+                state=ocp.args.StandardRestore(storable(abstract_state))))
         except CheckpointError:
             raise
         except Exception as error:
@@ -77,7 +117,7 @@ class Checkpoints:
                 'It is corrupt or was written by a different model or config. Nothing was overwritten: move it '
                 'away to resume from an earlier checkpoint, or train in a new workdir.'
             ) from error
-        return restored['state']
+        return rebuilt(restored['state'], abstract_state)
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -115,6 +155,7 @@ def restore_variables(directory: str | Path) -> dict:
         raise CheckpointError(f'checkpoint {directory / str(step)} could not be read: {error}') from error
     finally:
         manager.close()
+    state = rebuilt(state)
     return {'params': state['params'], **{name: state[name] for name in VARIABLE_COLLECTIONS[1:] if state.get(name)}}
 
 
@@ -124,6 +165,6 @@ def save_variables(directory: str | Path, variables: dict):
                                     options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
     state = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {}),
              'buffers': variables.get('buffers', {})}
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(storable(state))))
     manager.wait_until_finished()
     manager.close()

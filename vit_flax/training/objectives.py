@@ -64,6 +64,7 @@ class Recipe:
     derived: Callable[[nn.Module, Any], dict] = lambda model, info: {}  # keywords vit-pytorch reads off the model
     # config values -> constructor keywords, after the overrides (distill: teacher_workdir -> teacher)
     resolved: Callable[[dict], dict] = lambda kwargs: kwargs
+    config_keywords: tuple[str, ...] = ()  # what `resolved` turns into constructor keywords
 
 
 def _self_distillation_derived(model, info):
@@ -96,7 +97,8 @@ OBJECTIVES: dict[str, Recipe] = {
     # EsViT projects a hierarchical encoder's feature map: CvT's 'layers' (vit-pytorch's README)
     'esvit': Recipe(es_vit.EsViTTrainer, dict(hidden_layer='layers', **_SELF_DISTILLATION),
                     derived=_self_distillation_derived),
-    'distill': Recipe(distill.DistillWrapper, dict(temperature=3.0, alpha=0.5, hard=False), resolved=_with_teacher),
+    'distill': Recipe(distill.DistillWrapper, dict(temperature=3.0, alpha=0.5, hard=False), resolved=_with_teacher,
+                       config_keywords=('teacher_workdir',)),
 }
 
 SUPERVISED = 'supervised'

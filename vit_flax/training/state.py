@@ -21,6 +21,9 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     batch_stats: Any  # BatchNorm running statistics; {} for models without BatchNorm
     buffers: Any = struct.field(default_factory=dict)  # torch's persistent buffers (tables, masks, DINO's centres)
+    # the first step whose loss, gradients or updated parameters were not finite; 0 while all have been. The trainer
+    # reads it before it evaluates or saves, so a saved state always has 0 here.
+    nonfinite_step: jax.Array = struct.field(default_factory=lambda: jnp.zeros((), jnp.int32))
 
     def collections(self) -> dict:
         """The model's variables other than its parameters, those it has."""

@@ -30,6 +30,13 @@ def cast_floats(tree, dtype):
     return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def all_finite(tree) -> jax.Array:
+    """Whether every float in `tree` is finite, as one boolean (a fused reduction per array: no norm that could
+    overflow for large but finite values)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
+
+
 def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | None = None):
     """(train_step, eval_step) as plain functions of (state, batch).
 
@@ -104,7 +111,11 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   opt_state=opt_state).with_collections(collections)
         variables = objectives.after_step(model, new_state.variables())
-        new_state = new_state.replace(params=variables['params']).with_collections(variables)
+        finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(variables)
+        new_state = new_state.replace(
+            params=variables['params'],
+            nonfinite_step=jnp.where(finite | (state.nonfinite_step > 0), state.nonfinite_step, new_state.step),
+        ).with_collections(variables)
         metrics = {'train_loss': loss, 'grad_norm': optax.tree.norm(grads), 'learning_rate': schedule(state.step)}
         return new_state, metrics
 
