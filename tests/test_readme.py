@@ -28,14 +28,27 @@ def test_every_registered_class_is_importable_from_its_file():
         assert getattr(importlib.import_module(f'vit_flax.{entry.module}'), entry.class_name) is entry.flax_class
 
 
+def test_install_section_installs_the_cpu_torch_before_the_extra():
+    """PyPI's Linux torch is the CUDA build: a CPU-only install takes torch from PyTorch's CPU index first."""
+    install = README.read_text().split('## Install', 1)[1].split('\n## ', 1)[0]
+    commands = [line.split('#')[0].strip() for block in re.findall(r'```bash\n(.*?)```', install, flags=re.S)
+                for line in block.splitlines()]
+    cpu_torch = commands.index('pip install torch --index-url https://download.pytorch.org/whl/cpu')
+    with_extra = next(i for i, command in enumerate(commands) if i > cpu_torch and "vit-flax[torch" in command)
+    assert cpu_torch < with_extra
+
+
 def test_readme_python_examples_run(tmp_path, monkeypatch):
-    """The quickstart and export blocks, run in order in one namespace (in a scratch folder)."""
+    """Every Python block of the README, each alone in a fresh namespace as a reader would paste it (in a scratch
+    folder); the checks below read the names each block defines (a name two blocks define holds the same value)."""
     blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
-        exec(compile(block, str(README), 'exec'), namespace)
+        alone = {}
+        exec(compile(block, str(README), 'exec'), alone)
+        namespace = {**alone, **namespace}  # the first block to define a name keeps it
     assert namespace['preds'].shape == (1, 1000)
     assert np.isfinite(np.asarray(namespace['preds'])).all()
     assert type(namespace['torch_model']).__name__ == 'ViT'
