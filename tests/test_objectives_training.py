@@ -137,7 +137,8 @@ def assert_exports_as_the_model(config, workdir):
 
 
 def test_unknown_objective_keyword_is_named(tmp_path):
-    with pytest.raises(TypeError, match='masking_rate'):
+    with pytest.raises(ValueError, match="config.objective_kwargs.masking_rate is not a key the trainer knows; did "
+                                         "you mean 'masking_ratio'"):
         pretrain(tmp_path, 'mae', steps=2, objective_kwargs={'masking_rate': 0.5})
 
 

@@ -5,6 +5,7 @@ whole, and the commands end known errors with one `error:` line."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from vit_flax import registry
 from vit_flax.__main__ import main as cli_main
 from vit_flax.train import TrainingDiverged, train_and_evaluate
 from vit_flax.training.checkpoint import CheckpointError, restore_variables
+from vit_flax.training import config as training_config
 from vit_flax.training.config import OPTIONAL_KEYS, model_keywords
 from vit_flax.training.metrics import read_metrics
 from tests.train_helpers import REPO, tiny_config, write_class_folders
@@ -179,12 +181,36 @@ def test_a_mean_pooled_vit_checkpoints_resumes_and_fine_tunes(tmp_path):
                        tmp_path / 'fine-tune')
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('log_evry', 5, "config.log_evry is not a key the trainer knows; did you mean 'log_every'?"),
+    ('model.pol', 'mean', "config.model.pol is not a key the trainer knows; did you mean 'pool'?"),
+    ('model_name', 'vit.VIT', "config.model_name='vit.VIT' is not in the registry; did you mean 'vit.ViT'?"),
+    ('augment.flipp', True, "config.augment.flipp is not a key the trainer knows; did you mean 'flip'?"),
+    ('mesh.fsdb', 2, "config.mesh.fsdb is not a key the trainer knows; did you mean 'fsdp'?"),
+    ('objective_kwargs.masking_rate', 0.5, 'config.objective_kwargs.masking_rate is not a key'),
+])
+def test_unknown_keys_are_named_with_the_nearest(key, value, message):
+    config = tiny_config(objective='mae' if key.startswith('objective_kwargs') else 'supervised')
+    with config.unlocked():
+        target = config
+        *parents, leaf = key.split('.')
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        training_config.check(config)
+
+
+SLOW = pytest.mark.slow  # the same path as the fast cases, in a fresh interpreter each (~6 s)
+
+
 @pytest.mark.parametrize('flag, fragments', [
     ('--config.model.pol=mean', ['config.model.pol', "did you mean 'pool'?"]),
-    ('--config.log_evry=5', ['config.log_evry', "did you mean 'log_every'?"]),
-    ('--config.model_name=vit.VIT', ["config.model_name='vit.VIT'", "did you mean 'vit.ViT'?"]),
-    ('--config.log_every=0', ['config.log_every=0: must be a positive integer']),
-    ('--config.model.patch_size=5', ['divisible by the patch size']),
+    pytest.param('--config.log_evry=5', ['config.log_evry', "did you mean 'log_every'?"], marks=SLOW),
+    pytest.param('--config.model_name=vit.VIT', ["config.model_name='vit.VIT'", "did you mean 'vit.ViT'?"],
+                 marks=SLOW),
+    pytest.param('--config.log_every=0', ['config.log_every=0: must be a positive integer'], marks=SLOW),
+    pytest.param('--config.model.patch_size=5', ['divisible by the patch size'], marks=SLOW),
     ('--config.data_dir=/nonexistent --config.dataset=image_folder', ["'/nonexistent' is not a folder"]),
 ])
 def test_train_refusals_are_one_line(tmp_path, flag, fragments):
