@@ -94,6 +94,35 @@ def test_forward_gradients_and_export_match_timm(name):
         assert torch.equal(fresh(nchw(x, torch.float32)), torch_model(nchw(x, torch.float32)))
 
 
+@pytest.mark.parametrize('flax_options', [dict(scan_layers=True), dict(scan_layers=True, remat_policy='dots_saveable'),
+                                          dict(remat_policy='nothing_saveable')], ids=['scan', 'scan_remat', 'remat'])
+def test_scan_and_remat_match_timm(flax_options):
+    """The layer scan and remat change neither the function nor the export: timm's weights load into the scanned
+    stack, forward and gradients match, and the export loads strictly into timm, equal to the original."""
+    name = 'layer_scale_qk_norm'
+    config = {**BASE, **CASES[name], 'depth': 3}
+    torch_model = timm_model(config)
+    model = VisionTransformer(**config, **flax_options)
+    x = images((2, 32, 32, 3))
+    variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=(x,))
+    if flax_options.get('scan_layers'):
+        assert variables['params']['blocks_scan']['attn']['qkv']['kernel'].shape == (3, 32, 96)
+
+    exact = float64_reference(torch_model)
+    out = exact(nchw(x))
+    assert_close_outputs(jax.jit(model.apply)(variables, x), out.detach(), TOLERANCE)
+    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
+    (out * torch.from_numpy(w)).sum().backward()
+    grads = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, x) * w).sum()))(variables['params'])
+    assert_close_gradients(converters.to_torch(model, {'params': grads}, example_inputs=(x,), as_numpy=True),
+                           {key: p.grad.numpy() for key, p in exact.named_parameters()})
+
+    state_dict = converters.to_torch(model, variables, example_inputs=(x,))
+    TimmVisionTransformer(**config).load_state_dict(state_dict, strict=True)
+    for key, value in torch_model.state_dict().items():
+        assert torch.equal(state_dict[key], value), key
+
+
 def test_parameter_tree_is_timms_module_tree():
     model, variables, torch_model, x = build('layer_scale_qk_norm')
     params = variables['params']
@@ -173,6 +202,8 @@ def test_resampled_model_matches_timm_at_another_size():
     (dict(img_size=30), 'divisible by patch_size'),
     (dict(reg_tokens=-1), 'reg_tokens'),
     (dict(num_heads=0), 'num_heads=0'),
+    (dict(remat_policy='all'), 'remat_policy'),
+    (dict(attention_impl='flash'), 'attention_impl'),
 ])
 def test_bad_configurations_are_refused_at_construction(keywords, message):
     with pytest.raises(ValueError, match=message):

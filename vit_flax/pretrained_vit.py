@@ -24,8 +24,12 @@ Input is channels-last `(B, H, W, C)` like the rest of vit-flax. The output is t
 Left out for now (timm has them; no checkpoint family issue 20 names needs them): `dynamic_img_size` (resample the
 position embedding at call time; use `resample_abs_pos_embed` on the variables instead), 'avgmax' / 'max' / 'prr'
 pooling, `pos_embed='none'`, `proj_bias=False`, `scale_attn_norm` / `scale_mlp_norm`, patch dropout, stochastic
-depth and dropout (forward in eval mode only), layer scan and remat. timm 1.0.31 has no `representation_size`
+depth and dropout (forward in eval mode only). timm 1.0.31 has no `representation_size`
 pre-logits layer any more (its loaders drop big_vision's `pre_logits`), so there is none here either.
+
+JAX-only keywords, as on vit.ViT (vit_flax/scan.py): `scan_layers=True` runs the blocks as one `nn.scan`, their
+parameters stacked under `params/blocks_scan/...` (exported as timm's `blocks.{i}....`); `remat_policy` names a
+`jax.checkpoint_policies` policy for each block, scanned or not; `attention_impl` as in layers.py.
 
 Initialisers follow timm's default `weight_init=''`: Linear weights truncated normal (std 0.02, bounds +-2) with
 zero biases, the patch Conv torch's default, `pos_embed` truncated normal 0.02, class and register tokens
@@ -52,8 +56,10 @@ from vit_flax.layers import (
     gelu,
     multi_head_attention,
     pair,
+    residual_boundary,
     trunc_normal,
 )
+from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 
 GLOBAL_POOLS = ('token', 'avg', 'map', '')
 ACT_LAYERS = ('gelu', 'gelu_tanh')  # timm's names: nn.GELU() and nn.GELU(approximate='tanh')
@@ -159,6 +165,13 @@ class Block(nn.Module):
         return x + ls2(mlp(LayerNorm(self.norm_eps, name='norm2')(x)))
 
 
+class ScannedBlock(Block):
+    """A Block as the body of the layer scan: nn.scan's (carry, nothing per layer)."""
+
+    def __call__(self, x):
+        return super().__call__(x), None
+
+
 class AttentionPoolLatent(nn.Module):
     """timm's AttentionPoolLatent as VisionTransformer builds it for `global_pool='map'` (SigLIP): one learned latent
     query attends over the tokens (`q`, `kv`), then `proj`, a residual Mlp after `norm`; the latent's output."""
@@ -211,7 +224,9 @@ class VisionTransformer(nn.Module):
     fc_norm: bool | None = None
     act_layer: str = 'gelu'
     norm_eps: float = 1e-6
-    attention_impl: str = 'explicit'
+    scan_layers: bool = False  # JAX-only, see the module docstring
+    remat_policy: str | None = None  # JAX-only
+    attention_impl: str = 'explicit'  # JAX-only
 
     def __post_init__(self):
         check_keywords(self)
@@ -235,6 +250,7 @@ class VisionTransformer(nn.Module):
         if any(i % p for i, p in zip(pair(self.img_size), pair(self.patch_size))):
             raise ValueError(f'{name}: img_size={self.img_size} must be divisible by patch_size={self.patch_size}')
         check_attention_impl(self.attention_impl)
+        check_remat_policy(self.remat_policy)
         super().__post_init__()
 
     @property
@@ -283,9 +299,16 @@ class VisionTransformer(nn.Module):
         if self.pre_norm:
             x = LayerNorm(self.norm_eps, name='norm_pre')(x)
 
-        for i in range(self.depth):
-            x = Block(dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.qk_norm, self.init_values,
-                      self.act_layer, self.norm_eps, self.attention_impl, name=f'blocks_{i}')(x)
+        block_keywords = (dim, self.num_heads, self.mlp_ratio, self.qkv_bias, self.qk_norm, self.init_values,
+                          self.act_layer, self.norm_eps, self.attention_impl)
+        if self.scan_layers:
+            blocks = layer_scan(ScannedBlock, self.depth, self.remat_policy)
+            x, _ = blocks(*block_keywords, name=scanned_name('blocks'))(x)
+        else:
+            block = remat(Block, self.remat_policy)
+            for i in range(self.depth):
+                x = block(*block_keywords, name=f'blocks_{i}')(x)
+                x = residual_boundary(x)  # linear, not quadratic, backward work on CPU (layers.py)
         if self.final_norm and not self.uses_fc_norm:
             x = LayerNorm(self.norm_eps, name='norm')(x)
 
