@@ -218,3 +218,17 @@ def test_bad_inputs_are_refused_at_the_first_call():
         model.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))
     with pytest.raises((TypeError, ValueError)):
         model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_timm_and_transformers_load_beside_the_torchvision_stand_in():
+    """The stand-in (parity/torchvision_stand_in) has every name `import timm`, timm's ViT constructors and
+    transformers' ViT import; the model code that runs is theirs."""
+    import transformers
+
+    vit = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=8, num_classes=3)
+    with torch.no_grad():
+        assert vit(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8)
+    with torch.no_grad():
+        assert transformers.ViTModel(config)(torch.zeros(1, 3, 32, 32)).last_hidden_state.shape == (1, 17, 32)
