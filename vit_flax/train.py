@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             last = step == config.total_steps
             logs, evaluates, saves = (step % every == 0 or last for every in
                                       (config.log_every, config.eval_every, config.checkpoint_every))
-            if logs or evaluates or saves:  # the one host sync: the step's flag, nothing else
+            if logs or evaluates or saves:  # before anything of this step is logged, evaluated or saved
                 check_finite(trainer, state, step, checkpoints.latest_step())
             if logs:
                 metrics = {key: float(value) for key, value in trainer.metrics(metrics).items()}
