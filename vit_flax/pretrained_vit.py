@@ -16,6 +16,7 @@ to timm's state-dict keys mechanically:
 | `blocks.3.ls1.gamma` (LayerScale, `init_values`) | `params/blocks_3/ls1/gamma` |
 | `blocks.3.mlp.fc1.weight` | `params/blocks_3/mlp/fc1/kernel` |
 | `attn_pool.latent`, `.q`, `.kv`, `.proj`, `.norm`, `.mlp.fc1` (MAP head) | `params/attn_pool/...` |
+| `pre_logits.fc.weight` (`representation_size`) | `params/pre_logits/fc/kernel` |
 | `head.weight` | `params/head/kernel` |
 
 Input is channels-last `(B, H, W, C)` like the rest of vit-flax. The output is timm's `forward`: logits
@@ -24,8 +25,12 @@ Input is channels-last `(B, H, W, C)` like the rest of vit-flax. The output is t
 Left out for now (timm has them; no checkpoint family issue 20 names needs them): `dynamic_img_size` (resample the
 position embedding at call time; use `resample_abs_pos_embed` on the variables instead), 'avgmax' / 'max' / 'prr'
 pooling, `pos_embed='none'`, `proj_bias=False`, `scale_attn_norm` / `scale_mlp_norm`, patch dropout, stochastic
-depth and dropout (forward in eval mode only). timm 1.0.31 has no `representation_size`
-pre-logits layer any more (its loaders drop big_vision's `pre_logits`), so there is none here either.
+depth and dropout (forward in eval mode only).
+
+`representation_size` is the pre-logits layer (Dense + tanh after pooling) of the original ViT's ImageNet-21k
+checkpoints and of Hugging Face's `ViTModel` pooler. timm 1.0.31 dropped it (its loaders discard big_vision's
+`pre_logits`), so a model with one holds those checkpoints exactly but cannot be exported to timm; its keys are
+timm's former `pre_logits.fc.*`.
 
 JAX-only keywords, as on vit.ViT (vit_flax/scan.py): `scan_layers=True` runs the blocks as one `nn.scan`, their
 parameters stacked under `params/blocks_scan/...` (exported as timm's `blocks.{i}....`); `remat_policy` names a
@@ -196,6 +201,16 @@ class AttentionPoolLatent(nn.Module):
         return x[:, 0]  # timm's pool_type 'token': the (only) latent
 
 
+class PreLogits(nn.Module):
+    """The original ViT's representation layer (timm's former `pre_logits`, Hugging Face's pooler): tanh(fc(x))."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(_timm_linear(self.features, name='fc')(x))
+
+
 class VisionTransformer(nn.Module):
     """timm's VisionTransformer, keyword for keyword (see the module docstring for the subset and the layout).
 
@@ -222,6 +237,7 @@ class VisionTransformer(nn.Module):
     pre_norm: bool = False
     final_norm: bool = True
     fc_norm: bool | None = None
+    representation_size: int | None = None
     act_layer: str = 'gelu'
     norm_eps: float = 1e-6
     scan_layers: bool = False  # JAX-only, see the module docstring
@@ -231,12 +247,6 @@ class VisionTransformer(nn.Module):
     def __post_init__(self):
         check_keywords(self)
         name = type(self).__name__
-        for keyword in ('in_chans', 'embed_dim'):
-            value = getattr(self, keyword)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f'{name}: {keyword}={value!r} must be a positive integer')
-        if not isinstance(self.reg_tokens, int) or isinstance(self.reg_tokens, bool) or self.reg_tokens < 0:
-            raise ValueError(f'{name}: reg_tokens={self.reg_tokens!r} must be a non-negative integer')
         if self.global_pool not in GLOBAL_POOLS:
             raise ValueError(f'{name}: global_pool={self.global_pool!r} must be one of {GLOBAL_POOLS}')
         if self.global_pool == 'token' and not self.class_token:
@@ -245,8 +255,6 @@ class VisionTransformer(nn.Module):
             raise ValueError(f'{name}: act_layer={self.act_layer!r} must be one of {ACT_LAYERS}')
         if self.embed_dim % self.num_heads:
             raise ValueError(f'{name}: embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}')
-        if not self.norm_eps > 0:
-            raise ValueError(f'{name}: norm_eps={self.norm_eps!r} must be a positive number')
         if any(i % p for i, p in zip(pair(self.img_size), pair(self.patch_size))):
             raise ValueError(f'{name}: img_size={self.img_size} must be divisible by patch_size={self.patch_size}')
         check_attention_impl(self.attention_impl)
@@ -321,6 +329,8 @@ class VisionTransformer(nn.Module):
             x = jnp.mean(x[:, self.num_prefix_tokens:], axis=1)
         if self.final_norm and self.uses_fc_norm:
             x = LayerNorm(self.norm_eps, name='fc_norm')(x)
+        if self.representation_size:
+            x = PreLogits(self.representation_size, name='pre_logits')(x)
         if self.num_classes > 0:
             x = _timm_linear(self.num_classes, name='head')(x)
         return x
