@@ -96,6 +96,11 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
     """
     path = Path(path)
     entry = registry.entry_for(model)
+    if entry.torch_package != 'vit_pytorch':
+        # the pretrained-checkpoint family has timm's layout: its files are timm's, HF's and big_vision's
+        raise ValueError(f'{entry.name} has no vit-pytorch twin ({entry.torch_module}.{entry.torch_class_name} is its '
+                         "layout): write it with vit_flax.pretrained.export(model, variables, path, format='timm', "
+                         "'hf' or 'npz')")
     sidecar = {
         'format': SIDECAR_FORMAT,
         'weights': path.name,

@@ -296,9 +296,11 @@ def test_save_and_load_both_ways(tmp_path, suffix, index):
         np.testing.assert_array_equal(np.asarray(flat_loaded[path]), np.asarray(leaf))
 
 
-@pytest.mark.parametrize('entry', parity.ENTRIES, ids=lambda e: e.name)
+@pytest.mark.parametrize('entry', [entry for entry in parity.ENTRIES if entry.torch_package == 'vit_pytorch'],
+                         ids=lambda e: e.name)
 def test_every_architecture_round_trips_through_files(tmp_path, entry):
-    """Shapes survive the file formats too, 0-d parameters (learned temperatures) included."""
+    """Shapes survive the file formats too, 0-d parameters (learned temperatures) included. (The timm-layout family
+    has its own files: tests/test_pretrained_*.py.)"""
     model = entry.build(0)
     # random arrays of the variables' shapes and dtypes: init is traced, not compiled (a compile per architecture
     # costs minutes of the suite, and the values do not matter here)

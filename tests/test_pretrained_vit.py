@@ -1,9 +1,6 @@
-"""vit_flax.pretrained_vit against the real timm (issue 20, first stage): randomly initialised timm
-VisionTransformers of several option combinations, converted with the registry-free converter path, give timm's
-outputs and gradients (judged against timm's float64 reference, as every parity test here), and our variables load
-back into timm with strict=True; resample_abs_pos_embed equals timm's.
-
-Not registry-driven yet: the registry and parity.ENTRIES assume a vit-pytorch twin for every architecture."""
+"""vit_flax.pretrained_vit beyond the registry-driven parity suite (tests/test_parity.py runs its configurations,
+parity/pretrained_vit.py, against timm both ways with gradients): the JAX-only options (layer scan, remat, fused
+attention) against timm, the parameter tree, resample_abs_pos_embed against timm's, and the refusals."""
 
 import jax
 import numpy as np
@@ -13,98 +10,43 @@ import torch
 timm = pytest.importorskip('timm')
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer  # noqa: E402
 
+import parity  # noqa: E402
 from tests.conftest import (  # noqa: E402
     assert_close_gradients,
     assert_close_outputs,
     float64_reference,
     images,
     nchw,
+    randomised_torch_model,
 )
 from vit_flax import converters  # noqa: E402
 from vit_flax.pretrained_vit import VisionTransformer, resample_abs_pos_embed  # noqa: E402
 
+ENTRY = parity.BY_NAME['pretrained_vit.VisionTransformer']
 BASE = dict(img_size=32, patch_size=8, in_chans=3, num_classes=10, embed_dim=32, depth=2, num_heads=4)
-
-# name -> keywords both sides take (timm's names); the options issue 20 lists, a few per case
-CASES = {
-    'class_token': {},
-    'no_class_token_avg_fc_norm': dict(class_token=False, global_pool='avg'),
-    'registers': dict(reg_tokens=4),
-    'registers_no_embed_class_avg': dict(reg_tokens=2, no_embed_class=True, global_pool='avg', fc_norm=False),
-    'layer_scale_qk_norm': dict(init_values=1e-5, qk_norm=True),
-    'no_qkv_bias_gelu_tanh': dict(qkv_bias=False, act_layer='gelu_tanh'),
-    'map_head_pre_norm_no_class_token': dict(class_token=False, global_pool='map', pre_norm=True),
-    'all_tokens_no_head': dict(global_pool='', num_classes=0),
-    'token_fc_norm_non_square': dict(img_size=(32, 24), fc_norm=True, mlp_ratio=2.0),
-    'no_embed_class_no_final_norm': dict(no_embed_class=True, final_norm=False),
-}
-FLAX_ONLY = {'no_qkv_bias_gelu_tanh': dict(attention_impl='xla')}  # one case through jax.nn.dot_product_attention
+LAYER_SCALE_QK_NORM = dict(BASE, init_values=1e-5, qk_norm=True, depth=3)
+MAP_HEAD = dict(BASE, class_token=False, global_pool='map', pre_norm=True)
 TOLERANCE = 2e-5
 
 
-def timm_model(config, seed=0):
-    """A timm VisionTransformer in eval mode with every parameter moved off its init (LayerNorm ones and zeros,
-    the 1e-6 class token and 1e-5 LayerScale would hide a misplaced piece)."""
-    torch.manual_seed(seed)
-    model = TimmVisionTransformer(**config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model
-
-
-def build(name, seed=0):
-    config = {**BASE, **CASES[name]}
-    torch_model = timm_model(config, seed)
-    model = VisionTransformer(**config, **FLAX_ONLY.get(name, {}))
+def build(config, seed=0, **flax_options):
+    torch_model = randomised_torch_model(ENTRY, config, seed)
+    model = VisionTransformer(**config, **flax_options)
     x = images((2, *np.broadcast_to(config['img_size'], 2), 3), seed)
     variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=(x,))
     return model, variables, torch_model, x
 
 
-@pytest.mark.parametrize('name', CASES)
-def test_forward_gradients_and_export_match_timm(name):
-    model, variables, torch_model, x = build(name)
-
-    exact = float64_reference(torch_model)
-    out = exact(nchw(x))
-    y = jax.jit(model.apply)(variables, x)
-    assert_close_outputs(y, out.detach(), TOLERANCE)
-
-    # d(sum(output * w)) / d(weights), ours in float32 against timm's float64, in timm's layout
-    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
-    (out * torch.from_numpy(w)).sum().backward()
-    exact_grads = {key: np.zeros(p.shape) if p.grad is None else p.grad.numpy()
-                   for key, p in exact.named_parameters()}
-
-    def loss(params):
-        return (model.apply({**variables, 'params': params}, x) * w).sum()
-
-    grads = jax.jit(jax.grad(loss))(variables['params'])
-    assert_close_gradients(converters.to_torch(model, {'params': grads}, example_inputs=(x,), as_numpy=True),
-                           exact_grads)
-
-    # export: loads strictly into a fresh timm model, bit-exact, which then gives timm's own outputs
-    state_dict = converters.to_torch(model, variables, example_inputs=(x,))
-    fresh = TimmVisionTransformer(**{**BASE, **CASES[name]}).eval()
-    fresh.load_state_dict(state_dict, strict=True)
-    for key, value in torch_model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], value), key
-    with torch.no_grad():
-        assert torch.equal(fresh(nchw(x, torch.float32)), torch_model(nchw(x, torch.float32)))
-
-
-@pytest.mark.parametrize('flax_options', [dict(scan_layers=True), dict(scan_layers=True, remat_policy='dots_saveable'),
-                                          dict(remat_policy='nothing_saveable')], ids=['scan', 'scan_remat', 'remat'])
-def test_scan_and_remat_match_timm(flax_options):
-    """The layer scan and remat change neither the function nor the export: timm's weights load into the scanned
-    stack, forward and gradients match, and the export loads strictly into timm, equal to the original."""
-    name = 'layer_scale_qk_norm'
-    config = {**BASE, **CASES[name], 'depth': 3}
-    torch_model = timm_model(config)
-    model = VisionTransformer(**config, **flax_options)
-    x = images((2, 32, 32, 3))
-    variables = converters.from_torch(model, torch_model.state_dict(), example_inputs=(x,))
+@pytest.mark.parametrize('config, flax_options', [
+    (LAYER_SCALE_QK_NORM, dict(scan_layers=True)),
+    (LAYER_SCALE_QK_NORM, dict(scan_layers=True, remat_policy='dots_saveable')),
+    (LAYER_SCALE_QK_NORM, dict(remat_policy='nothing_saveable')),
+    (MAP_HEAD, dict(attention_impl='xla')),  # the blocks' and the MAP head's attention through the fused kernel
+], ids=['scan', 'scan_remat', 'remat', 'xla_attention'])
+def test_jax_only_options_match_timm(config, flax_options):
+    """The layer scan, remat and fused attention change neither the function nor the export: timm's weights load
+    (into the scanned stack too), forward and gradients match, and the export loads strictly into timm, equal."""
+    model, variables, torch_model, x = build(config, **flax_options)
     if flax_options.get('scan_layers'):
         assert variables['params']['blocks_scan']['attn']['qkv']['kernel'].shape == (3, 32, 96)
 
@@ -124,29 +66,13 @@ def test_scan_and_remat_match_timm(flax_options):
 
 
 def test_parameter_tree_is_timms_module_tree():
-    model, variables, torch_model, x = build('layer_scale_qk_norm')
+    model, variables, torch_model, x = build(dict(BASE, init_values=1e-5, qk_norm=True))
     params = variables['params']
     assert params['patch_embed']['proj']['kernel'].shape == (8, 8, 3, 32)  # HWIO
     assert params['blocks_1']['attn']['qkv']['kernel'].shape == (32, 96)
     assert set(params['blocks_0']) == {'norm1', 'attn', 'ls1', 'norm2', 'mlp', 'ls2'}
     assert set(params['blocks_0']['attn']) == {'qkv', 'q_norm', 'k_norm', 'proj'}
     np.testing.assert_array_equal(params['blocks_0']['ls1']['gamma'], torch_model.blocks[0].ls1.gamma.detach())
-
-
-def test_init_shapes_match_timm_and_export_loads_strictly():
-    """Our own variables (no timm weights) export to a state dict timm loads with strict=True, for every case: the
-    real init for one (its compile costs a second), the init's shapes as zeros for the others."""
-    for i, name in enumerate(CASES):
-        config = {**BASE, **CASES[name]}
-        model = VisionTransformer(**config)
-        x = images((1, *np.broadcast_to(config['img_size'], 2), 3))
-        if i == 0:
-            variables = jax.jit(model.init)(jax.random.key(0), x)
-        else:
-            shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-            variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-        TimmVisionTransformer(**config).load_state_dict(converters.to_torch(model, variables, example_inputs=(x,)),
-                                                         strict=True)
 
 
 @pytest.mark.parametrize('antialias', [False, True])
@@ -178,8 +104,8 @@ def test_resampled_model_matches_timm_at_another_size():
     agree."""
     from timm.layers import resample_abs_pos_embed as timm_resample
 
-    model, variables, torch_model, x = build('registers')
-    config = {**BASE, **CASES['registers'], 'img_size': 48}
+    model, variables, torch_model, x = build(dict(BASE, reg_tokens=4))
+    config = dict(BASE, reg_tokens=4, img_size=48)
     state_dict = dict(torch_model.state_dict())
     state_dict['pos_embed'] = timm_resample(state_dict['pos_embed'], [6, 6], [4, 4], num_prefix_tokens=5,
                                             antialias=False)

@@ -50,6 +50,7 @@ from vit_flax import mae, simmim
 from vit_flax import mpp
 from vit_flax import dino
 from vit_flax import es_vit
+from vit_flax import pretrained_vit
 
 # the input sizes a configuration takes: each architecture's size arithmetic, as its forward computes it
 
@@ -180,6 +181,18 @@ class Images:
     def to_torch_layout(self, args: tuple) -> tuple:
         (images,) = args
         return (np.ascontiguousarray(np.moveaxis(images, -1, 1)),)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmImages(Images):
+    """Images at a timm-style model's `img_size` with its `in_chans` channels (pretrained_vit.VisionTransformer keeps
+    timm's keyword names)."""
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        return pair(model.img_size)
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.size(model), model.in_chans), rng),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,6 +372,9 @@ class Entry:
     # the vit-pytorch '<file>.<Class>' to compare with and export to, where the namesake cannot run (its forward
     # is broken) but another class has the same state dict and the same outputs
     torch_name: str | None = None
+    # the package of the torch twin: vit-pytorch, or for the pretrained-checkpoint family the library whose layout
+    # the checkpoints have ('timm.models': torch_name 'vision_transformer.VisionTransformer')
+    torch_package: str = 'vit_pytorch'
     # recorder.Recorder: the architecture's `transformer` is a stack of plain softmax attention layers of one shape,
     # whose maps are tested against vit-pytorch's Recorder; otherwise `not_recordable` says why not
     recordable: bool = False
@@ -374,7 +390,7 @@ class Entry:
 
     @property
     def torch_module(self) -> str:
-        return f"vit_pytorch.{(self.torch_name or self.name).rsplit('.', 1)[0]}"
+        return f"{self.torch_package}.{(self.torch_name or self.name).rsplit('.', 1)[0]}"
 
     @property
     def torch_class_name(self) -> str:
@@ -684,6 +700,16 @@ ENTRIES: tuple[Entry, ...] = (
         not_recordable=OBJECTIVE,
         paper='Efficient Self-supervised Vision Transformers for Representation Learning (Li et al., 2021)',
         inputs=CroppedImages(),
+    ),
+    Entry(
+        name='pretrained_vit.VisionTransformer',
+        flax_class=pretrained_vit.VisionTransformer,
+        torch_package='timm.models',
+        torch_name='vision_transformer.VisionTransformer',
+        not_recordable="timm's layout, not vit-pytorch's: Recorder hooks vit-pytorch's `transformer.layers`",
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), as timm, big_vision and Hugging Face '
+              'publish its checkpoints; DeiT, DeiT III, registers, SigLIP options',
+        inputs=TimmImages(),
     ),
     # new entries go above this line
 )
