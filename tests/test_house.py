@@ -87,8 +87,12 @@ def project_imports(name: str) -> set[str]:
     return out - {name}
 
 
+# vit_flax.pretrained is the pretrained checkpoints' API: it reads and writes files, so it is a converter
+CONVERTER_MODULES = {'vit_flax.pretrained'}
+
+
 def layer(name: str) -> str:
-    if name == 'vit_flax.converters' or name.startswith('vit_flax.converters.'):
+    if name == 'vit_flax.converters' or name.startswith('vit_flax.converters.') or name in CONVERTER_MODULES:
         return 'converters'
     if name in TRAINER or name.startswith(TRAINER_PACKAGES):
         return 'trainer'
@@ -195,7 +199,8 @@ def test_the_top_level_names_load_nothing_optional():
     assert extra_top_level <= {'vit_flax'}, sorted(extra_top_level)
 
 
-@pytest.mark.parametrize('module, extra', [('vit_flax.converters', 'torch'), ('vit_flax.train', 'train'),
+@pytest.mark.parametrize('module, extra', [('vit_flax.converters', 'torch'), ('vit_flax.pretrained', 'torch'),
+                                           ('vit_flax.train', 'train'),
                                            ('vit_flax.training.objectives', 'train'), ('vit_flax.data', 'train')])
 def test_an_optional_part_without_its_extra_names_the_extra(module, extra):
     result = run_python(f'import {module}', blocked=EXTRAS[extra])

@@ -379,6 +379,37 @@ def resample_abs_pos_embed(posemb, new_size: Sequence[int], old_size: Sequence[i
     own `antialias`): a (1, prefix + h * w, dim) position embedding resampled to the grid `new_size`, the prefix rows
     (class, register tokens) kept. `old_size` None means a square grid. numpy or JAX arrays (traceable); the
     weights are float64 matrices applied in float32 at least, as timm interpolates in float32."""
+    return _resample_grid(posemb, new_size, old_size, num_prefix_tokens,
+                          lambda n_in, n_out: _bicubic_matrix(n_in, n_out, antialias))
+
+
+def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 weights of scipy.ndimage.zoom(order=1) along one axis: linear interpolation with the
+    corners aligned (output i samples the input at i * (n_in - 1) / (n_out - 1))."""
+    weights = np.zeros((n_out, n_in))
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    for i in range(n_out):
+        src = i * scale
+        lo = min(int(math.floor(src)), n_in - 1)
+        t = src - lo
+        weights[i, lo] += 1 - t
+        if t:
+            weights[i, lo + 1] += t
+    return weights
+
+
+def resample_posemb_big_vision(posemb, new_size: Sequence[int], old_size: Sequence[int] | None = None,
+                               num_prefix_tokens: int = 0):
+    """big_vision's `resample_posemb` ("high-res fine-tuning"): the grid zoomed as scipy.ndimage.zoom(order=1) does,
+    linear interpolation with aligned corners. The prefix rows are kept (big_vision's own embeddings have none);
+    `old_size` None means a square grid."""
+    return _resample_grid(posemb, new_size, old_size, num_prefix_tokens, _linear_matrix)
+
+
+def _resample_grid(posemb, new_size, old_size, num_prefix_tokens: int, axis_matrix):
+    """`posemb` (1, prefix + h * w, dim) with its grid resampled to `new_size` by the separable (n_out, n_in)
+    weights `axis_matrix(n_in, n_out)` per axis, the prefix rows kept; numpy or JAX arrays (traceable), computed in
+    the embedding's dtype at least float32."""
     new_size = tuple(new_size)
     n_tokens = posemb.shape[1]
     if old_size is None:
@@ -389,13 +420,13 @@ def resample_abs_pos_embed(posemb, new_size: Sequence[int], old_size: Sequence[i
         raise ValueError(f'position embedding of {n_tokens} rows is not {num_prefix_tokens} prefix rows and a '
                          f'{old_size[0]}x{old_size[1]} grid')
     if old_size == new_size:
-        return posemb  # timm returns its input unchanged here too
+        return posemb  # timm and big_vision return their input unchanged here too
     xp = jnp if isinstance(posemb, jax.Array) else np
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     compute = np.promote_types(grid.dtype, np.float32)
     grid = grid.reshape(old_size[0], old_size[1], -1).astype(compute)
-    rows = _bicubic_matrix(old_size[0], new_size[0], antialias).astype(compute)
-    cols = _bicubic_matrix(old_size[1], new_size[1], antialias).astype(compute)
+    rows = axis_matrix(old_size[0], new_size[0]).astype(compute)
+    cols = axis_matrix(old_size[1], new_size[1]).astype(compute)
     grid = xp.einsum('ih,jw,hwc->ijc', rows, cols, grid)
     grid = grid.reshape(1, new_size[0] * new_size[1], -1).astype(posemb.dtype)
     return xp.concatenate([prefix, grid], axis=1)
