@@ -85,7 +85,7 @@ from vit_flax.layers import pair
 from vit_flax.pretrained_vit import VisionTransformer
 from vit_flax.registry import FLAX_ONLY_FIELDS
 
-from .files import _replaced_whole
+from .files import replaced_whole
 from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe
 
 LAYOUTS = ('augreg', 'big_vision')
@@ -477,7 +477,7 @@ def write_npz(path: str | Path, pretrained: Pretrained, layout: str = 'augreg', 
     if scanned:
         arrays = _scanned(arrays, model.depth)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replaced_whole(path) as temporary, open(temporary, 'wb') as file:
+    with replaced_whole(path) as temporary, open(temporary, 'wb') as file:
         np.savez(file, **{prefix + key: array for key, array in arrays.items()})
     return path
 

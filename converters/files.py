@@ -20,6 +20,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,7 +46,7 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
     if path.suffix not in ('.safetensors', '.pt'):
         raise ValueError(f'unknown weights format {path.suffix!r} for {path}: use .safetensors or .pt')
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replaced_whole(path) as temporary:
+    with replaced_whole(path) as temporary:
         if path.suffix == '.safetensors':
             save_file({key: contiguous(to_numpy(value)) for key, value in state_dict.items()}, str(temporary))
         else:
@@ -57,7 +58,7 @@ def save_state_dict(path: str | Path, state_dict: Mapping[str, Any]) -> Path:
 
 
 @contextlib.contextmanager
-def _replaced_whole(path: Path):
+def replaced_whole(path: Path):
     """A temporary name next to `path` to write to; on success it replaces `path` in one rename, so a reader (or a
     kill) sees the old file or the new one, never half of one. On failure `path` is left as it was."""
     temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
@@ -66,6 +67,36 @@ def _replaced_whole(path: Path):
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replaced_directory(directory: Path, overwrite: bool = False):
+    """A new empty directory beside `directory` to write into; on success it takes `directory`'s place (the old one,
+    where `overwrite` allows one, moved aside first and deleted after: a directory cannot be renamed over a
+    non-empty one), so a reader sees the old directory or the new one whole. On failure nothing is left and the old
+    directory stays. An existing `directory` without `overwrite`, or a file there, is refused before anything."""
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f'{directory} exists: pass overwrite=True to replace it')
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f'{directory} exists and is not a directory')
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temporary = directory.with_name(f'.{directory.name}.{os.getpid()}.tmp')
+    old = directory.with_name(f'.{directory.name}.{os.getpid()}.old')
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        temporary.mkdir()
+        yield temporary
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(temporary, directory)
+    except BaseException:
+        if old.exists() and not directory.exists():
+            os.replace(old, directory)
+        raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -117,7 +148,7 @@ def save_torch(path: str | Path, model: nn.Module, variables: Mapping, *, input_
         sidecar['input'] = input_spec
     sidecar_text = json.dumps(sidecar, indent=2) + '\n'  # fails before anything is written
     save_state_dict(path, to_torch(model, variables, as_numpy=path.suffix == '.safetensors'))
-    with _replaced_whole(_sidecar_path(path)) as temporary:
+    with replaced_whole(_sidecar_path(path)) as temporary:
         temporary.write_text(sidecar_text)
     return path
 

@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +63,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .arrays import contiguous, to_numpy
+from .files import replaced_directory
 from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe
 
 CLASSIFIER, MODEL = 'ViTForImageClassification', 'ViTModel'
@@ -590,10 +589,6 @@ def write_hf_vit(directory, pretrained: Pretrained, *, overwrite: bool = False) 
     if labels is not None and (len(labels) != kwargs['num_classes'] or architecture != CLASSIFIER):
         _refuse('write_hf_vit', f"{len(labels)} label_names for num_classes={kwargs['num_classes']}")
     processor = _hf_preprocessor(pretrained.preprocessing, kwargs)
-    if directory.exists() and not overwrite:
-        _refuse(directory, 'exists (overwrite=True replaces it)')
-    if directory.exists() and not directory.is_dir():
-        _refuse(directory, 'exists and is not a directory')
 
     prefix = 'vit.' if architecture == CLASSIFIER else ''
     tensors = {}
@@ -604,26 +599,10 @@ def write_hf_vit(directory, pretrained: Pretrained, *, overwrite: bool = False) 
             tensors[name] = contiguous(part.copy())
     config = _hf_config(kwargs, architecture, list(labels) if labels else None, _dtype_name(tensors))
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = directory.with_name(f'.{directory.name}.{os.getpid()}.tmp')
-    old = directory.with_name(f'.{directory.name}.{os.getpid()}.old')
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        temporary.mkdir()
+    with replaced_directory(directory, overwrite) as temporary:
         # the metadata transformers' loader checks for (save_pretrained writes the same)
         save_file(tensors, str(temporary / 'model.safetensors'), metadata={'format': 'pt'})
         (temporary / 'config.json').write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
         if processor is not None:
             (temporary / 'preprocessor_config.json').write_text(json.dumps(processor, indent=2, sort_keys=True) + '\n')
-        if directory.exists():
-            # a directory cannot be renamed over a non-empty one: move the old aside, the new in, then delete
-            os.replace(directory, old)
-        os.replace(temporary, directory)
-    except BaseException:
-        if old.exists() and not directory.exists():
-            os.replace(old, directory)
-        raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return directory

@@ -30,8 +30,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from .arrays import contiguous, to_numpy
+from .files import replaced_directory
 from .pretrained_form import PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpointError, describe
 
 TIMM_EPS = 1e-6  # timm's ViT LayerNorm eps: its default norm_layer is partial(LayerNorm, eps=1e-6)
@@ -315,8 +314,6 @@ def write_timm(directory: str | os.PathLike, pretrained: Pretrained, *, overwrit
     `timm.create_model('local-dir:' + directory, pretrained=True)`. Written beside and renamed into place: an
     existing directory is replaced whole with `overwrite`, refused without it."""
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f'{directory} exists: pass overwrite=True to replace it')
     model_args = timm_model_args(pretrained.kwargs)
     arch = pretrained.arch or 'vit_base_patch16_224'  # any VisionTransformer architecture: model_args say it all
     architecture_keywords(arch)  # refuses an architecture timm would build as another class
@@ -335,20 +332,8 @@ def write_timm(directory: str | os.PathLike, pretrained: Pretrained, *, overwrit
     if label_names is not None and (num_classes == len(label_names)):
         config['label_names'] = list(label_names)
     text = json.dumps(config, indent=2) + '\n'
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{directory.name}.', dir=directory.parent))
-    try:
+    with replaced_directory(directory, overwrite) as staging:
         save_file({key: contiguous(to_numpy(value)) for key, value in pretrained.state_dict.items()},
-                  str(staging / 'model.safetensors'))
+                  str(staging / 'model.safetensors'), metadata={'format': 'pt'})
         (staging / 'config.json').write_text(text)
-        if directory.exists():
-            old = directory.with_name(f'.{directory.name}.old.{os.getpid()}')
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return directory

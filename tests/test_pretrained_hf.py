@@ -405,7 +405,7 @@ def test_writes_refuse_bad_state_dicts_and_existing_directories(tmp_path):
 
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'stale.txt').write_text('old')
-    with pytest.raises(UnsupportedCheckpointError, match='exists'):
+    with pytest.raises(FileExistsError, match='exists'):
         write_hf_vit(tmp_path / 'out', pretrained)
     write_hf_vit(tmp_path / 'out', pretrained, overwrite=True)
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['config.json', 'model.safetensors']
