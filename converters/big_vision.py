@@ -86,7 +86,7 @@ from vit_flax.pretrained_vit import VisionTransformer
 from vit_flax.registry import FLAX_ONLY_FIELDS
 
 from .files import replaced_whole
-from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe
+from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for
 
 LAYOUTS = ('augreg', 'big_vision')
 PREFIXES = ('', 'opt/target/', 'params/', 'params/img/')  # timm's _load_weights looks under these, in this order
@@ -271,15 +271,6 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f'{path}: a damaged or truncated .npz archive ({error})') from error
 
 
-def _mlp_ratio(dim: int, hidden: int) -> float:
-    """The shortest decimal r with int(dim * r) == hidden, as timm computes the MLP's width (4.0; 3.7362 for 4304)."""
-    for decimals in range(9):
-        ratio = math.ceil(hidden / dim * 10 ** decimals) / 10 ** decimals
-        if int(dim * ratio) == hidden:
-            return ratio
-    return hidden / dim
-
-
 def _anchor(arrays: dict[str, np.ndarray], key: str, ndim: int, where: str) -> tuple[int, ...]:
     """The shape of a key the keywords are inferred from, which must be there with `ndim` axes."""
     if key not in arrays:
@@ -345,7 +336,7 @@ def _inferred(arrays: dict[str, np.ndarray], names: str, hints: dict, where: str
     kwargs = dict(
         patch_size=patch_h if patch_h == patch_w else patch, in_chans=in_chans,
         num_classes=_anchor(arrays, 'head/kernel', 2, where)[1] if 'head/kernel' in arrays else 0,
-        global_pool=global_pool, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=_mlp_ratio(dim, hidden),
+        global_pool=global_pool, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio_for(dim, hidden),
         class_token=class_token, no_embed_class=False, fc_norm=False,
         representation_size=(_anchor(arrays, 'pre_logits/kernel', 2, where)[1] if 'pre_logits/kernel' in arrays
                              else None),

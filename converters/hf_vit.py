@@ -64,7 +64,7 @@ from safetensors.numpy import load_file, save_file
 
 from .arrays import contiguous, to_numpy
 from .files import replaced_directory
-from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe
+from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for
 
 CLASSIFIER, MODEL = 'ViTForImageClassification', 'ViTModel'
 
@@ -164,9 +164,7 @@ def _vit_kwargs(path: Path, config: dict) -> tuple[dict, str | None, dict]:
         _refuse(path, f"head_dim={config['head_dim']!r} is not hidden_size / num_attention_heads = {hidden // heads}")
     depth = _integer(path, 'num_hidden_layers', value['num_hidden_layers'])
     intermediate = _integer(path, 'intermediate_size', value['intermediate_size'])
-    mlp_ratio = intermediate / hidden
-    if int(hidden * mlp_ratio) != intermediate:  # VisionTransformer's Mlp width is int(embed_dim * mlp_ratio)
-        _refuse(path, f'intermediate_size={intermediate} is not int(hidden_size * {mlp_ratio!r})')
+    mlp_ratio = mlp_ratio_for(hidden, intermediate)  # VisionTransformer's Mlp width is int(embed_dim * mlp_ratio)
     act = value['hidden_act']
     if not isinstance(act, str) or act not in HF_ACTIVATIONS:
         _refuse(path, f'hidden_act={act!r} is none of the GELUs VisionTransformer has ({sorted(HF_ACTIVATIONS)})')

@@ -18,9 +18,10 @@ An architecture this family cannot hold exactly (timm's Eva, relative-position, 
 SwiGLU or parallel blocks) is refused with timm's class or block named.
 
 Writing: a hub directory that `timm.create_model('local-dir:' + path, pretrained=True)` loads as it is, every keyword
-in `model_args` so that any architecture name builds the same model. timm has no keyword for a LayerNorm eps other
-than its 1e-6 default (it takes a norm class) nor for a pre-logits layer, so such models are refused; in Python
-`timm_constructor_kwargs` gives the norm class for `VisionTransformer(**...)`.
+in `model_args`. timm has no keyword for the LayerNorm eps (an architecture's norm class sets it: 1e-6, CLIP's 1e-5),
+so the architecture named is the model's own where its eps agrees, else one with that eps; an eps no architecture
+has (HF's 1e-12) and a pre-logits layer (timm 1.0.31 dropped it) are refused. In Python `timm_constructor_kwargs`
+gives the norm class for `VisionTransformer(**...)`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from safetensors.numpy import load_file, save_file
 
 from .arrays import contiguous, to_numpy
 from .files import replaced_directory
-from .pretrained_form import PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpointError, describe
+from .pretrained_form import PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for
 
 TIMM_EPS = 1e-6  # timm's ViT LayerNorm eps: its default norm_layer is partial(LayerNorm, eps=1e-6)
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -212,8 +213,11 @@ def keywords_from_state_dict(state_dict: Mapping[str, np.ndarray], known: Mappin
         num_classes=state_dict['head.weight'].shape[0] if 'head.weight' in keys else 0,
         representation_size=state_dict['pre_logits.fc.weight'].shape[0] if 'pre_logits.fc.weight' in keys else None,
     )
-    if blocks and 'blocks.0.mlp.fc1.weight' in keys:
-        found['mlp_ratio'] = state_dict['blocks.0.mlp.fc1.weight'].shape[0] / embed_dim
+    if 'blocks.0.mlp.fc1.weight' in keys:
+        hidden = state_dict['blocks.0.mlp.fc1.weight'].shape[0]
+        # a known ratio that gives this width is kept (timm's 48 / 11 for giant), else the shortest that does
+        ratio = known.get('mlp_ratio')
+        found['mlp_ratio'] = ratio if ratio and int(embed_dim * ratio) == hidden else mlp_ratio_for(embed_dim, hidden)
     if found['pre_norm'] == ('patch_embed.proj.bias' in keys):
         # timm ties them: a pre-norm ViT (CLIP) has no patch bias, any other has one
         key = 'patch_embed.proj.bias' if found['pre_norm'] else 'norm_pre.weight'
@@ -268,14 +272,12 @@ def keywords_from_state_dict(state_dict: Mapping[str, np.ndarray], known: Mappin
 
 
 def _grid(img_size, patch) -> int:
-    return math.prod(side // p for side, p in zip(np.broadcast_to(img_size, 2), patch))
+    return int(math.prod(int(side) // p for side, p in zip(np.broadcast_to(img_size, 2), patch)))
 
 
 def _same(a, b, key) -> bool:
     if key in ('img_size', 'patch_size'):
         return tuple(np.broadcast_to(a, 2)) == tuple(np.broadcast_to(b, 2))
-    if key == 'mlp_ratio':
-        return math.isclose(a, b, rel_tol=1e-6)
     if key == 'init_values':
         return bool(a) == bool(b)
     return a == b
@@ -285,15 +287,11 @@ def _same(a, b, key) -> bool:
 
 
 def timm_model_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON keywords for `timm.create_model` that build the model `kwargs` describe; refuses what timm's keywords
-    cannot say."""
+    """JSON keywords for `timm.create_model` that build the model `kwargs` describe, but for the LayerNorm eps (an
+    architecture's norm class sets it: `architecture_for`); refuses what timm's keywords cannot say."""
     if kwargs.get('representation_size'):
         raise UnsupportedCheckpointError(f'representation_size={kwargs["representation_size"]}: timm 1.0.31 '
                                          'VisionTransformer has no pre-logits layer; export to npz or hf instead')
-    eps = kwargs.get('norm_eps', TIMM_EPS)
-    if eps != TIMM_EPS:
-        raise UnsupportedCheckpointError(f'norm_eps={eps}: timm builds its ViT LayerNorms with eps {TIMM_EPS} '
-                                         '(a norm class, not a keyword, sets another), so a config.json cannot say it')
     args = {key: value for key, value in kwargs.items() if key not in ('representation_size', 'norm_eps')}
     return {key: list(value) if isinstance(value, tuple) else value for key, value in args.items()}
 
@@ -302,11 +300,26 @@ def timm_constructor_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Keywords for timm's `VisionTransformer(...)` in Python: the norm class carries an eps other than 1e-6."""
     import torch
 
+    args = timm_model_args(kwargs)
     eps = kwargs.get('norm_eps', TIMM_EPS)
-    args = timm_model_args({**kwargs, 'norm_eps': TIMM_EPS})
     if eps != TIMM_EPS:
         args['norm_layer'] = functools.partial(torch.nn.LayerNorm, eps=eps)
     return args
+
+
+def architecture_for(kwargs: Mapping[str, Any], arch: str | None = None) -> str:
+    """A timm architecture that builds these keywords from a config.json: `arch` where its LayerNorm eps is theirs,
+    else the first with that eps (every other keyword is in model_args). timm has no keyword for the eps."""
+    eps = kwargs.get('norm_eps', TIMM_EPS)
+    if arch is not None and architecture_keywords(arch)['norm_eps'] == eps:
+        return arch.split('.', 1)[0].removeprefix('timm/')
+    table = architectures()['architectures']
+    for name in ('vit_base_patch16_224', *table):
+        if table[name]['norm_eps'] == eps:
+            return name
+    raise UnsupportedCheckpointError(f'norm_eps={eps}: no timm ViT architecture builds its LayerNorms with this eps '
+                                     f'(timm has {sorted({k["norm_eps"] for k in table.values()})}), and no keyword '
+                                     'sets it')
 
 
 def write_timm(directory: str | os.PathLike, pretrained: Pretrained, *, overwrite: bool = False) -> Path:
@@ -315,8 +328,7 @@ def write_timm(directory: str | os.PathLike, pretrained: Pretrained, *, overwrit
     existing directory is replaced whole with `overwrite`, refused without it."""
     directory = Path(directory)
     model_args = timm_model_args(pretrained.kwargs)
-    arch = pretrained.arch or 'vit_base_patch16_224'  # any VisionTransformer architecture: model_args say it all
-    architecture_keywords(arch)  # refuses an architecture timm would build as another class
+    arch = architecture_for(pretrained.kwargs, pretrained.arch)
     preprocessing = dict(pretrained.preprocessing)
     label_names = preprocessing.pop('label_names', None)
     num_classes = model_args['num_classes']
