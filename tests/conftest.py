@@ -87,6 +87,24 @@ def new_torch_model(entry, config):
         return torch_class(entry)(**converters.torch_keywords(config)).eval()
 
 
+def offline_hub_repo(monkeypatch, cache, repo: str, torch_model):
+    """Put timm's `torch_model` into a Hugging Face cache at `cache` as the hub repository `repo`, as
+    huggingface_hub lays a download out (models--<owner>--<name>/refs/main -> snapshots/<commit>/...), written by
+    timm's own hub writer; then point huggingface_hub at that cache, offline (this machine has no network)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from timm.models._hub import save_for_hf
+
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    save_for_hf(torch_model, repo_dir / 'snapshots' / commit, safe_serialization=True)
+    (repo_dir / 'refs').mkdir()
+    (repo_dir / 'refs' / 'main').write_text(commit)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(huggingface_hub.file_download.constants, 'HF_HUB_CACHE', str(cache), raising=False)
+
+
 def images(shape, seed=0):
     """Random float32 images (or any array) of `shape`."""
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)

@@ -18,7 +18,7 @@ timm = pytest.importorskip('timm')
 import safetensors.torch  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
 
-from tests.conftest import assert_close_outputs, float64_reference, images, nchw  # noqa: E402
+from tests.conftest import assert_close_outputs, float64_reference, images, nchw, offline_hub_repo  # noqa: E402
 from vit_flax import converters, pretrained  # noqa: E402
 from vit_flax.converters import timm as timm_files  # noqa: E402
 from vit_flax.converters.pretrained_form import UnsupportedCheckpointError  # noqa: E402
@@ -108,21 +108,9 @@ def test_bare_state_dicts_load_with_an_architecture_name(tmp_path):
 def test_a_hub_name_resolves_through_the_huggingface_cache_offline(tmp_path, monkeypatch):
     """'timm/<arch>.<tag>' is a hub repository: snapshot_download finds it in HF's cache with HF_HUB_OFFLINE=1 (this
     machine has no network), and a name not in the cache is refused with what was tried."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
     torch_model = timm_vit('vit_tiny_patch16_224')
     repo = 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k'
-    # the cache layout huggingface_hub reads: models--<owner>--<name>/refs/main -> snapshots/<commit>/<files>
-    cache = tmp_path / 'hub_cache'
-    commit = '0123456789abcdef0123456789abcdef01234567'
-    snapshot = cache / 'models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k' / 'snapshots' / commit
-    save_for_hf(torch_model, snapshot, safe_serialization=True)
-    (snapshot.parents[1] / 'refs').mkdir()
-    (snapshot.parents[1] / 'refs' / 'main').write_text(commit)
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    monkeypatch.setattr(huggingface_hub.file_download.constants, 'HF_HUB_CACHE', str(cache), raising=False)
+    offline_hub_repo(monkeypatch, tmp_path / 'hub_cache', repo, torch_model)
 
     model, variables = pretrained.load(repo)
     assert_same_weights(variables, model, torch_model)

@@ -11,7 +11,7 @@ import parity
 from parity import readme_table
 from vit_flax import converters, registry
 from tests.conftest import (assert_close_gradients, assert_close_outputs, float64_reference, new_torch_model,
-                            torch_inputs)
+                            offline_hub_repo, torch_inputs)
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 
@@ -40,9 +40,17 @@ def test_install_section_installs_the_cpu_torch_before_the_extra():
 
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     """Every Python block of the README, each alone in a fresh namespace as a reader would paste it (in a scratch
-    folder); the checks below read the names each block defines (a name two blocks define holds the same value)."""
+    folder); the checks below read the names each block defines (a name two blocks define holds the same value).
+    The pretrained section's hub repository is a randomly initialised timm model of its architecture, put into a
+    Hugging Face cache of the test's own: this machine has no network."""
+    import timm
+    import torch
+
     blocks = re.findall(r'```python\n(.*?)```', README.read_text(), flags=re.S)
     assert len(blocks) >= 2
+    torch.manual_seed(0)
+    timm_model = timm.create_model('vit_tiny_patch16_224', pretrained=False).eval()
+    offline_hub_repo(monkeypatch, tmp_path / 'hub_cache', 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k', timm_model)
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
@@ -69,6 +77,12 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace['small_scale'].shape == (2, 17, 32) and namespace['large_scale'].shape == (2, 5, 48)
     np.testing.assert_array_equal(namespace['recorded_preds'], namespace['small_vit'].apply(
         namespace['small_variables'], namespace['images']))
+    # pretrained checkpoints: timm's outputs, and an export timm loads
+    with torch.no_grad():
+        timm_logits = timm_model(torch.from_numpy(np.array(namespace['pixels'])).permute(0, 3, 1, 2)).numpy()
+    assert_close_outputs(namespace['pretrained_logits'], timm_logits, 2e-5)
+    exported = timm.create_model(f"local-dir:{tmp_path / 'vit_tiny_timm'}", pretrained=True)
+    assert exported.head.out_features == 10 and exported.pos_embed.shape == (1, 577, 192)
     assert set(namespace['pretrained_encoder']['params']) == set(
         namespace['encoder'].init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params'])
 
