@@ -18,22 +18,23 @@ timm = pytest.importorskip('timm')
 import safetensors.torch  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
 
-from tests.conftest import assert_close_outputs, float64_reference, images, nchw, offline_hub_repo  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    assert_close_gradients, assert_close_outputs, float64_reference, images, nchw, offline_hub_repo)
 from vit_flax import converters, pretrained  # noqa: E402
 from vit_flax.converters import timm as timm_files  # noqa: E402
 from vit_flax.converters.pretrained_form import UnsupportedCheckpointError  # noqa: E402
 
 SMALL = dict(img_size=32, patch_size=8, depth=2, num_classes=5)
-# one architecture per family issue 20 names (tags such as augreg, orig, sam, dino, mae are weights of these), with
-# small sizes; the heads must divide the width
+# one architecture per family issue 20 names (tags such as augreg, orig, sam, dino, mae are weights of these), small,
+# each at its own width, patch size and resolution (square and not)
 FAMILIES = {
     'vit_augreg': ('vit_tiny_patch16_224', dict(embed_dim=48, num_heads=3)),
-    'deit': ('deit_tiny_patch16_224', dict(embed_dim=48, num_heads=3)),
-    'deit3': ('deit3_small_patch16_224', dict(embed_dim=48, num_heads=3)),
-    'registers': ('vit_medium_patch16_reg4_gap_256', dict(embed_dim=64, num_heads=4)),
-    'siglip': ('vit_base_patch16_siglip_224', dict(embed_dim=64, num_heads=4)),
-    'siglip_gelu_tanh': ('vit_so400m_patch16_siglip_256', dict(embed_dim=64, num_heads=4)),
-    'clip': ('vit_base_patch16_clip_224', dict(embed_dim=64, num_heads=4)),
+    'deit': ('deit_tiny_patch16_224', dict(embed_dim=24, num_heads=2, img_size=48, patch_size=16)),
+    'deit3': ('deit3_small_patch16_224', dict(embed_dim=48, num_heads=3, img_size=(24, 40), patch_size=(8, 4))),
+    'registers': ('vit_medium_patch16_reg4_gap_256', dict(embed_dim=64, num_heads=4, depth=3)),
+    'siglip': ('vit_base_patch16_siglip_224', dict(embed_dim=64, num_heads=4, img_size=28, patch_size=14)),
+    'siglip_gelu_tanh': ('vit_so400m_patch16_siglip_256', dict(embed_dim=72, num_heads=4, num_classes=0)),
+    'clip': ('vit_base_patch16_clip_224', dict(embed_dim=32, num_heads=2, img_size=16, patch_size=4)),
 }
 TOLERANCE = 2e-5
 
@@ -61,15 +62,23 @@ def assert_same_weights(variables, model, torch_model):
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_a_timm_hub_directory_loads_exactly_and_exports_back(tmp_path, family):
-    arch, _ = FAMILIES[family]
+    """timm's hub directory of each family loads bit-exact, with timm's outputs and gradients (its float64
+    reference); our timm export loads back into timm, equal."""
+    arch, sizes = FAMILIES[family]
     torch_model = timm_vit(arch)
     save_for_hf(torch_model, tmp_path / 'hub', safe_serialization=True)
 
     model, variables = pretrained.load(tmp_path / 'hub')
     assert_same_weights(variables, model, torch_model)
-    x = images((2, 32, 32, 3))
-    y = jax.jit(model.apply)(variables, x)
-    assert_close_outputs(y, float64_reference(torch_model)(nchw(x)).detach(), TOLERANCE)
+    x = images((2, *np.broadcast_to(sizes.get('img_size', SMALL['img_size']), 2), 3))
+    exact = float64_reference(torch_model)
+    out = exact(nchw(x))
+    assert_close_outputs(jax.jit(model.apply)(variables, x), out.detach(), TOLERANCE)
+    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
+    (out * torch.from_numpy(w)).sum().backward()
+    grads = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, x) * w).sum()))(variables['params'])
+    assert_close_gradients(converters.to_torch(model, {'params': grads}, as_numpy=True),
+                           {key: p.grad.numpy() for key, p in exact.named_parameters()})
 
     out = pretrained.export(model, variables, tmp_path / 'export', format='timm', arch=arch)
     reloaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
@@ -77,15 +86,15 @@ def test_a_timm_hub_directory_loads_exactly_and_exports_back(tmp_path, family):
         assert torch.equal(reloaded.state_dict()[key], value), key
     with torch.no_grad():
         assert torch.equal(reloaded(nchw(x, torch.float32)), torch_model(nchw(x, torch.float32)))
-    again = pretrained.read(out)
-    assert again.kwargs == pretrained.read(tmp_path / 'hub').kwargs
+    assert pretrained.read(out).kwargs == pretrained.read(tmp_path / 'hub').kwargs
 
 
 def test_bare_state_dicts_load_with_an_architecture_name(tmp_path):
     """A state dict alone (as DeiT's and DINO's repositories publish them; a {'model': ...} wrapper and DDP's
     `module.` prefix included) names no architecture: `arch=` gives what the weights cannot say (the heads), or
     `num_heads=` alone. A full-width, full-depth DeiT-Tiny without a head, at 32 pixels."""
-    torch_model = timm_vit('deit_tiny_patch16_224', embed_dim=192, num_heads=3, depth=12, num_classes=0, patch_size=16)
+    torch_model = timm_vit('deit_tiny_patch16_224', embed_dim=192, num_heads=3, depth=12, num_classes=0, img_size=32,
+                           patch_size=16)
     state_dict = torch_model.state_dict()
     files = {'.safetensors': tmp_path / 'weights.safetensors', '.pth': tmp_path / 'weights.pth',
              '.bin': tmp_path / 'pytorch_model.bin'}
