@@ -256,3 +256,32 @@ def test_exports_that_cannot_hold_the_model_are_refused_and_write_nothing(tmp_pa
         pretrained.export(model, variables, tmp_path / 'hub', format='timm')
     assert sorted(path.name for path in tmp_path.iterdir()) == ['hub']
     assert json.loads((tmp_path / 'hub' / 'config.json').read_text())['architecture'] == 'vit_tiny_patch16_224'
+
+
+def test_every_format_goes_through_load_and_export(tmp_path):
+    """One model exported to each format by `pretrained.export` and read back by `pretrained.load`, which detects
+    the format: the same weights every time; transformers and timm's npz loader read our files to the same outputs."""
+    import transformers
+    from timm.models.vision_transformer import _load_weights
+
+    torch_model = timm_vit('vit_tiny_patch16_224', num_classes=4)
+    save_for_hf(torch_model, tmp_path / 'hub', safe_serialization=True)
+    model, variables = pretrained.load(tmp_path / 'hub')
+    x = images((2, 32, 32, 3))
+    with torch.no_grad():
+        expected = torch_model(nchw(x, torch.float32))
+
+    hf_dir = pretrained.export(model, variables, tmp_path / 'hf', format='hf')
+    npz = pretrained.export(model, variables, tmp_path / 'vit.npz', format='npz')
+    for path in (hf_dir, npz):
+        again_model, again = pretrained.load(path)
+        assert again_model.num_classes == 4
+        assert_same_weights(again, again_model, torch_model)
+    hf_model = transformers.ViTForImageClassification.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(nchw(x, torch.float32)).logits, expected, rtol=0, atol=2e-5)
+    from_npz = timm.create_model('vit_tiny_patch16_224', pretrained=False, **{**SMALL, 'num_classes': 4},
+                                 embed_dim=48, num_heads=3).eval()
+    _load_weights(from_npz, str(npz))
+    with torch.no_grad():
+        assert torch.equal(from_npz(nchw(x, torch.float32)), expected)
