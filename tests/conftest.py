@@ -211,6 +211,21 @@ def assert_close_gradients(flax_grads, exact_grads):
         np.testing.assert_allclose(flax_grads[name], expected, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
 
 
+def assert_matches_float64_reference(model, variables, torch_model, x, tolerance):
+    """A single-output Flax model on images `x` against its torch twin's float64 reference: the outputs, and the
+    gradients of sum(output * w) for every parameter (compared in torch's layout)."""
+    exact = float64_reference(torch_model)
+    out = exact(nchw(x))
+    assert_close_outputs(jax.jit(model.apply)(variables, x), out.detach(), tolerance)
+    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
+    (out * torch.from_numpy(w)).sum().backward()
+    others = {key: value for key, value in variables.items() if key != 'params'}
+    grads = jax.jit(jax.grad(lambda p: (model.apply({**others, 'params': p}, x) * w).sum()))(variables['params'])
+    assert_close_gradients(converters.to_torch(model, {**others, 'params': grads}, example_inputs=(x,), as_numpy=True),
+                           {key: np.zeros(p.shape) if p.grad is None else p.grad.numpy()
+                            for key, p in exact.named_parameters()})
+
+
 def nchw(x, dtype=torch.float64):
     """Channels-last images as vit-pytorch takes them (channels first), float64 by default for the reference."""
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1))).to(dtype)

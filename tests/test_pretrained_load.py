@@ -19,7 +19,7 @@ import safetensors.torch  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
 
 from tests.conftest import (  # noqa: E402
-    assert_close_gradients, assert_close_outputs, float64_reference, images, nchw, offline_hub_repo)
+    assert_close_outputs, assert_matches_float64_reference, float64_reference, images, nchw, offline_hub_repo)
 from vit_flax import converters, pretrained  # noqa: E402
 from vit_flax.converters import timm as timm_files  # noqa: E402
 from vit_flax.converters.pretrained_form import UnsupportedCheckpointError  # noqa: E402
@@ -71,14 +71,7 @@ def test_a_timm_hub_directory_loads_exactly_and_exports_back(tmp_path, family):
     model, variables = pretrained.load(tmp_path / 'hub')
     assert_same_weights(variables, model, torch_model)
     x = images((2, *np.broadcast_to(sizes.get('img_size', SMALL['img_size']), 2), 3))
-    exact = float64_reference(torch_model)
-    out = exact(nchw(x))
-    assert_close_outputs(jax.jit(model.apply)(variables, x), out.detach(), TOLERANCE)
-    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
-    (out * torch.from_numpy(w)).sum().backward()
-    grads = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, x) * w).sum()))(variables['params'])
-    assert_close_gradients(converters.to_torch(model, {'params': grads}, as_numpy=True),
-                           {key: p.grad.numpy() for key, p in exact.named_parameters()})
+    assert_matches_float64_reference(model, variables, torch_model, x, TOLERANCE)
 
     out = pretrained.export(model, variables, tmp_path / 'export', format='timm', arch=arch)
     reloaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()

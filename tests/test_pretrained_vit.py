@@ -12,8 +12,8 @@ from timm.models.vision_transformer import VisionTransformer as TimmVisionTransf
 
 import parity  # noqa: E402
 from tests.conftest import (  # noqa: E402
-    assert_close_gradients,
     assert_close_outputs,
+    assert_matches_float64_reference,
     float64_reference,
     images,
     nchw,
@@ -50,14 +50,7 @@ def test_jax_only_options_match_timm(config, flax_options):
     if flax_options.get('scan_layers'):
         assert variables['params']['blocks_scan']['attn']['qkv']['kernel'].shape == (3, 32, 96)
 
-    exact = float64_reference(torch_model)
-    out = exact(nchw(x))
-    assert_close_outputs(jax.jit(model.apply)(variables, x), out.detach(), TOLERANCE)
-    w = np.random.default_rng(7).standard_normal(tuple(out.shape), dtype=np.float32)
-    (out * torch.from_numpy(w)).sum().backward()
-    grads = jax.jit(jax.grad(lambda p: (model.apply({'params': p}, x) * w).sum()))(variables['params'])
-    assert_close_gradients(converters.to_torch(model, {'params': grads}, example_inputs=(x,), as_numpy=True),
-                           {key: p.grad.numpy() for key, p in exact.named_parameters()})
+    assert_matches_float64_reference(model, variables, torch_model, x, TOLERANCE)
 
     state_dict = converters.to_torch(model, variables, example_inputs=(x,))
     TimmVisionTransformer(**config).load_state_dict(state_dict, strict=True)
