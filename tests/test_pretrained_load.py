@@ -135,6 +135,15 @@ def test_overrides_are_timms_new_head_and_resampled_position_embedding(tmp_path)
     assert_close_outputs(bigger.apply(variables, x), float64_reference(bigger_torch)(nchw(x)).detach(), TOLERANCE)
     assert pretrained.load_config(tmp_path / 'hub')['input_size'] == (3, 32, 32)
 
+    from timm.layers import resample_abs_pos_embed
+
+    source = pretrained.read(tmp_path / 'hub').state_dict['pos_embed']
+    for resample, antialias in (('bicubic', False), ('timm', True)):
+        _, resampled = pretrained.load(tmp_path / 'hub', img_size=(48, 64), resample=resample)
+        theirs = resample_abs_pos_embed(torch.from_numpy(source), [6, 8], [4, 4], num_prefix_tokens=0,
+                                        antialias=antialias)
+        np.testing.assert_allclose(resampled['params']['pos_embed'], theirs.numpy(), atol=1e-6)
+
     model, fine_tune = pretrained.load(tmp_path / 'hub', num_classes=3, rng=jax.random.key(1))
     original = converters.to_torch(*pretrained.load(tmp_path / 'hub'), as_numpy=True)
     new = converters.to_torch(model, fine_tune, as_numpy=True)

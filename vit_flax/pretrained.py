@@ -21,8 +21,8 @@ Sources, detected by what they are:
   `.pth`, `.pt` or `.bin` (`arch=` or `num_heads=` where the file names no architecture).
 
 `load`'s overrides: `num_classes` replaces the head (a new one drawn like timm's, from `rng`; 0 removes it), and
-`img_size` resamples the position embedding to the new patch grid (timm's bicubic by default, `resample=
-'big_vision'` for its linear zoom). Other keywords (`num_heads`, `global_pool`, `act_layer`, ...) tell a reader what
+`img_size` resamples the position embedding to the new patch grid (as timm's loader does by default: bicubic with
+antialiasing; `resample='bicubic'` without, `'big_vision'` for its linear zoom). Other keywords (`num_heads`, `global_pool`, `act_layer`, ...) tell a reader what
 a file cannot say and are checked against what it does; the JAX-only ones (`scan_layers`, `remat_policy`,
 `attention_impl`) choose how the model runs.
 """
@@ -50,7 +50,10 @@ from vit_flax.pretrained_vit import VisionTransformer, resample_abs_pos_embed, r
 
 FORMATS = ('timm', 'hf', 'npz', 'vit-pytorch')
 JAX_OPTIONS = frozenset(registry.FLAX_ONLY_FIELDS - {'parent', 'name'})
-RESAMPLERS = ('timm', 'big_vision')
+# how `img_size` resamples the position embedding: timm's checkpoint loader (bicubic with antialiasing, what
+# timm.create_model(..., pretrained=True, img_size=...) does), plain bicubic (timm's resample_abs_pos_embed with
+# antialias=False, its resize_pos_embed), big_vision's linear zoom
+RESAMPLERS = ('timm', 'bicubic', 'big_vision')
 # a hub repository id: 'owner/name', with timm's '.tag' and transformers' '-' names
 _HUB_NAME = re.compile(r'^(hf-hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+$')
 _HUB_FILES = ['config.json', 'model.safetensors', 'model.safetensors.index.json', 'model-*.safetensors',
@@ -144,9 +147,9 @@ def adapted(pretrained: Pretrained, *, num_classes: int | None = None, img_size=
         new_grid = tuple(side // p for side, p in zip(new_size, patch))
         prefix = 0 if kwargs['no_embed_class'] else int(kwargs['class_token']) + kwargs['reg_tokens']
         posemb = np.asarray(state_dict['pos_embed'])
-        if resample == 'timm':
-            # timm's own loader resamples with antialiasing (checkpoint_filter_fn's default)
-            state_dict['pos_embed'] = resample_abs_pos_embed(posemb, new_grid, old_grid, prefix, antialias=True)
+        if resample in ('timm', 'bicubic'):
+            state_dict['pos_embed'] = resample_abs_pos_embed(posemb, new_grid, old_grid, prefix,
+                                                             antialias=resample == 'timm')
         else:
             state_dict['pos_embed'] = resample_posemb_big_vision(posemb, new_grid, old_grid, prefix)
         kwargs['img_size'] = new_size
