@@ -83,7 +83,7 @@ ACT_NAMES = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
 TIMM_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool='token', embed_dim=768,
                      depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, init_values=None,
                      class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, final_norm=True,
-                     fc_norm=None, representation_size=None, act_layer='gelu', norm_eps=1e-6)
+                     fc_norm=None, representation_size=None, act_layer='gelu', norm_eps=1e-6, dynamic_img_size=False)
 # JAX-only VisionTransformer keywords: they change neither the function nor the state dict
 JAX_ONLY = ('scan_layers', 'remat_policy', 'attention_impl')
 # the options HF's ViT holds only at one value (timm's default), with why
@@ -94,6 +94,8 @@ FIXED_OPTIONS = {
     'pre_norm': (False, 'HF ViT has no LayerNorm before the blocks'),
     'final_norm': (True, "HF ViT always applies its final 'layernorm'"),
     'qk_norm': (False, 'HF ViT has no query / key LayerNorm'),
+    'dynamic_img_size': (False, "HF ViT resamples its position embedding only when a call asks "
+                                "(interpolate_pos_encoding), by its own rule, not timm's"),
 }
 
 # PIL's resampling filters (transformers' `resample`) under timm's interpolation names

@@ -44,16 +44,15 @@ from .pretrained_form import PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpoi
 
 TIMM_EPS = 1e-6  # timm's ViT LayerNorm eps: its default norm_layer is partial(LayerNorm, eps=1e-6)
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
-# keywords that change nothing of an eval-mode forward at the model's own size: dropout and init options, and
-# dynamic_img_size (which resamples the position embedding only at other sizes)
+# keywords that change nothing of an eval-mode forward: dropout and init options
 _IGNORED_MODEL_ARGS = frozenset({
     'drop_rate', 'pos_drop_rate', 'patch_drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate',
-    'weight_init', 'fix_init', 'dynamic_img_size', 'dynamic_img_pad', 'pretrained_strict',
+    'weight_init', 'fix_init', 'pretrained_strict',
 })
 # the keywords of pretrained_vit.VisionTransformer that describe the checkpoint (not the JAX-only ones)
 KEYWORDS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
             'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'no_embed_class', 'reg_tokens',
-            'pre_norm', 'final_norm', 'fc_norm', 'representation_size', 'act_layer', 'norm_eps')
+            'pre_norm', 'final_norm', 'fc_norm', 'representation_size', 'act_layer', 'norm_eps', 'dynamic_img_size')
 # what timm's own loader accepts around a state dict
 _WRAPPERS = ('state_dict', 'model', 'state_dict_ema', 'model_ema')
 

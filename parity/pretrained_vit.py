@@ -25,9 +25,12 @@ def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
         class_token=global_pool == 'token' or bool(rng.random() < 0.5), no_embed_class=bool(rng.random() < 0.3),
         reg_tokens=int(rng.choice([0, 0, 1, 4])), pre_norm=bool(rng.random() < 0.2),
         final_norm=bool(rng.random() < 0.8), fc_norm=[None, True, False][int(rng.integers(0, 3))],
-        act_layer=str(rng.choice(['gelu', 'gelu_tanh'])),
+        act_layer=str(rng.choice(['gelu', 'gelu_tanh'])), dynamic_img_size=bool(rng.random() < 0.3),
     )
-    shape = (2, *config['img_size'], config['in_chans'])
+    size = config['img_size']
+    if config['dynamic_img_size']:  # any whole number of patches: the position embedding is resampled to it
+        size = tuple(p * int(rng.integers(1, 6)) for p in patch)
+    shape = (2, *size, config['in_chans'])
     return config, (rng.standard_normal(shape, dtype=np.float32),)
 
 
@@ -45,10 +48,12 @@ SPECS = {
             dict(BASE, global_pool='', num_classes=0),  # every token
             dict(BASE, img_size=(32, 24), fc_norm=True, mlp_ratio=2.0),
             dict(BASE, no_embed_class=True, final_norm=False),
+            dict(BASE, reg_tokens=1, dynamic_img_size=True),
         ),
         notes="timm's layout, keyword for keyword: class / register tokens, position embedding with or without "
               "the prefix rows, `qkv_bias`, qk-norm, LayerScale, pooling token / avg + fc_norm / MAP head / none, "
-              'pre-norm, pre-logits (`representation_size`, not in timm 1.0.31: checked against Hugging Face); '
+              'pre-norm, `dynamic_img_size`, pre-logits (`representation_size`, not in timm 1.0.31: checked against '
+              'Hugging Face); '
               'the oracle is timm, not vit-pytorch',
         random_configuration=random_configuration,
     ),

@@ -33,8 +33,8 @@ def _unsupported(model) -> str | None:
         return f'its activation is {type(block.mlp.act).__name__}, not GELU (exact or tanh)'
     if type(model.patch_embed) is not timm.layers.PatchEmbed or not isinstance(model.patch_embed.proj, torch.nn.Conv2d):
         return f'its patch embedding is {type(model.patch_embed).__name__} (a hybrid CNN stem or other)'
-    if model.patch_embed.flatten is False or getattr(model.patch_embed, 'strict_img_size', True) is False:
-        return 'its patch embedding keeps the map or takes any image size'
+    if model.patch_embed.dynamic_img_pad:
+        return 'its patch embedding pads images to whole patches (dynamic_img_pad)'
     return None
 
 
@@ -55,7 +55,7 @@ def _keywords(model) -> dict:
         class_token=model.cls_token is not None, no_embed_class=bool(model.no_embed_class),
         reg_tokens=model.num_reg_tokens, pre_norm=has(model.norm_pre), final_norm=has(model.norm) or uses_fc_norm,
         fc_norm=uses_fc_norm, act_layer='gelu' if type(block.mlp.act) is torch.nn.GELU and approximate == 'none'
-        else 'gelu_tanh', norm_eps=block.norm1.eps,
+        else 'gelu_tanh', norm_eps=block.norm1.eps, dynamic_img_size=bool(model.dynamic_img_size),
     )
 
 

@@ -58,6 +58,21 @@ def test_jax_only_options_match_timm(config, flax_options):
         assert torch.equal(state_dict[key], value), key
 
 
+@pytest.mark.parametrize('config, size', [
+    (dict(BASE, dynamic_img_size=True), (48, 40)),
+    (dict(BASE, reg_tokens=2, no_embed_class=True, dynamic_img_size=True), (16, 24)),
+    (dict(BASE, class_token=False, global_pool='map', dynamic_img_size=True), (32, 32)),
+], ids=['larger_with_class_row', 'smaller_no_embed_class', 'own_size'])
+def test_dynamic_img_size_resamples_as_timm_at_every_call(config, size):
+    """timm's dynamic_img_size: another image size's position embedding is resampled in the forward (bicubic,
+    antialiased), gradients flowing back to the stored one."""
+    model, variables, torch_model, _ = build(config)
+    x = images((2, *size, 3), seed=3)
+    assert_matches_float64_reference(model, variables, torch_model, x, TOLERANCE)
+    with pytest.raises(ValueError, match='whole number of'):
+        model.apply(variables, images((1, 36, 32, 3)))
+
+
 def test_parameter_tree_is_timms_module_tree():
     model, variables, torch_model, x = build(dict(BASE, init_values=1e-5, qk_norm=True))
     params = variables['params']

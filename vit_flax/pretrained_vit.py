@@ -22,8 +22,11 @@ to timm's state-dict keys mechanically:
 Input is channels-last `(B, H, W, C)` like the rest of vit-flax. The output is timm's `forward`: logits
 `(B, num_classes)`, pooled features where `num_classes=0`, and every token where `global_pool=''`.
 
-Left out for now (timm has them; no checkpoint family issue 20 names needs them): `dynamic_img_size` (resample the
-position embedding at call time; use `resample_abs_pos_embed` on the variables instead), 'avgmax' / 'max' / 'prr'
+`dynamic_img_size=True` takes any image whose sides are whole patches, resampling the position embedding to its grid
+at every call as timm does (bicubic with antialiasing, `resample_abs_pos_embed`; shapes are static under jit, so the
+resampling weights are constants of the program).
+
+Left out (timm has them; no checkpoint family issue 20 names needs them): `dynamic_img_pad`, 'avgmax' / 'max' / 'prr'
 pooling, `pos_embed='none'`, `proj_bias=False`, `scale_attn_norm` / `scale_mlp_norm`, patch dropout, stochastic
 depth and dropout (forward in eval mode only).
 
@@ -240,6 +243,7 @@ class VisionTransformer(nn.Module):
     representation_size: int | None = None
     act_layer: str = 'gelu'
     norm_eps: float = 1e-6
+    dynamic_img_size: bool = False
     scan_layers: bool = False  # JAX-only, see the module docstring
     remat_policy: str | None = None  # JAX-only
     attention_impl: str = 'explicit'  # JAX-only
@@ -279,12 +283,17 @@ class VisionTransformer(nn.Module):
         check_floating_input(self, 'x', x)
         if x.ndim != 4 or x.shape[-1] != self.in_chans:
             raise ValueError(f'{type(self).__name__} expects images (B, H, W, {self.in_chans}), got shape {x.shape}')
-        if tuple(x.shape[1:3]) != tuple(pair(self.img_size)):
+        if self.dynamic_img_size:
+            if any(side % p for side, p in zip(x.shape[1:3], pair(self.patch_size))):
+                raise ValueError(f'{type(self).__name__}: input of size {tuple(x.shape[1:3])} is not a whole number '
+                                 f'of {tuple(pair(self.patch_size))} patches')
+        elif tuple(x.shape[1:3]) != tuple(pair(self.img_size)):
             # timm's PatchEmbed is strict about the size without dynamic_img_size; resample_abs_pos_embed and a
             # model built for the new size take another resolution
             raise ValueError(f'{type(self).__name__}: input of size {tuple(x.shape[1:3])} is not '
                              f'img_size={tuple(pair(self.img_size))}')
         dim, batch = self.embed_dim, x.shape[0]
+        grid = tuple(side // p for side, p in zip(x.shape[1:3], pair(self.patch_size)))
         # a pre-norm ViT (CLIP) has no patch embedding bias, as in timm
         x = PatchEmbed(dim, tuple(pair(self.patch_size)), bias=not self.pre_norm, name='patch_embed')(x)
 
@@ -297,7 +306,11 @@ class VisionTransformer(nn.Module):
             prefix.append(jnp.broadcast_to(reg_token.astype(x.dtype), (batch, self.reg_tokens, dim)))
         num_patches = math.prod(self.grid_size)
         embed_len = num_patches if self.no_embed_class else num_patches + self.num_prefix_tokens
-        pos_embed = self.param('pos_embed', trunc_normal(0.02), (1, embed_len, dim)).astype(x.dtype)
+        pos_embed = self.param('pos_embed', trunc_normal(0.02), (1, embed_len, dim))
+        if grid != self.grid_size:  # dynamic_img_size: timm resamples in float32, then casts
+            pos_embed = resample_abs_pos_embed(pos_embed, grid, self.grid_size,
+                                               0 if self.no_embed_class else self.num_prefix_tokens)
+        pos_embed = pos_embed.astype(x.dtype)
         if self.no_embed_class:
             # DeiT-3, big_vision: the position embedding covers the patches only; add, then prepend the tokens
             x = jnp.concatenate([*prefix, x + pos_embed], axis=1)
