@@ -21,6 +21,11 @@ def tiny_config(**overrides):
     config.model.update(patch_size=4, dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
     config.update(batch_size=32, eval_batch_size=64, total_steps=6, log_every=1, eval_every=6,
                   checkpoint_every=3, warmup_steps=2, progress_bar=False)
+    return overridden(config, **overrides)
+
+
+def overridden(config, **overrides):
+    """`config` with `overrides` set, in place; keys may be dotted (`'model.dim': 24`)."""
     for key, value in overrides.items():
         target = config
         *parents, leaf = key.split('.')

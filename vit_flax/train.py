@@ -4,7 +4,12 @@
 
 Re-running the same command resumes from the latest checkpoint in WORKDIR/checkpoints. Writes
 WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR/tensorboard. Export the result with
-`python -m vit_flax export --workdir=WORKDIR --out=model.safetensors`.
+`python -m vit_flax export --workdir=WORKDIR --out=model.safetensors` (a timm-layout ViT: `--out=DIR`, a timm hub
+directory, or `--format=hf` / `npz`).
+
+Fine-tuning (vit_flax/training/finetune.py): `--config.init_from=` a trainer workdir, a `vit-flax import` folder,
+or a pretrained timm / Hugging Face / big_vision checkpoint or hub name (with vit_flax/configs/finetune.py);
+`--config.layer_decay=0.75` (layer-wise learning-rate decay), `--config.freeze_backbone=True` (the head alone).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vit_flax import data, registry
-from vit_flax.training import checkpoint, distributed, objectives, sharding, steps
+from vit_flax.training import checkpoint, distributed, finetune, objectives, sharding, steps
 from vit_flax.training import config as training_config
 from vit_flax.training.metrics import MetricsWriter, read_metrics
 from vit_flax.training.optim import make_optimizer
@@ -92,7 +97,8 @@ class Trainer:
     """Holds the compiled steps for one parallelism mode and moves state and batches into its layout."""
 
     def __init__(self, config, model, example_inputs, num_classes):
-        self.tx, self.schedule = make_optimizer(config, trainable=objectives.trainable_mask_fn(model))
+        self.tx, self.schedule = make_optimizer(config, trainable=finetune.trainable_fn(config, model),
+                                                lr_scale=finetune.lr_scale_fn(config, model))
         self.mesh = sharding.make_mesh(config.mesh if config.parallelism == 'jit' else {'data': -1})
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.abstract = abstract_state(model, self.tx, example_inputs)
@@ -146,10 +152,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Train to `config.total_steps` (resuming if WORKDIR has checkpoints); returns the last eval metrics.
 
     Everything that can be refused is checked before WORKDIR is written to: the config's keys and values, the
-    dataset, the model (built and traced), the workdir's earlier run and its checkpoint. WORKDIR/config.json is
-    written once the run has started."""
+    checkpoint to start from, the dataset, the model (built and traced), the workdir's earlier run and its
+    checkpoint. WORKDIR/config.json is written once the run has started: with a pretrained `config.init_from`, the
+    config as finetune.prepare completed it."""
     workdir = Path(workdir)
     training_config.check(config)
+    config, start_variables = finetune.prepare(config)
     info = data.dataset_info(config)
     training_config.check_against_data(config, info)
     check_workdir(workdir, config)
@@ -171,7 +179,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         else:
             state = trainer.init(jax.random.key(config.seed))
             if config.init_from:
-                state = trainer.to_device_layout(initialise_from(trainer.to_checkpoint_layout(state), config.init_from))
+                variables = (start_variables if start_variables is not None
+                             else checkpoint.restore_variables(config.init_from))
+                state = trainer.to_device_layout(initialise_from(trainer.to_checkpoint_layout(state), variables,
+                                                                 config.init_from))
     except BaseException:
         checkpoints.close()
         raise
@@ -228,13 +239,13 @@ def check_finite(trainer: Trainer, state, step: int, last_checkpoint: int | None
                                f'step {step} without saving: {saved}. Lower the learning rate or check the data.')
 
 
-def initialise_from(state, directory: str):
-    """Fine-tune: take params (and BatchNorm statistics) from a checkpoint, keep the fresh optimiser state."""
-    variables = checkpoint.restore_variables(directory)
-    expected = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), state.variables())
-    found = jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), variables)
+def initialise_from(state, variables: dict, source: str):
+    """Fine-tune: take params (and BatchNorm statistics) from a checkpoint's `variables`, keep the fresh optimiser
+    state."""
+    expected = jax.tree_util.tree_map(lambda x: (x.shape, np.dtype(x.dtype)), state.variables())
+    found = jax.tree_util.tree_map(lambda x: (np.shape(x), np.dtype(x.dtype)), variables)
     if expected != found:
-        raise checkpoint.CheckpointError(f'{directory} holds variables for another model: expected {expected}, '
+        raise checkpoint.CheckpointError(f'{source} holds variables for another model: expected {expected}, '
                                          f'found {found}')
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.variables())
     variables = jax.device_put(variables, shardings)

@@ -67,6 +67,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.coordinator_address = ''  # host:port of process 0
     config.num_processes = ml_collections.config_dict.placeholder(int)
     config.process_id = ml_collections.config_dict.placeholder(int)  # this process: 0 .. num_processes - 1
-    config.init_from = ''  # an orbax checkpoint written by `python -m vit_flax import`, to fine-tune from
+    # fine-tuning (vit_flax/training/finetune.py). init_from: a checkpoint to start from: a trainer workdir, a
+    # `vit-flax import` folder, or a pretrained timm / Hugging Face / big_vision checkpoint or hub name (with
+    # model_name 'pretrained_vit.VisionTransformer': vit_flax/configs/finetune.py)
+    config.init_from = ''
+    config.layer_decay = 1.0  # in (0, 1]: block i of depth learns at lr * layer_decay ** (depth - i); 1.0: off
+    config.freeze_backbone = False  # train the classification head alone (a linear probe)
     config.progress_bar = True
     return config

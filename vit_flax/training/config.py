@@ -7,7 +7,9 @@ Every key must be one the trainer reads, so that a typo never trains silently wi
     objective; under `augment`, an augmentation (`data.augment.DEFAULTS`); under `mesh`, a mesh axis or
     `fsdp_min_size`.
 An unknown key fails with one line naming the nearest known key. Numbers are checked against their ranges, naming
-the key and the value, and the model, dataset and devices against each other.
+the key and the value, and the model, dataset and devices against each other. With a pretrained checkpoint in
+`init_from`, `model` holds only what the run changes or must be sure of, and the checkpoint the rest
+(training/finetune.py); its keys are checked the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from vit_flax import registry
 from vit_flax.configs import digits
 from vit_flax.data import augment
 from vit_flax.data.info import DatasetInfo
-from vit_flax.training import objectives
+from vit_flax.training import finetune, objectives
 from vit_flax.training.sharding import MESH_AXES
 
 # keys the reference config leaves out, read with `config.get` where they are used
@@ -125,19 +127,61 @@ def check_numbers(config: ml_collections.ConfigDict):
         raise ValueError(f'config.compute_dtype={config.compute_dtype!r}: use one of {COMPUTE_DTYPES}')
     if config.parallelism not in PARALLELISM:
         raise ValueError(f'config.parallelism={config.parallelism!r}: use one of {PARALLELISM}')
+    if not 0 < number('layer_decay', integer=False) <= 1:
+        raise ValueError(f'config.layer_decay={config.layer_decay}: must be in (0, 1] (1.0: off)')
+    if not isinstance(config.freeze_backbone, bool):
+        raise ValueError(f'config.freeze_backbone={config.freeze_backbone!r}: must be True or False')
+    if not isinstance(config.init_from, str):
+        raise ValueError(f'config.init_from={config.init_from!r}: must be a path or hub name (a string)')
+
+
+def check_fine_tuning(config: ml_collections.ConfigDict):
+    """layer_decay and freeze_backbone need to know where a model's layers and head are; a timm-layout ViT needs its
+    keywords from config.model or from a checkpoint (training/finetune.py)."""
+    if config.model_name == finetune.PRETRAINED_MODEL and not config.model and not config.init_from:
+        raise ValueError(f'config.model is empty and config.init_from unset: {config.model_name} takes its keywords '
+                         'from a pretrained checkpoint in config.init_from (vit_flax/configs/finetune.py) or from '
+                         'config.model (vit_flax/configs/digits_timm.py)')
+    for key, on in (('layer_decay', config.layer_decay != 1), ('freeze_backbone', config.freeze_backbone)):
+        if not on:
+            continue
+        if config.model_name not in finetune.LAYERS:
+            raise ValueError(f'config.{key}={config[key]}: this trainer knows the layers and head of '
+                             f'{" and ".join(finetune.LAYERS)}, not of {config.model_name}')
+        if config.objective != objectives.SUPERVISED:
+            raise ValueError(f'config.{key}={config[key]} fine-tunes a classifier: config.objective must be '
+                             f"'supervised', not {config.objective!r}")
+
+
+def _data_keywords(config: ml_collections.ConfigDict) -> tuple[dict, str, str]:
+    """(the model's keywords that describe its input, its channels keyword, its image size keyword): those set in
+    config.model, and for the timm-layout ViT its defaults too (ImageNet's 224 x 224 RGB, 1000 classes), which a
+    digits run must not meet first as a shape error."""
+    if config.model_name == finetune.PRETRAINED_MODEL:
+        fields = dataclasses.fields(registry.BY_NAME[config.model_name].flax_class)
+        defaults = {field.name: field.default for field in fields
+                    if field.name in ('num_classes', 'in_chans', 'img_size')}
+        return {**defaults, **config.model.to_dict()}, 'in_chans', 'img_size'
+    return config.model.to_dict(), 'channels', 'image_size'
 
 
 def check_against_data(config: ml_collections.ConfigDict, info: DatasetInfo):
     """The model, the dataset and the devices fit together."""
-    model = config.model
-    wanted = {'num_classes': info.num_classes, 'channels': info.channels}
+    model, channels, image_size = _data_keywords(config)
+
+    def setting(key):
+        return f'config.model.{key}={model[key]}' + ('' if key in config.model else ' (its default)')
+
+    wanted = {'num_classes': info.num_classes, channels: info.channels}
     for key, value in wanted.items():
         if key in model and model[key] != value:
-            raise ValueError(f'config.model.{key}={model[key]} but dataset {config.dataset!r} has {value} {key}')
-    if 'image_size' in model:  # models without one (cvt.CvT) take any size
-        size = tuple(model.image_size) if isinstance(model.image_size, (list, tuple)) else (model.image_size,) * 2
+            raise ValueError(f'{setting(key)} but dataset {config.dataset!r} has {value} '
+                             f'{key.replace("in_chans", "channels")}')
+    if image_size in model:  # models without one (cvt.CvT) take any size
+        size = model[image_size]
+        size = tuple(size) if isinstance(size, (list, tuple)) else (size,) * 2
         if size != tuple(info.image_size):
-            raise ValueError(f'config.model.image_size={model.image_size} but dataset images are {info.image_size}')
+            raise ValueError(f'{setting(image_size)} but dataset images are {info.image_size}')
     devices, processes = jax.device_count(), jax.process_count()
     for name in ('batch_size', 'eval_batch_size'):
         if config[name] % devices:
@@ -153,5 +197,6 @@ def check(config: ml_collections.ConfigDict, info: DatasetInfo | None = None):
     """Fail before compiling or writing anything when the config cannot work, naming the key and value."""
     check_keys(config)
     check_numbers(config)
+    check_fine_tuning(config)
     if info is not None:
         check_against_data(config, info)
