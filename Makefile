@@ -66,12 +66,7 @@ FT_TIMM := $(PY) -m vit_flax.train --config=vit_flax/configs/digits_timm.py $(FT
 FT_FINE := $(PY) -m vit_flax.train --config=vit_flax/configs/finetune.py $(FT_STEPS) --config.init_from=$(FT)/timm_hub
 finetune-demo: $(STAMP)
 	rm -rf $(FT)
-	$(PY) -c 'import numpy as np, pathlib; from PIL import Image; from vit_flax.data import digits; \
-	    root = pathlib.Path("$(FT)/digits_0to4"); \
-	    save = lambda path, image: (path.parent.mkdir(parents=True, exist_ok=True), \
-	                                Image.fromarray(np.uint8(np.round(255 * image[..., 0])), "L").save(path)); \
-	    [save(root / split / str(label) / f"{i}.png", image) for split, source in zip(("train", "val"), digits.splits()) \
-	     for i, (image, label) in enumerate(zip(source.images, source.labels)) if label < 5]'
+	$(PY) -m vit_flax.data digits --out=$(FT)/digits_0to4 --classes=01234
 	$(FT_TIMM) --workdir=$(FT)/pretrain_0to4 --config.total_steps=300 \
 	    --config.eval_every=300 --config.dataset=image_folder --config.data_dir=$(FT)/digits_0to4 \
 	    --config.channels=1 --config.model.num_classes=5

@@ -171,6 +171,13 @@ def read_timm(source: str | os.PathLike, *, arch: str | None = None, **hints) ->
     keywords.update(model_args)
     if 'num_classes' in config and 'num_classes' not in model_args:
         keywords['num_classes'] = config['num_classes']
+    # what the file says is not overridden by a hint: a hint that differs is refused (one the architecture's table
+    # gives is a default the hint replaces, as for a state dict of another width)
+    contradicted = [key for key, value in hints.items() if key in keywords and key in {*model_args, 'num_classes'}
+                    and not _same(keywords[key], value, key)]
+    if contradicted:
+        key = contradicted[0]
+        raise UnsupportedCheckpointError(f'{path}: its config says {key}={keywords[key]!r}, not {hints[key]!r}')
     kwargs = keywords_from_state_dict(state_dict, {**keywords, **hints}, f'{weights}', default_img_size)
     return Pretrained(kwargs=kwargs, state_dict=state_dict, preprocessing=_preprocessing(config),
                       source=f'{weights} (timm)', arch=arch.split('.', 1)[0].removeprefix('timm/') if arch else None)

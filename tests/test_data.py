@@ -342,3 +342,16 @@ def test_augment_config():
     for key, value in (('random_crop_padding', -1), ('randaugment_ops', -1), ('randaugment_magnitude', 1.5)):
         with pytest.raises(ValueError, match=f'{key}={value}'):
             augment.train_transforms({key: value})
+
+
+def test_digits_written_as_an_image_folder_keep_their_classes_and_pixels(tmp_path):
+    """`python -m vit_flax.data digits --classes=...` (make finetune-demo's pretraining set): the chosen classes of the
+    fixed split, every image, its pixels to 8-bit rounding."""
+    root = digits.write_image_folder(tmp_path / 'digits', classes=('0', '3'))
+    for split, source in zip(('train', 'val'), digits.splits()):
+        assert sorted(path.name for path in (root / split).iterdir()) == ['0', '3']
+        for name in ('0', '3'):
+            kept = np.flatnonzero(source.labels == int(name))
+            assert len(list((root / split / name).iterdir())) == len(kept)
+            first = np.asarray(Image.open(root / split / name / f'{kept[0]}.png'), np.float32) / 255
+            np.testing.assert_allclose(first, source.images[kept[0], ..., 0], atol=0.5 / 255)

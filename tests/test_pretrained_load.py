@@ -287,3 +287,10 @@ def test_every_format_goes_through_load_and_export(tmp_path):
     _load_weights(from_npz, str(npz))
     with torch.no_grad():
         assert torch.equal(from_npz(nchw(x, torch.float32)), expected)
+
+
+def test_hints_cannot_contradict_the_config(tmp_path):
+    save_for_hf(timm_vit('vit_tiny_patch16_224'), tmp_path / 'hub', safe_serialization=True)
+    with pytest.raises(UnsupportedCheckpointError, match='its config says num_heads=3, not 4'):
+        pretrained.read(tmp_path / 'hub', num_heads=4)
+    assert pretrained.read(tmp_path / 'hub', num_heads=3).kwargs['num_heads'] == 3

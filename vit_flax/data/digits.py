@@ -11,6 +11,7 @@ out, and if given must say 8 (or (8, 8)) and 1, so a model configured for other 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
@@ -73,3 +74,20 @@ def load(config) -> tuple[DigitsSource, DigitsSource, DatasetInfo]:
         class_names=CLASS_NAMES,
     )
     return train, eval_, info
+
+
+def write_image_folder(root, classes=CLASS_NAMES) -> Path:
+    """The fixed split as an image folder, root/{train,val}/<class>/<i>.png (8-bit grey PNGs), holding only
+    `classes`: a subset of the digits for a pretraining run whose classes a fine-tune then extends (make
+    finetune-demo). Returns root."""
+    from PIL import Image
+
+    root = Path(root)
+    for split, source in zip(('train', 'val'), splits()):
+        for i, (image, label) in enumerate(zip(source.images, source.labels)):
+            if CLASS_NAMES[label] in classes:
+                path = root / split / CLASS_NAMES[label] / f'{i}.png'
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.uint8(np.round(255 * image[..., 0])), 'L').save(path)
+    return root
+
