@@ -195,6 +195,21 @@ def test_a_frozen_backbone_keeps_every_weight_but_the_heads(hubs, frozen_run):
             np.testing.assert_array_equal(value, theirs[key], err_msg=key)
 
 
+def test_the_linear_probe_reads_a_timm_layout_runs_pooled_features(frozen_run):
+    """vit_flax.probe on a pretrained_vit run: the features are the model's headless output (timm's pooling), which
+    a logistic regression reads the digits from; the random-init probe runs too."""
+    from vit_flax.probe import features, probe_workdir
+
+    workdir, _ = frozen_run
+    saved = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+    model, variables = build_model(saved), restore_variables(workdir)
+    x = np.random.default_rng(0).standard_normal((3, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(features(model, variables, x), model.clone(num_classes=0).apply(variables, x),
+                               rtol=1e-5, atol=1e-6)  # jitted or not: float32 round-off
+    assert 0.5 < probe_workdir(workdir) <= 1.0
+    assert 0.0 < probe_workdir(workdir, random=True) <= 1.0
+
+
 def test_export_format_timm_loads_in_timm_with_the_same_outputs(frozen_run, tmp_path):
     workdir, config = frozen_run
     out = tmp_path / 'hub'

@@ -6,7 +6,7 @@
 The features are the pooled transformer output (the cls token, or the mean over tokens for pool='mean'): what
 the model's head reads. scikit-learn's LogisticRegression fits them on the dataset's train split and is scored
 on its eval split. Works for the models whose `num_classes=0` form returns the transformer's tokens (vit.ViT
-and its relatives with a `pool` keyword).
+and its relatives with a `pool` keyword) or, as timm's, its pooled features (pretrained_vit.VisionTransformer).
 """
 
 from __future__ import annotations
@@ -33,14 +33,17 @@ from vit_flax.training import checkpoint, objectives
 
 def features(model, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Pooled transformer features (N, dim) of normalised images (N, H, W, C)."""
-    if not hasattr(model, 'pool'):
+    # timm's layout pools itself (token, mean, MAP head; fc_norm and pre-logits included): its headless output is
+    # what the head reads
+    pools_itself = hasattr(model, 'global_pool')
+    if not pools_itself and not hasattr(model, 'pool'):
         raise ValueError(f'{type(model).__name__} has no `pool`: the probe reads a ViT-style pooled token')
-    tokens_model = model.clone(num_classes=0)
-    run = jax.jit(lambda x: tokens_model.apply(variables, x))
+    headless = model.clone(num_classes=0)
+    run = jax.jit(lambda x: headless.apply(variables, x))
     out = []
     for start in range(0, len(images), batch_size):
         tokens = np.asarray(run(images[start:start + batch_size]))
-        out.append(tokens.mean(axis=1) if model.pool == 'mean' else tokens[:, 0])
+        out.append(tokens if pools_itself else tokens.mean(axis=1) if model.pool == 'mean' else tokens[:, 0])
     return np.concatenate(out)
 
 
