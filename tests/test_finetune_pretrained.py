@@ -303,3 +303,28 @@ def test_a_checkpoint_for_other_channels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds a model for 3-channel images but dataset 'digits' has 1-channel"):
         train_and_evaluate(fine_tune_config(tmp_path / 'rgb'), tmp_path / 'run')
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_an_fsdp_mesh_equals_one_device(hubs, tmp_path):
+    """The scanned timm-layout ViT fine-tuned from a hub directory with layer-wise decay: 8 devices, the batch over
+    'data' and the larger arrays split over 'fsdp', log the losses one device logs."""
+    from tests.train_helpers import losses, run_python
+
+    runs = {'one': (1, {}), 'fsdp': (8, {'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.fsdp_min_size': 64})}
+    for name, (devices, mesh) in runs.items():
+        run_python(f"""
+            import jax
+            from tests.test_finetune_pretrained import fine_tune_config
+            from vit_flax.train import Trainer, build_model, train_and_evaluate
+            from vit_flax.training import finetune
+            config = fine_tune_config({str(hubs[5][0])!r}, total_steps=6, **{{'model.scan_layers': True, **{mesh!r}}})
+            train_and_evaluate(config, {str(tmp_path / name)!r})
+            if {devices} == 8:  # the stacked blocks really are split over 'fsdp'
+                prepared, _ = finetune.prepare(config)
+                trainer = Trainer(prepared, build_model(prepared), (jax.numpy.zeros((1, 8, 8, 1)),), 6)
+                specs = [s.spec for s in jax.tree_util.tree_leaves(trainer.state_shardings.params)]
+                assert any('fsdp' in spec for spec in specs), specs
+        """, devices=devices)
+    assert len(losses(tmp_path / 'one')) == 6
+    np.testing.assert_allclose(losses(tmp_path / 'fsdp'), losses(tmp_path / 'one'), rtol=1e-5)
