@@ -57,3 +57,14 @@ def mlp_ratio_for(dim: int, hidden: int) -> float:
         if int(dim * ratio) == hidden:
             return ratio
     return hidden / dim
+
+
+def same_keyword(key: str, a, b) -> bool:
+    """Whether two values of a VisionTransformer keyword build the same model: sizes as (height, width) pairs (an int
+    is a square), LayerScale by whether it is there (its init value is not in the weights), lists as tuples."""
+    if key in ('img_size', 'patch_size'):
+        return tuple(np.broadcast_to(a, 2).tolist()) == tuple(np.broadcast_to(b, 2).tolist())
+    if key == 'init_values':
+        return bool(a) == bool(b)
+    plain = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
+    return plain(a) == plain(b)

@@ -40,7 +40,8 @@ from safetensors.numpy import load_file, save_file
 
 from .arrays import contiguous, to_numpy
 from .files import replaced_directory
-from .pretrained_form import PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for
+from .pretrained_form import (PREPROCESSING_KEYS, Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for,
+                              same_keyword)
 
 TIMM_EPS = 1e-6  # timm's ViT LayerNorm eps: its default norm_layer is partial(LayerNorm, eps=1e-6)
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -174,7 +175,7 @@ def read_timm(source: str | os.PathLike, *, arch: str | None = None, **hints) ->
     # what the file says is not overridden by a hint: a hint that differs is refused (one the architecture's table
     # gives is a default the hint replaces, as for a state dict of another width)
     contradicted = [key for key, value in hints.items() if key in keywords and key in {*model_args, 'num_classes'}
-                    and not _same(keywords[key], value, key)]
+                    and not same_keyword(key, keywords[key], value)]
     if contradicted:
         key = contradicted[0]
         raise UnsupportedCheckpointError(f'{path}: its config says {key}={keywords[key]!r}, not {hints[key]!r}')
@@ -237,7 +238,7 @@ def keywords_from_state_dict(state_dict: Mapping[str, np.ndarray], known: Mappin
 
     kwargs = dict(known)
     for key, value in found.items():
-        if known.get(key) is not None and not _same(known[key], value, key):
+        if known.get(key) is not None and not same_keyword(key, known[key], value):
             raise UnsupportedCheckpointError(f'{where}: the weights say {key}={value!r} but the architecture, config '
                                              f'or hints say {key}={known[key]!r}')
         kwargs[key] = value
@@ -279,14 +280,6 @@ def keywords_from_state_dict(state_dict: Mapping[str, np.ndarray], known: Mappin
 
 def _grid(img_size, patch) -> int:
     return int(math.prod(int(side) // p for side, p in zip(np.broadcast_to(img_size, 2), patch)))
-
-
-def _same(a, b, key) -> bool:
-    if key in ('img_size', 'patch_size'):
-        return tuple(np.broadcast_to(a, 2)) == tuple(np.broadcast_to(b, 2))
-    if key == 'init_values':
-        return bool(a) == bool(b)
-    return a == b
 
 
 # writing

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from vit_flax import converters, registry  # noqa: E402
 from vit_flax.converters import big_vision, hf_vit, timm  # noqa: E402
-from vit_flax.converters.pretrained_form import Pretrained, UnsupportedCheckpointError  # noqa: E402
+from vit_flax.converters.pretrained_form import Pretrained, UnsupportedCheckpointError, same_keyword  # noqa: E402
 from vit_flax.layers import pair, trunc_normal  # noqa: E402
 from vit_flax.pretrained_vit import VisionTransformer, resample_abs_pos_embed, resample_posemb_big_vision  # noqa: E402
 
@@ -59,8 +59,8 @@ _HUB_NAME = re.compile(r'^(hf-hub:)?[A-Za-z0-9][\w.-]*/[\w.-]+$')
 _HUB_FILES = ['config.json', 'model.safetensors', 'model.safetensors.index.json', 'model-*.safetensors',
               'preprocessor_config.json', 'pytorch_model.bin', '*.npz']
 
-__all__ = ['load', 'load_config', 'read', 'export', 'to_pretrained', 'FORMATS', 'Pretrained',
-           'UnsupportedCheckpointError']
+__all__ = ['load', 'load_config', 'read', 'adapted', 'export', 'to_pretrained', 'same_keyword', 'FORMATS',
+           'Pretrained', 'UnsupportedCheckpointError']
 
 
 def _resolve(source: str | os.PathLike) -> Path:
@@ -106,7 +106,7 @@ def read(source: str | os.PathLike, **hints) -> Pretrained:
 def _checked(pretrained: Pretrained, hints: Mapping[str, Any]) -> Pretrained:
     """A reader's result after checking the caller's hints agree with it (formats that say everything)."""
     for key, value in hints.items():
-        if key not in pretrained.kwargs or pretrained.kwargs[key] != value:
+        if key not in pretrained.kwargs or not same_keyword(key, pretrained.kwargs[key], value):
             raise UnsupportedCheckpointError(f'{pretrained.source}: holds {key}={pretrained.kwargs.get(key)!r}, '
                                              f'not {value!r}')
     return pretrained

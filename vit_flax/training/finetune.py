@@ -124,13 +124,6 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _same(key: str, ours, theirs) -> bool:
-    if key == 'patch_size':
-        ours = registry.tuples_from_json({key: ours})[key]
-        return tuple(np.broadcast_to(ours, 2)) == tuple(np.broadcast_to(theirs, 2))
-    return _plain(ours) == _plain(theirs)
-
-
 def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, dict | None]:
     """(the config the run trains, the variables it starts from): for a pretrained `config.init_from`, a copy of
     `config` with the checkpoint's keywords in `config.model` and its normalisation in `config.mean` / `config.std`
@@ -164,7 +157,7 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
     except (OSError, ValueError) as error:
         raise ValueError(f'config.init_from={source!r}: {error}') from None
     for key, value in hints.items():
-        if not _same(key, value, checkpoint.kwargs[key]):
+        if not pretrained.same_keyword(key, value, checkpoint.kwargs[key]):
             raise ValueError(f'config.model.{key}={_plain(value)!r} but config.init_from={source!r} holds '
                              f'{key}={_plain(checkpoint.kwargs[key])!r}: leave config.model.{key} out to take the '
                              "checkpoint's")
