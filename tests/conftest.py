@@ -128,7 +128,8 @@ def randomised_torch_model(entry, config, seed=0):
 
 
 def randomised_flax_variables(model, seed=0):
-    """Flax init moved off its LayerNorm ones / zeros (numpy noise: eager jax.random per leaf compiles per shape)."""
+    """Flax init moved off its LayerNorm ones / zeros. The noise is added in numpy: an eager JAX op per leaf would
+    compile once per shape (dozens of compiles a model), and float32 addition is the same in both."""
     rng = np.random.default_rng(seed)
     flat = traverse_util.flatten_dict(init_variables(model, seed))
     noisy = {}
@@ -138,7 +139,9 @@ def randomised_flax_variables(model, seed=0):
         elif path[0] == 'batch_stats' and path[-1] == 'var':
             noisy[path] = jnp.asarray(0.5 + rng.random(leaf.shape, np.float32))
         else:
-            noisy[path] = leaf + jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32), leaf.dtype)
+            dtype = np.asarray(leaf).dtype
+            noise = (0.1 * rng.standard_normal(leaf.shape, np.float32)).astype(dtype)
+            noisy[path] = jnp.asarray((np.asarray(leaf, np.float32) + noise.astype(np.float32)).astype(dtype))
     return traverse_util.unflatten_dict(noisy)
 
 
