@@ -52,6 +52,7 @@ Only numpy (and ml_dtypes' bfloat16), safetensors and json here: torch is import
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -61,6 +62,9 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
+
+from vit_flax.pretrained_vit import VisionTransformer
+from vit_flax.registry import FLAX_ONLY_FIELDS
 
 from .arrays import contiguous, to_numpy
 from .files import replaced_directory
@@ -79,13 +83,11 @@ HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_python': 'gelu', 'gelu_pytorch_tanh': 'g
 # the names written: torch's own kernels, as timm's nn.GELU
 ACT_NAMES = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
 
-# VisionTransformer's defaults (timm's), for keywords a Pretrained leaves out; tests check them against the class
-TIMM_DEFAULTS = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool='token', embed_dim=768,
-                     depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, init_values=None,
-                     class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, final_norm=True,
-                     fc_norm=None, representation_size=None, act_layer='gelu', norm_eps=1e-6, dynamic_img_size=False)
 # JAX-only VisionTransformer keywords: they change neither the function nor the state dict
-JAX_ONLY = ('scan_layers', 'remat_policy', 'attention_impl')
+JAX_ONLY = tuple(sorted(FLAX_ONLY_FIELDS - {'parent', 'name'}))
+# VisionTransformer's defaults (timm's), for keywords a Pretrained leaves out
+TIMM_DEFAULTS = {field.name: field.default for field in dataclasses.fields(VisionTransformer)
+                 if field.name not in FLAX_ONLY_FIELDS}
 # the options HF's ViT holds only at one value (timm's default), with why
 FIXED_OPTIONS = {
     'class_token': (True, 'HF ViT always has a class token'),

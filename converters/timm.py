@@ -64,9 +64,14 @@ def architectures() -> dict:
     return json.loads((Path(__file__).with_name('timm_architectures.json')).read_text())
 
 
+def architecture_name(arch: str) -> str:
+    """timm's architecture in a model name: 'timm/vit_base_patch16_224.augreg_in21k' -> 'vit_base_patch16_224'."""
+    return arch.split('.', 1)[0].removeprefix('timm/')
+
+
 def architecture_keywords(arch: str) -> dict[str, Any]:
     """The keywords of a timm architecture ('vit_base_patch16_224', a '.tag' suffix allowed)."""
-    name = arch.split('.', 1)[0].removeprefix('timm/')
+    name = architecture_name(arch)
     table = architectures()
     if name in table['unsupported']:
         raise UnsupportedCheckpointError(f'timm architecture {name}: {table["unsupported"][name]}, which '
@@ -181,7 +186,7 @@ def read_timm(source: str | os.PathLike, *, arch: str | None = None, **hints) ->
         raise UnsupportedCheckpointError(f'{path}: its config says {key}={keywords[key]!r}, not {hints[key]!r}')
     kwargs = keywords_from_state_dict(state_dict, {**keywords, **hints}, f'{weights}', default_img_size)
     return Pretrained(kwargs=kwargs, state_dict=state_dict, preprocessing=_preprocessing(config),
-                      source=f'{weights} (timm)', arch=arch.split('.', 1)[0].removeprefix('timm/') if arch else None)
+                      source=f'{weights} (timm)', arch=architecture_name(arch) if arch else None)
 
 
 def _refuse(where: str, key: str, array, why: str):
@@ -311,7 +316,7 @@ def architecture_for(kwargs: Mapping[str, Any], arch: str | None = None) -> str:
     else the first with that eps (every other keyword is in model_args). timm has no keyword for the eps."""
     eps = kwargs.get('norm_eps', TIMM_EPS)
     if arch is not None and architecture_keywords(arch)['norm_eps'] == eps:
-        return arch.split('.', 1)[0].removeprefix('timm/')
+        return architecture_name(arch)
     table = architectures()['architectures']
     for name in ('vit_base_patch16_224', *table):
         if table[name]['norm_eps'] == eps:
