@@ -247,6 +247,29 @@ class LayerNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+    """torch.nn.functional.normalize: `x / max(|x|, eps)` along `axis`."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+class RMSNorm(nn.Module):
+    """vit-pytorch's RMSNorms: `normalize(x) * sqrt(dim) * gamma`, the learned scale `param_name` of shape
+    (heads, 1, dim) for a per-head q/k norm, (dim,) without heads, filled with `gamma_init` (ones in na_vit and
+    vit_5; 1 / sqrt(dim) in simple_vit_with_qk_norm, whose product starts at 1)."""
+
+    dim: int
+    heads: int | None = None
+    gamma_init: float = 1.0
+    param_name: str = 'gamma'
+
+    @nn.compact
+    def __call__(self, x):
+        shape = (self.dim,) if self.heads is None else (self.heads, 1, self.dim)
+        gamma = self.param(self.param_name, nn.initializers.constant(self.gamma_init), shape)
+        return l2_normalize(x) * (self.dim**0.5) * gamma.astype(x.dtype)
+
+
 class Linear(nn.Module):
     """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out).
 

@@ -52,7 +52,7 @@ from vit_flax.extras import require
 from vit_flax.layers import LayerNorm as _BiasedLayerNorm
 from vit_flax.layers import (
     Linear, attention_weights, check_attention_impl, check_floating_input, check_keywords, default, fused_attention,
-    gelu, pair, randn, uses_fused_attention,
+    RMSNorm, gelu, pair, randn, uses_fused_attention,
 )
 
 if TYPE_CHECKING:
@@ -319,20 +319,6 @@ class NoBiasLayerNorm(nn.Module):
         return x * gamma.astype(x.dtype) + beta.astype(x.dtype)
 
 
-class RMSNorm(nn.Module):
-    """q/k normalisation of ViT-22B: `x / max(|x|, 1e-12) * sqrt(dim) * gamma`, gamma (heads, 1, dim)."""
-
-    heads: int
-    dim: int
-
-    @nn.compact
-    def __call__(self, x):
-        gamma = self.param('gamma', nn.initializers.ones, (self.heads, 1, self.dim))
-        norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-        normed = x / jnp.maximum(norm, 1e-12)
-        return normed * (self.dim**0.5) * gamma.astype(x.dtype)
-
-
 class FeedForward(nn.Module):
     """vit-pytorch's `FeedForward` is an nn.Sequential: submodules are named by their index. `norm` is the
     LayerNorm flavour (na_vit_nested_tensor uses torch's own without bias)."""
@@ -369,8 +355,8 @@ class Attention(nn.Module):
         q = Linear(inner_dim, use_bias=False, name='to_q')(x)
         k, v = jnp.split(Linear(inner_dim * 2, use_bias=False, name='to_kv')(kv_input), 2, axis=-1)
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in (q, k, v))
-        q = RMSNorm(self.heads, self.dim_head, name='q_norm')(q)
-        k = RMSNorm(self.heads, self.dim_head, name='k_norm')(k)
+        q = RMSNorm(self.dim_head, self.heads, name='q_norm')(q)
+        k = RMSNorm(self.dim_head, self.heads, name='k_norm')(k)
 
         # scale 1: the RMSNorm already multiplies by sqrt(dim_head). A row with no key allowed (an empty image slot
         # of the pool, a padding token) is never read: the explicit path gives it uniform weights instead of torch's
