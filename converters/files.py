@@ -216,14 +216,21 @@ def _checked_class(value: dict, where: str) -> tuple[str, str]:
     return file, class_name
 
 
+# the vit-pytorch keywords whose value is a dict of options (JSON data under string keys); an object anywhere else
+# is refused
+DICT_KEYWORDS = frozenset({'orthog_residual_update_kwargs'})  # simple_vit_orthog_residual_update
+
+
 def _decoded_kwargs(kwargs: dict, where: str, build) -> dict[str, Any]:
     """The keywords of a sidecar with every encoded module built by `build(file, class_name, kwargs)`; every other
-    value must be JSON data (numbers, strings, booleans, null, lists of them)."""
+    value must be JSON data (numbers, strings, booleans, null, lists of them; an object only for DICT_KEYWORDS)."""
 
     def decode(value, at):
         if _is_encoded_module(value):
             file, class_name = _checked_class(value, at)
             return build(file, class_name, _decoded_kwargs(value['kwargs'], f'{at}.kwargs', build))
+        if isinstance(value, dict) and at.rsplit('.', 1)[-1] in DICT_KEYWORDS:
+            return {key: decode(item, f'{at}.{key}') for key, item in value.items()}
         if isinstance(value, list):
             return [decode(item, f'{at}[{i}]') for i, item in enumerate(value)]
         if not isinstance(value, _JSON_SCALARS):

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from vit_flax.layers import PARAMETER_LIST_LEAF
 from vit_flax.scan import per_layer_path, scanned_axes
 
 _TRAILING_INTEGERS = re.compile(r'^(.*?[^_\d].*?)((?:_\d+)+)$')
@@ -80,7 +81,7 @@ class LeafRule:
         )
 
     def torch_leaf(self, name: str) -> str:
-        return self.torch_name or name
+        return name if self.torch_name is None else self.torch_name
 
 
 # First match wins, so the catch-all raw-parameter rule comes last.
@@ -91,6 +92,11 @@ LEAF_RULES: tuple[LeafRule, ...] = (
     LeafRule('params', 'layer_scale', 'scale', None, what='LayerScale: torch nn.Parameter `scale`'),
     LeafRule('params', 'scale', 'weight', None, what='LayerNorm / BatchNorm / GroupNorm scale'),
     LeafRule('params', 'embedding', 'weight', (2,), what='Embedding table'),
+    # normalized_vit's NormLinear: torch.nn.utils.parametrize keeps the raw weight under the parametrized one's name
+    LeafRule('params', 'original_kernel', 'parametrizations.weight.original', (2,), np.transpose, np.transpose,
+             'Linear weight under torch parametrize: (in, out) <-> (out, in), normalised in the forward'),
+    # the module path already names the entry: `transformer/ls1_0/parameter_list_entry` is `transformer.ls1.0`
+    LeafRule('params', PARAMETER_LIST_LEAF, '', None, what='nn.ParameterList entry: the module path is the key'),
     LeafRule('params', 'bias', 'bias', None, what='bias'),
     LeafRule('batch_stats', 'mean', 'running_mean', (1,), what='BatchNorm running mean'),
     LeafRule('batch_stats', 'var', 'running_var', (1,), what='BatchNorm running variance'),

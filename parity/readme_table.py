@@ -7,9 +7,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 from pathlib import Path
 
 import parity
+
+# vit-pytorch's files that are not a model (the package's own)
+NOT_MODULES = ('__init__',)
+# vit-pytorch's modules that hold no model, mirrored without a registry entry: its tools (tests/test_recorder.py,
+# tests/test_extractor.py) and the N-D masks vit_nd's models share (tests/test_vit_nd_masking.py)
+TOOLS = ('recorder', 'extractor', 'vit_nd_masking')
+
+
+def vit_pytorch_modules() -> list[str]:
+    """Every module of the installed vit-pytorch (the version constraints.txt pins)."""
+    package = importlib.util.find_spec('vit_pytorch')
+    return sorted(path.stem for path in Path(package.origin).parent.glob('*.py') if path.stem not in NOT_MODULES)
+
+
+def coverage_line() -> str:
+    """How many of vit-pytorch's modules vit-flax mirrors (a registry entry of that file, or a tool), and which not
+    yet."""
+    modules = vit_pytorch_modules()
+    covered = {entry.module for entry in parity.ENTRIES} | set(TOOLS)
+    missing = [name for name in modules if name not in covered]
+    line = (f'vit-flax mirrors {len(modules) - len(missing)} of the {len(modules)} modules of vit-pytorch '
+            f"{importlib.metadata.version('vit-pytorch')}")
+    return line + (f"; not yet: {', '.join(f'`{name}`' for name in missing)}." if missing else '.')
 
 MARKERS = ('<!-- registry-table:start -->\n', '<!-- registry-table:end -->')
 
@@ -26,7 +51,7 @@ def markdown_table() -> str:
             f'torch->Flax, Flax->torch (strict), round trip, gradients; {len(entry.configs)} configs | {recorder} | '
             f'{entry.notes} |'
         )
-    return '\n'.join(rows) + '\n'
+    return coverage_line() + '\n\n' + '\n'.join(rows) + '\n'
 
 
 def readme_with_table(readme: str) -> str:

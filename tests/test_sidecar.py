@@ -76,3 +76,14 @@ def test_honest_sidecars_still_load(saved):
     torch_model = converters.load_torch(saved)
     assert isinstance(model, ViT) and type(torch_model).__name__ == 'ViT'
     assert np.asarray(variables['params']['mlp_head']['kernel']).shape == (8, 3)
+
+
+def test_a_dict_keyword_holds_only_json_data():
+    """simple_vit_orthog_residual_update's `orthog_residual_update_kwargs` is a dict (files.DICT_KEYWORDS): its
+    entries are decoded as keyword values are, so an object inside it is refused as one anywhere else."""
+    from vit_flax.converters import files
+
+    keywords = {'orthog_residual_update_kwargs': {'eps': 1e-6, 'double_precision': False}}
+    assert files._flax_kwargs_from_sidecar(keywords) == keywords
+    with pytest.raises(ValueError, match=r'^kwargs.orthog_residual_update_kwargs.eps: a keyword value must be'):
+        files._flax_kwargs_from_sidecar({'orthog_residual_update_kwargs': {'eps': {'eval': 'x'}}})

@@ -10,5 +10,7 @@ from vit_flax.simple_vit import SimpleViT
 from vit_flax.mae import MAE
 from vit_flax.dino import Dino
 
-__all__ = ['ViT', 'SimpleViT', 'MAE', 'Dino']
+from vit_flax.looped_vit import LoopedViT
+
+__all__ = ['ViT', 'SimpleViT', 'MAE', 'Dino', 'LoopedViT']
 __version__ = '0.1.0'

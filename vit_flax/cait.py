@@ -172,6 +172,7 @@ class CaiT(nn.Module):
     layer_dropout: float = 0.0
 
     channels = CHANNELS  # not a field (vit-pytorch has no such keyword): what the registry's Images reads
+    rng_streams = ('layer_dropout',)  # drawn in training (the trainer passes it)
 
     def __post_init__(self):
         check_keywords(self)

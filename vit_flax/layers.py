@@ -95,15 +95,29 @@ KEYWORD_RULES: dict[str, KeywordRule] = {
         'global_window_size', 'local_patch_size', 'global_k', 'reduction_factor', 'stages', 'num_hierarchies',
         'max_tokens_per_depth', 't2t_layers', 'projection_hidden_size', 'projection_layers', 'num_classes_K',
         'output_channel_bits', 'in_chans', 'embed_dim', 'representation_size',
+        'freq_patch_size', 'num_jumbo_cls', 'jumbo_cls_k', 'ndim', 'input_shape',
     ), POSITIVE_INTEGER),
     **dict.fromkeys((
         'depth', 'depths', 'cls_depth', 'spatial_depth', 'temporal_depth', 'num_layers', 'n_conv_layers',
         'block_repeats', 'num_classes', 'num_distill_classes', 'num_memories_per_layer', 'num_parallel_branches',
         'num_tokens_out', 'patch_merge_num_tokens', 'padding', 'pooling_padding', 'mlp_dim', 'reg_tokens',
+        'specialize_qkv_depth',
     ), NON_NEGATIVE_INTEGER),
     **dict.fromkeys(('temperature', 'student_temp', 'teacher_temp', 'max_pixel_val', 'expansion', 'ff_mult',
-                     'mbconv_expansion_rate', 'norm_eps'), POSITIVE_NUMBER),
+                     'mbconv_expansion_rate', 'norm_eps', 'jumbo_ff_mult'), POSITIVE_NUMBER),
     **dict.fromkeys(('mlp_ratio', 'mbconv_shrinkage_rate', 'init_values'), NON_NEGATIVE_NUMBER),
+    'patch_dropout': DROPOUT_PROBABILITY,  # vit-pytorch's PatchDropout asserts 0 <= prob < 1
+    'num_register_tokens': NON_NEGATIVE_INTEGER,  # simple_vit_with_register_tokens
+    'num_registers': NON_NEGATIVE_INTEGER,  # vit_5
+    **dict.fromkeys(('highres_patch_size', 'patch_conv_kernel_size'), POSITIVE_INTEGER),  # look_vit
+    **dict.fromkeys(('mlp_factor', 'highres_mlp_factor'), POSITIVE_NUMBER),  # look_vit
+    'seq_len': POSITIVE_INTEGER,  # vit_1d, simple_vit_1d
+    'max_frames': POSITIVE_INTEGER,  # na_vit_nested_tensor_3d
+    'num_residual_streams': POSITIVE_INTEGER,  # simple_vit_with_hyper_connections
+    'ffn_heads': POSITIVE_INTEGER,  # attn_residual_with_dca_simple_vit
+    'dim_mask': POSITIVE_INTEGER,  # simple_vit_with_sparse_gating
+    'max_dist': POSITIVE_INTEGER,  # simple_vit_with_relative_proj_pos_bias
+    'num_distance_basis': NON_NEGATIVE_INTEGER,  # simple_vit_with_relative_proj_pos_bias
     **dict.fromkeys(('dropout', 'emb_dropout', 'attn_dropout', 'ff_dropout', 'layer_dropout', 'dropout_rate',
                      'attention_dropout', 'stochastic_depth_rate', 'token_dropout_prob'), DROPOUT_PROBABILITY),
     **dict.fromkeys(('mask_prob', 'replace_prob', 'random_patch_prob', 'alpha', 'moving_average_decay',
@@ -205,6 +219,21 @@ def trunc_normal(std: float, a: float = -2.0, b: float = 2.0):
     return init
 
 
+def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """torch.linspace in float32, bit for bit as torch's CPU kernel computes it (for a table or buffer that must equal
+    torch's, such as rvt's rotary scales): `start + step * i` for the first half, `end - step * (steps - 1 - i)` for
+    the second, each a fused multiply-add (one rounding)."""
+    start, end = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([start], np.float32)
+    step = np.float32((end - start) / np.float32(max(steps - 1, 1)))
+    i = np.arange(steps)
+    # float32 products are exact in float64, so one float64 add rounded to float32 is the fused multiply-add
+    first = (np.float64(start) + np.float64(step) * i).astype(np.float32)
+    second = (np.float64(end) - np.float64(step) * (steps - 1 - i)).astype(np.float32)
+    return np.where(i < steps // 2, first, second).astype(np.float32)
+
+
 def kaiming_normal(key, shape, dtype=jnp.float32):
     """torch.nn.init.kaiming_normal_ defaults (fan in, ReLU gain sqrt(2)) for a (..., in, out) kernel."""
     fan_in = math.prod(shape[:-1])
@@ -270,6 +299,25 @@ class RMSNorm(nn.Module):
         return l2_normalize(x) * (self.dim**0.5) * gamma.astype(x.dtype)
 
 
+class TorchRMSNorm(nn.Module):
+    """torch.nn.RMSNorm over the last axis: `x * rsqrt(mean(x^2) + eps) * weight` (attn_residual_with_dca_simple_vit,
+    levjepa), the scale `scale` (torch's `weight`) starting at ones. Not vit-pytorch's own RMSNorms (`RMSNorm`
+    above), which divide by max(|x|, 1e-12) outside the root. `epsilon` None is torch's default, the machine epsilon
+    of the input's dtype. Statistics are float32 at least; the result has the input's dtype."""
+
+    epsilon: float | None = None
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        epsilon = jnp.finfo(x.dtype).eps if self.epsilon is None else self.epsilon
+        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + epsilon)
+        if self.use_scale:
+            y = y * self.param('scale', nn.initializers.ones, (x.shape[-1],))
+        return y.astype(x.dtype)
+
+
 class Linear(nn.Module):
     """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out).
 
@@ -290,6 +338,22 @@ class Linear(nn.Module):
             bias = self.param('bias', self.bias_init or torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(y.dtype)
         return y
+
+
+class SequentialFeedForward(nn.Module):
+    """vit-pytorch's `FeedForward(dim, hidden_dim)` written as a function returning
+    `nn.Sequential(LayerNorm, Linear, GELU, Linear)` (simple_vit_with_value_residual, simple_uvit, jumbo_vit): the
+    layers are named by their Sequential indices `0`, `1`, `3`, so the tree maps to `<prefix>.0.weight` ... The
+    output has the input's width."""
+
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        x = LayerNorm(name='0')(x)
+        x = gelu(Linear(self.hidden_dim, name='1')(x))
+        return Linear(dim, name='3')(x)
 
 
 def _spatial_tuple(value, n: int, name: str) -> tuple[int, ...]:
@@ -431,6 +495,24 @@ class Embedding(nn.Module):
         return jnp.take(table, ids, axis=0)
 
 
+# torch's nn.ParameterList entry `<list>.<i>` (vit_5's layer scales, normalized_vit's residual lerp scales) is the
+# Flax module `<list>_<i>` holding one leaf of this name, which converters/rules.py maps to no torch suffix; a scanned
+# stack's entries are one (depth, ...) leaf of the module `<list>_scan`
+PARAMETER_LIST_LEAF = 'parameter_list_entry'
+
+
+class ParameterListEntry(nn.Module):
+    """One entry of a torch nn.ParameterList (name the module `<list>_<i>`): its array, of `shape`, from
+    `initializer`."""
+
+    shape: tuple[int, ...]
+    initializer: Callable
+
+    @nn.compact
+    def __call__(self):
+        return self.param(PARAMETER_LIST_LEAF, self.initializer, self.shape)
+
+
 def conv_output_size(image_size: int, kernel_size: int, stride: int, padding: int = 0) -> int:
     """vit-pytorch's helper (t2t, pit): float division then int(), which floors like nn.Unfold and Conv2d."""
     return int(((image_size - kernel_size + (2 * padding)) / stride) + 1)
@@ -511,6 +593,54 @@ def _residual_boundary_jvp(primals, tangents):
     return x, t
 
 
+# patch dropout (vit_with_patch_dropout, simple_vit_with_patch_dropout): vit-pytorch's PatchDropout keeps, in
+# training only, a random subset of each row's patch tokens, drawn from this rng stream
+PATCH_DROPOUT = 'patch_dropout'
+
+
+def patches_kept(num_patches: int, prob: float) -> int:
+    """How many of `num_patches` tokens PatchDropout keeps: `max(1, int(n * (1 - prob)))`, as vit-pytorch counts."""
+    return max(1, int(num_patches * (1 - prob)))
+
+
+def patch_dropout_noise(module: nn.Module, batch: int, num_patches: int):
+    """The (batch, num_patches) standard normals whose `num_patches_kept` largest pick the tokens PatchDropout keeps
+    (vit-pytorch: `torch.randn(b, n).topk(k).indices`), drawn from `module`'s 'patch_dropout' stream: a model's
+    first draw from that stream, so a method drawing it first too replays a call's noise."""
+    return jax.random.normal(module.make_rng(PATCH_DROPOUT), (batch, num_patches), jnp.float32)
+
+
+def patch_dropout(module: nn.Module, x, prob: float, train: bool):
+    """vit-pytorch's PatchDropout on tokens x (b, n, d): the identity in eval mode or for prob 0; in training the
+    tokens of the `patches_kept(n, prob)` largest draws of `patch_dropout_noise`, in descending order of their draw
+    (topk's order)."""
+    if not train or prob == 0:
+        return x
+    batch, num_patches = x.shape[:2]
+    noise = patch_dropout_noise(module, batch, num_patches)
+    _, indices = jax.lax.top_k(noise, patches_kept(num_patches, prob))
+    return jnp.take_along_axis(x, indices[..., None], axis=1)
+
+
+# register tokens ("Vision Transformers Need Registers", Darcet et al., 2023): learned tokens the transformer attends
+# with, packed after the patch tokens and dropped before pooling (simple_vit_with_register_tokens, simple_uvit,
+# simple_vit_with_hyper_connections ...)
+
+
+def append_register_tokens(module: nn.Module, x, num_register_tokens: int, name: str = 'register_tokens'):
+    """x (b, n, d) followed by `module`'s parameter `name`, (num_register_tokens, d) drawn like torch.randn, repeated
+    over the batch: vit-pytorch's `pack([x, repeat(register_tokens, 'n d -> b n d')], 'b * d')`."""
+    tokens = module.param(name, randn, (num_register_tokens, x.shape[-1]))
+    registers = jnp.broadcast_to(tokens.astype(x.dtype), (x.shape[0], *tokens.shape))
+    return jnp.concatenate((x, registers), axis=1)
+
+
+def drop_register_tokens(x, num_register_tokens: int):
+    """The tokens before the `num_register_tokens` registers `append_register_tokens` packed after them (torch's
+    `unpack`)."""
+    return x[:, : x.shape[1] - num_register_tokens]
+
+
 # The collection and name under which attention layers sow their post-softmax maps: the path of a map,
 # `intermediates/transformer/layers_0_0/attend`, is the torch module vit-pytorch's Recorder hooks
 # (`transformer.layers.0.0.attend`, an nn.Softmax). Sowing is a no-op unless the caller makes the collection
@@ -552,10 +682,10 @@ def uses_fused_attention(attention_impl: str, dropout: float, train: bool) -> bo
     return attention_impl != 'explicit' and not (train and dropout > 0)
 
 
-def fused_attention(q, k, v, scale: float, attention_impl: str, mask=None):
-    """softmax(q k^T * scale) v by jax.nn.dot_product_attention, for q of shape (b, n, heads, d) and k, v of shape
-    (b, m, heads, d), JAX's layout; the output has q's shape. `mask` (b or 1, heads or 1, n, m) is True where a query
-    may see a key.
+def fused_attention(q, k, v, scale: float, attention_impl: str, mask=None, bias=None):
+    """softmax(q k^T * scale + bias) v by jax.nn.dot_product_attention, for q of shape (b, n, heads, d) and k, v of
+    shape (b, m, heads, d), JAX's layout; the output has q's shape. `mask` (b or 1, heads or 1, n, m) is True where a
+    query may see a key; `bias` (b or 1, heads or 1, n, m) is added to the logits (relative position biases, log-gates).
 
     A query row that may see no key (a padding token of a packed NaViT sequence, an empty image slot of its pool) is
     let see every key. Its output is never read, but the kernels disagree on such rows (a uniform average, zeros or
@@ -564,20 +694,25 @@ def fused_attention(q, k, v, scale: float, attention_impl: str, mask=None):
         mask = mask | ~mask.any(axis=-1, keepdims=True)
         # cuDNN takes the mask as a bias of the full (b, heads, n, m) shape only
         mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+    if bias is not None:  # cuDNN, as for the mask, takes the full shape
+        bias = jnp.broadcast_to(bias, (q.shape[0], q.shape[2], q.shape[1], k.shape[1])).astype(q.dtype)
     implementation = None if attention_impl == 'auto' else attention_impl
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, mask=mask, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, mask=mask, implementation=implementation)
 
 
 def multi_head_attention(module: nn.Module, q, k, v, heads: int, scale: float, attention_impl: str,
-                         dropout: float = 0.0, train: bool = False):
+                         dropout: float = 0.0, train: bool = False, mask=None):
     """The core of vit.py's and simple_vit.py's attention, for q, k, v of shape (b, n, heads * d), returning the same
     shape: jax.nn.dot_product_attention where `attention_impl` asks for it and no attention dropout acts, else
-    vit-pytorch's softmax(q k^T * scale) v, its map offered to the Recorder as `module`'s and then dropped out."""
+    vit-pytorch's softmax(q k^T * scale) v, its map offered to the Recorder as `module`'s and then dropped out.
+    `mask` (b or 1, heads or 1, n, m), True where a query may see a key, fills the other logits with the dtype's
+    lowest value, as vit-pytorch's `masked_fill(~mask, -finfo.max)` (vit_detpool); see fused_attention for rows that
+    may see no key."""
     if uses_fused_attention(attention_impl, dropout, train):
         q, k, v = (rearrange(t, 'b n (h d) -> b n h d', h=heads) for t in (q, k, v))
-        return rearrange(fused_attention(q, k, v, scale, attention_impl), 'b n h d -> b n (h d)')
+        return rearrange(fused_attention(q, k, v, scale, attention_impl, mask), 'b n h d -> b n (h d)')
     q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=heads) for t in (q, k, v))
-    attn = attention_weights(q, k, scale=scale)
+    attn = attention_weights(q, k, scale=scale, mask=mask)
     record_attention_map(module, attn)
     attn = nn.Dropout(dropout, deterministic=not train)(attn)
     return rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
@@ -591,6 +726,24 @@ def check_sincos_dim(dim: int):
         raise ValueError(f'the sin-cos embedding needs dim >= 8, got dim={dim}')
 
 
+def check_sincos_1d_dim(dim: int):
+    if dim % 2:
+        raise ValueError(f'feature dimension must be a multiple of 2 for the sin-cos embedding, got dim={dim}')
+    if dim < 4:
+        # torch divides by (dim // 2 - 1) = 0 here and fills the embedding with NaN
+        raise ValueError(f'the 1D sin-cos embedding needs dim >= 4, got dim={dim}')
+
+
+def posemb_sincos_1d(n: int, dim: int, temperature: int = 10000) -> np.ndarray:
+    """The fixed 1D sin-cos position embedding of simple_vit_1d, (n, dim): dim // 2 frequencies, sines then cosines,
+    computed in float32 as torch does."""
+    check_sincos_1d_dim(dim)
+    omega = np.arange(dim // 2, dtype=np.float32) / np.float32(dim // 2 - 1)
+    omega = np.float32(1.0) / (np.float32(temperature) ** omega)
+    positions = np.arange(n, dtype=np.float32)[:, None] * omega[None, :]
+    return np.concatenate((np.sin(positions), np.cos(positions)), axis=1).astype(np.float32)
+
+
 def posemb_sincos_2d(h: int, w: int, dim: int, temperature: int = 10000) -> np.ndarray:
     """The fixed 2D sin-cos position embedding of SimpleViT, (h * w, dim), computed in float32 as torch does."""
     check_sincos_dim(dim)
@@ -600,6 +753,19 @@ def posemb_sincos_2d(h: int, w: int, dim: int, temperature: int = 10000) -> np.n
     y = y.reshape(-1)[:, None] * omega[None, :]
     x = x.reshape(-1)[:, None] * omega[None, :]
     return np.concatenate((np.sin(x), np.cos(x), np.sin(y), np.cos(y)), axis=1).astype(np.float32)
+
+
+def add_posemb_sincos_2d(x, input_size, image_size, patch_size, dim: int, temperature: int = 10000):
+    """x (b, n, dim) + SimpleViT's fixed embedding of the `image_size // patch_size` grid, which vit-pytorch adds by
+    broadcasting: only the token count has to fit (checked, naming the sizes), whatever the input's height and width."""
+    (image_height, image_width), (patch_height, patch_width) = pair(image_size), pair(patch_size)
+    pos_embedding = posemb_sincos_2d(image_height // patch_height, image_width // patch_width, dim, temperature)
+    if x.shape[1] != pos_embedding.shape[0]:
+        raise ValueError(
+            f'input of size {tuple(input_size)} gives {x.shape[1]} patches, but the position embedding of '
+            f'image_size={image_size} has {pos_embedding.shape[0]}'
+        )
+    return x + jnp.asarray(pos_embedding, dtype=x.dtype)
 
 
 def check_sincos_3d_dim(dim: int):

@@ -314,24 +314,32 @@ class MaxViT(nn.Module):
                         f'{tuple(input_size)}) is not divisible by window_size={w}'
                     )
 
-                def attend(x, index):
-                    attention = Attention(dim=layer_dim, dim_head=self.dim_head, dropout=self.dropout,
-                                          window_size=w, parent=None)
-                    x = Residual(layer_dim, attention, name=f'{name}_{index}')(x, train)
-                    feedforward = FeedForward(dim=layer_dim, dropout=self.dropout, parent=None)
-                    return Residual(layer_dim, feedforward, name=f'{name}_{index + 1}')(x, train)
-
-                # block-like attention
-                x = rearrange(x, 'b (x w1) (y w2) d -> b x y w1 w2 d', w1=w, w2=w)
-                x = attend(x, 2)
-                x = rearrange(x, 'b x y w1 w2 d -> b (x w1) (y w2) d')
-
-                # grid-like attention
-                x = rearrange(x, 'b (w1 x) (w2 y) d -> b x y w1 w2 d', w1=w, w2=w)
-                x = attend(x, 6)
-                x = rearrange(x, 'b x y w1 w2 d -> b (w1 x) (w2 y) d')
+                x = self.attend_windows(x, block, layer_dim, train)
                 block += 1
 
         x = x.mean(axis=(1, 2))
         x = LayerNorm(name='mlp_head_1')(x)
         return Linear(self.num_classes, name='mlp_head_2')(x)
+
+    def attend_windows(self, x, block: int, layer_dim: int, train: bool):
+        """Block `block`'s attention after its MBConv: block-like (local windows), then grid-like (dilated), each
+        with its feed-forward (max_vit_with_registers overrides it to add register tokens)."""
+        w, name = self.window_size, f'layers_{block}'
+
+        def attend(x, index):
+            attention = Attention(dim=layer_dim, dim_head=self.dim_head, dropout=self.dropout,
+                                  window_size=w, parent=None)
+            x = Residual(layer_dim, attention, name=f'{name}_{index}')(x, train)
+            feedforward = FeedForward(dim=layer_dim, dropout=self.dropout, parent=None)
+            return Residual(layer_dim, feedforward, name=f'{name}_{index + 1}')(x, train)
+
+        # block-like attention
+        x = rearrange(x, 'b (x w1) (y w2) d -> b x y w1 w2 d', w1=w, w2=w)
+        x = attend(x, 2)
+        x = rearrange(x, 'b x y w1 w2 d -> b (x w1) (y w2) d')
+
+        # grid-like attention
+        x = rearrange(x, 'b (w1 x) (w2 y) d -> b x y w1 w2 d', w1=w, w2=w)
+        x = attend(x, 6)
+        x = rearrange(x, 'b x y w1 w2 d -> b (w1 x) (w2 y) d')
+        return x

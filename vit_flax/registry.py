@@ -36,6 +36,7 @@ from vit_flax import learnable_memory_vit
 from vit_flax import mobile_vit
 from vit_flax import sep_vit
 from vit_flax import max_vit
+from vit_flax import max_vit_with_registers
 from vit_flax import twins_svt
 from vit_flax import scalable_vit
 from vit_flax import xcit
@@ -46,11 +47,44 @@ from vit_flax import simple_vit_3d, vit_3d
 from vit_flax import cct_3d
 from vit_flax import vivit
 from vit_flax import na_vit, na_vit_nested_tensor
+from vit_flax import na_vit_nested_tensor_3d
 from vit_flax import mae, simmim
 from vit_flax import mpp
 from vit_flax import dino
 from vit_flax import es_vit
 from vit_flax import pretrained_vit
+from vit_flax import simple_vit_with_hyper_connections
+from vit_flax import simple_vit_orthog_residual_update
+from vit_flax import simple_vit_attn_residual
+from vit_flax import attn_residual_with_dca_simple_vit
+from vit_flax import vit_with_decorr
+from vit_flax import simple_vit_with_sparse_gating
+from vit_flax import simple_vit_with_relative_proj_pos_bias
+from vit_flax import vit_with_patch_dropout
+from vit_flax import simple_vit_with_patch_dropout
+from vit_flax import simple_vit_with_register_tokens
+from vit_flax import simple_vit_with_qk_norm
+from vit_flax import vit_1d
+from vit_flax import simple_vit_1d
+from vit_flax import simple_flash_attn_vit
+from vit_flax import simple_flash_attn_vit_3d
+from vit_flax import simple_vit_with_value_residual
+from vit_flax import simple_vit_with_fft
+from vit_flax import simple_uvit
+from vit_flax import local_vit
+from vit_flax import jumbo_vit
+from vit_flax import vit_with_keel_post_ln
+from vit_flax import simple_vit_with_specialized_cls
+from vit_flax import vit_nd
+from vit_flax import vit_nd_rotary
+from vit_flax import vit_nd_pope
+from vit_flax import looped_vit
+from vit_flax import jet_vit
+from vit_flax import vit_5
+from vit_flax import rvt
+from vit_flax import normalized_vit
+from vit_flax import look_vit
+from vit_flax import vit_detpool
 
 # the input sizes a configuration takes: each architecture's size arithmetic, as its forward computes it
 
@@ -284,6 +318,22 @@ class Videos(Images):
 
 
 @dataclasses.dataclass(frozen=True)
+class NDInputs:
+    """Inputs of any number of spatial dimensions (batch, *input_shape, channels) at the model's own `ndim`,
+    `input_shape` and `channels` (vit_nd.ViTND). vit-pytorch takes (batch, channels, *input_shape): the same move of
+    the last axis to the second as for images."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        shape = (model.resolved_input_shape if hasattr(type(model), 'resolved_input_shape')  # looped_vit's own
+                 else vit_nd.ensure_tuple(model.input_shape, model.ndim))
+        return (_draw((batch, *shape, model.channels), rng),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        (inputs,) = args
+        return (np.ascontiguousarray(np.moveaxis(inputs, -1, 1)),)
+
+
+@dataclasses.dataclass(frozen=True)
 class MixedResolutionImages:
     """Images of mixed sizes and aspect ratios for a native-resolution model (na_vit.NaViT), each a multiple of the
     model's `patch_size` and at most its `image_size`: `batch` lists of one to three images, each list packed into
@@ -315,6 +365,39 @@ class MixedResolutionImages:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixedResolutionVideos(MixedResolutionImages):
+    """Videos or volumes of mixed frame counts, sizes and aspect ratios for a native-resolution model
+    (na_vit_nested_tensor_3d.NaViT): one flat list of `batch` + 1 arrays (frames, height, width, channels), the frames
+    a multiple of the model's `frame_patch_size` up to `max_frames`, the sides as MixedResolutionImages' images.
+    vit-pytorch takes the same list of (channels, frames, height, width) tensors."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        pf = model.frame_patch_size
+        frame_grid = model.max_frames // pf
+        frame_grids = (frame_grid, 1, max(1, frame_grid // 2))
+        sizes = self._sizes(model, batch + 1)
+        return ([_draw((frame_grids[i % 3] * pf, *size, model.channels), rng) for i, size in enumerate(sizes)],)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        (videos,) = args
+        return ([np.ascontiguousarray(np.moveaxis(video, -1, 0)) for video in videos],)
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """1-D series (batch, seq_len, channels), channels-last, at the model's own `seq_len` and `channels` (vit_1d,
+    simple_vit_1d). vit-pytorch takes (batch, channels, seq_len): the same move of the last axis to the second as
+    for images."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, model.seq_len, model.channels), rng),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        (series,) = args
+        return (np.ascontiguousarray(np.moveaxis(series, -1, 1)),)
+
+
+@dataclasses.dataclass(frozen=True)
 class Tokens:
     """Token sequences (batch, n, dim) at the model's own `dim`, for modules that take tokens, not images
     (vit_with_patch_merger.PatchMerger). vit-pytorch takes the same layout."""
@@ -343,6 +426,24 @@ class ImagesAndLabels:
     def to_torch_layout(self, args: tuple) -> tuple:
         images, labels = args
         return (*Images().to_torch_layout((images,)), np.asarray(labels, np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesAndObjectMasks(Images):
+    """(images, boolean pixel masks (batch, height, width)) for a model that attends and pools over an object mask
+    (vit_detpool.ViTDetPool): images at the model's `image_size` and `channels`; every pixel in the mask for shape
+    inference (rng None), else about a third of the pixels, so some patches fall outside. vit-pytorch takes
+    (batch, channels, height, width) images and the same masks."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        (images,) = super().example(model, batch, rng)
+        if rng is None:
+            return images, np.ones(images.shape[:3], bool)
+        return images, rng.random(images.shape[:3]) < 0.3
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        images, masks = args
+        return (*super().to_torch_layout((images,)), np.asarray(masks, bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -710,6 +811,247 @@ ENTRIES: tuple[Entry, ...] = (
         paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), as timm, big_vision and Hugging Face '
               'publish its checkpoints; DeiT, DeiT III, registers, SigLIP options',
         inputs=TimmImages(),
+    ),
+    Entry(
+        name='simple_vit_with_value_residual.SimpleViT',
+        flax_class=simple_vit_with_value_residual.SimpleViT,
+        recordable=True,
+        paper='Value Residual Learning For Alleviating Attention Concentration In Transformers (Zhou et al., 2024)',
+    ),
+    Entry(
+        name='vit_with_patch_dropout.ViT',
+        flax_class=vit_with_patch_dropout.ViT,
+        recordable=True,
+        paper='PatchDropout: Economizing Vision Transformers Using Patch Dropout (Liu et al., 2022)',
+    ),
+    Entry(
+        name='simple_vit_with_patch_dropout.SimpleViT',
+        flax_class=simple_vit_with_patch_dropout.SimpleViT,
+        recordable=True,
+        paper='PatchDropout: Economizing Vision Transformers Using Patch Dropout (Liu et al., 2022)',
+    ),
+    Entry(
+        name='simple_vit_with_register_tokens.SimpleViT',
+        flax_class=simple_vit_with_register_tokens.SimpleViT,
+        recordable=True,
+        paper='Vision Transformers Need Registers (Darcet et al., 2023)',
+    ),
+    Entry(
+        name='simple_vit_with_qk_norm.SimpleViT',
+        flax_class=simple_vit_with_qk_norm.SimpleViT,
+        recordable=True,
+        paper='Scaling Vision Transformers to 22 Billion Parameters (Dehghani et al., 2023), query-key normalisation',
+    ),
+    Entry(
+        name='vit_1d.ViT',
+        flax_class=vit_1d.ViT,
+        recordable=True,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), on patches of 1-D series',
+        inputs=Series(),
+    ),
+    Entry(
+        name='simple_vit_1d.SimpleViT',
+        flax_class=simple_vit_1d.SimpleViT,
+        recordable=True,
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), on patches of 1-D series',
+        inputs=Series(),
+    ),
+    Entry(
+        name='simple_flash_attn_vit.SimpleViT',
+        flax_class=simple_flash_attn_vit.SimpleViT,
+        not_recordable="vit-pytorch computes the attention with F.scaled_dot_product_attention, which never forms "
+                       'the maps (no reference to match)',
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), with FlashAttention (Dao et al., 2022)',
+    ),
+    Entry(
+        name='simple_flash_attn_vit_3d.SimpleViT',
+        flax_class=simple_flash_attn_vit_3d.SimpleViT,
+        not_recordable="vit-pytorch computes the attention with F.scaled_dot_product_attention, which never forms "
+                       'the maps (no reference to match)',
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), with FlashAttention (Dao et al., '
+              '2022), on video / volume patches',
+        inputs=Videos(),
+    ),
+    Entry(
+        name='simple_vit_with_hyper_connections.SimpleViT',
+        flax_class=simple_vit_with_hyper_connections.SimpleViT,
+        recordable=True,
+        paper='Hyper-Connections (Zhu et al., 2024), with register tokens',
+    ),
+    Entry(
+        name='simple_vit_with_fft.SimpleViT',
+        flax_class=simple_vit_with_fft.SimpleViT,
+        recordable=True,
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), with 2D FFT patch tokens',
+    ),
+    Entry(
+        name='simple_uvit.SimpleUViT',
+        flax_class=simple_uvit.SimpleUViT,
+        recordable=True,
+        paper='All are Worth Words: A ViT Backbone for Diffusion Models (Bao et al., 2022)',
+    ),
+    Entry(
+        name='simple_vit_attn_residual.SimpleViTAttnResidual',
+        flax_class=simple_vit_attn_residual.SimpleViTAttnResidual,
+        not_recordable='its attention layers compute the softmax inline (there is no `attend` to hook) and pool '
+                       'over depth as well as tokens',
+        paper='Attention residuals: each block attends over the outputs of all earlier blocks',
+    ),
+    Entry(
+        name='local_vit.LocalViT',
+        flax_class=local_vit.LocalViT,
+        recordable=True,
+        paper='LocalViT: Bringing Locality to Vision Transformers (Li et al., 2021)',
+    ),
+    Entry(
+        name='jumbo_vit.JumboViT',
+        flax_class=jumbo_vit.JumboViT,
+        not_recordable='no `transformer`: its attention layers are the model\'s own `layers`, beside the jumbo '
+                       'feed-forward they share',
+        paper='Simpler Fast Vision Transformers with a Jumbo CLS Token (Fuller et al., 2025)',
+    ),
+    Entry(
+        name='vit_with_keel_post_ln.ViT',
+        flax_class=vit_with_keel_post_ln.ViT,
+        recordable=True,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), with KEEL scaled post-LayerNorm residuals',
+    ),
+    Entry(
+        name='simple_vit_with_specialized_cls.SimpleViT',
+        flax_class=simple_vit_with_specialized_cls.SimpleViT,
+        recordable=True,
+        paper='Better plain ViT baselines for ImageNet-1k (Beyer et al., 2022), with a class token of its own norms '
+              'and early q, k, v projections (Marouani et al., 2026)',
+    ),
+    Entry(
+        name='attn_residual_with_dca_simple_vit.SimpleViT',
+        flax_class=attn_residual_with_dca_simple_vit.SimpleViT,
+        not_recordable='its attention layers compute the softmax inline (there is no `attend` to hook) and read '
+                       'depth mixes of the history, not one residual stream',
+        paper='Attention Residuals (Kimi, 2026) with DeepCrossAttention (Heddes et al., 2025)',
+    ),
+    Entry(
+        name='vit_nd.ViTND',
+        flax_class=vit_nd.ViTND,
+        not_recordable="vit-pytorch computes ViTND's attention in nd_attention (flex_attention, or an inline masked "
+                       'softmax), with no `attend` to hook (no reference to match)',
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), on inputs of 1 to 7 dimensions, optionally '
+              'causal along some',
+        inputs=NDInputs(),
+    ),
+    Entry(
+        name='vit_with_decorr.ViT',
+        flax_class=vit_with_decorr.ViT,
+        recordable=True,
+        paper='Decorrelation speeds up vision transformers (arXiv 2510.14657), as an auxiliary loss',
+    ),
+    Entry(
+        name='vit_5.ViT',
+        flax_class=vit_5.ViT,
+        recordable=True,
+        paper='ViT-5: Vision Transformers for The Mid-2020s (Wang et al., 2026)',
+    ),
+    Entry(
+        name='simple_vit_with_sparse_gating.SimpleViTWithSparseGating',
+        flax_class=simple_vit_with_sparse_gating.SimpleViTWithSparseGating,
+        recordable=True,
+        paper='SimpleViT with sparse sigmoid gating of attention and register tokens as attention sinks',
+    ),
+    Entry(
+        name='simple_vit_with_relative_proj_pos_bias.SimpleViT',
+        flax_class=simple_vit_with_relative_proj_pos_bias.SimpleViT,
+        recordable=True,
+        paper='SimpleViT with a relative position bias projected from a learned distance basis (Thinking Machines '
+              'Inkling), N-dimensional',
+    ),
+    Entry(
+        name='rvt.RvT',
+        flax_class=rvt.RvT,
+        not_recordable="vit-pytorch's attention folds the heads into the batch, so its Recorder's maps are "
+                       '(batch * heads, n, n) per layer, not per head (no reference to match)',
+        paper='Rotary Vision Transformer: 2D axial RoFormer embeddings (Su et al., 2021) with depth-wise conv queries',
+    ),
+    Entry(
+        name='normalized_vit.nViT',
+        flax_class=normalized_vit.nViT,
+        not_recordable="no `transformer`, and vit-pytorch's attention is scaled_dot_product_attention (there is no "
+                       '`attend` to hook, so no reference to match)',
+        paper='nGPT: Normalized Transformer with Representation Learning on the Hypersphere (Loshchilov et al., '
+              '2024), for images',
+    ),
+    Entry(
+        name='vit_nd_rotary.ViTND',
+        flax_class=vit_nd_rotary.ViTND,
+        not_recordable="vit-pytorch computes the attention in nd_attention (flex_attention, or an inline masked "
+                       'softmax), with no `attend` to hook (no reference to match)',
+        paper='On n-dimensional rotary positional embeddings (Xiong, 2025: golden gate RoPE), in a ViT on inputs of '
+              '1 to 7 dimensions',
+        inputs=NDInputs(),
+    ),
+    Entry(
+        name='max_vit_with_registers.MaxViT',
+        flax_class=max_vit_with_registers.MaxViT,
+        not_recordable=HIERARCHICAL,
+        paper='MaxViT: Multi-Axis Vision Transformer (Tu et al., 2022), with register tokens per window (Darcet et '
+              'al., 2023)',
+        inputs=FittedImages(_max_vit_fits, preferred_size=(16, 32)),
+    ),
+    Entry(
+        name='vit_nd_pope.ViTND',
+        flax_class=vit_nd_pope.ViTND,
+        not_recordable="vit-pytorch computes the attention in nd_attention (flex_attention, or an inline masked "
+                       'softmax), with no `attend` to hook (no reference to match)',
+        paper='Decoupling the "What" and "Where" With Polar Coordinate Positional Embeddings (Gopalakrishnan et al., '
+              '2025), with Golden Gate N-dimensional frequencies, in a ViT on inputs of 1 to 7 dimensions',
+        inputs=NDInputs(),
+    ),
+    Entry(
+        name='look_vit.LookViT',
+        flax_class=look_vit.LookViT,
+        not_recordable='no `transformer`: main and high-resolution tokens attend over token sets of different sizes',
+        paper='LookupViT: Compressing visual information to a limited number of tokens (Koner et al., 2024)',
+    ),
+    Entry(
+        name='na_vit_nested_tensor_3d.NaViT',
+        flax_class=na_vit_nested_tensor_3d.NaViT,
+        not_recordable="vit-pytorch computes NaViT's attention with F.scaled_dot_product_attention, which never "
+                       'forms the maps (no reference to match)',
+        paper="Patch n' Pack: NaViT, a Vision Transformer for any Aspect Ratio and Resolution (Dehghani et al., 2023), "
+              'on videos / volumes, with register tokens',
+        inputs=MixedResolutionVideos(),
+    ),
+    Entry(
+        name='vit_detpool.ViTDetPool',
+        flax_class=vit_detpool.ViTDetPool,
+        not_recordable="vit-pytorch's Recorder passes the model images only, never the object mask that decides its "
+                       'attention (no reference to match)',
+        paper='Learning to Grasp Anything By Playing with Random Toys (Niu et al., 2026): DetPool, attention and '
+              'pooling within an object mask',
+        inputs=ImagesAndObjectMasks(),
+    ),
+    Entry(
+        name='looped_vit.LoopedViT',
+        flax_class=looped_vit.LoopedViT,
+        not_recordable="vit-pytorch computes LoopedViT's attention with F.scaled_dot_product_attention, with no "
+                       '`attend` to hook (no reference to match)',
+        paper='Looped Diffusion Transformer (Chng et al., 2026), as a classifier on inputs of 1 to 7 dimensions',
+        inputs=NDInputs(),
+    ),
+    Entry(
+        name='simple_vit_orthog_residual_update.SimpleViT',
+        flax_class=simple_vit_orthog_residual_update.SimpleViT,
+        recordable=True,
+        paper='Revisiting Residual Connections: Orthogonal Updates for Stable and Efficient Deep Networks '
+              '(Oh et al., 2025)',
+    ),
+    Entry(
+        name='jet_vit.JetViT',
+        flax_class=jet_vit.JetViT,
+        not_recordable="vit-pytorch's JetViT has three attentions per layer, the used one drawn per call; its Recorder "
+                       "hooks every `attend` module, whose maps need not match any one option's",
+        paper='JetViT (vit-pytorch, by Pranoy): a ViT of ReLU linear attention with squeeze dynamic convolution, '
+              'window and full attention layers, chosen by post-training attention search (a draw per layer)',
+        inputs=Images(),
     ),
     # new entries go above this line
 )

@@ -51,18 +51,22 @@ def remat(module: type[nn.Module], remat_policy: str | None, *, static_argnums=(
                     prevent_cse=prevent_cse)
 
 
-def layer_scan(layer: type[nn.Module], depth: int, remat_policy: str | None, *, flags: int = 0) -> type[nn.Module]:
+def layer_scan(layer: type[nn.Module], depth: int, remat_policy: str | None, *, scanned: int = 0, broadcast: int = 0,
+               flags: int = 0) -> type[nn.Module]:
     """`layer` run `depth` times by nn.scan, each run with its own parameters (stacked on a leading axis), dropout
-    masks and sown attention maps. `layer.__call__(x, *flags)` returns (x, None): the carry and nothing per layer;
-    the `flags` arguments after `x` (vit's `train`) are Python values every layer sees unchanged."""
+    masks and sown attention maps. `layer.__call__(x, *per_layer, *shared, *flags)` returns (x, None): the carry and
+    nothing per layer. After `x` come `scanned` arrays with one row per layer (vit_5's layer scales), `broadcast`
+    arrays every layer sees whole (rotary tables, masks), then `flags` Python values every layer sees unchanged
+    (vit's `train`)."""
     # inside a scan XLA cannot merge the recomputation into the forward pass anyway, so the CSE barriers that
     # prevent_cse inserts would only slow it down (flax's advice for remat under scan)
-    layer = remat(layer, remat_policy, static_argnums=tuple(range(2, 2 + flags)), prevent_cse=False)
+    first_flag = 2 + scanned + broadcast  # after self and x
+    layer = remat(layer, remat_policy, static_argnums=tuple(range(first_flag, first_flag + flags)), prevent_cse=False)
     return nn.scan(
         layer,
         variable_axes={'params': 0, ATTENTION_MAPS: 0},
         split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast,) * flags,
+        in_axes=(0,) * scanned + (nn.broadcast,) * (broadcast + flags),
         length=depth,
     )
 

@@ -70,9 +70,13 @@ class Layer(nn.Module):
     mlp_dim: int
     attention_impl: str = 'explicit'
 
+    # not fields: a variant whose layer differs only in its attention (simple_vit_with_qk_norm) subclasses Layer and
+    # Transformer with its own class here, and keeps the stack, its scan and its tree
+    attention_class = Attention
+
     @nn.compact
     def __call__(self, x):
-        x = Attention(self.dim, self.heads, self.dim_head, self.attention_impl, name='0')(x) + x
+        x = self.attention_class(self.dim, self.heads, self.dim_head, self.attention_impl, name='0')(x) + x
         x = FeedForward(self.dim, self.mlp_dim, name='1')(x) + x
         return x, None
 
@@ -87,6 +91,8 @@ class Transformer(nn.Module):
     remat_policy: str | None = None  # JAX-only
     attention_impl: str = 'explicit'  # JAX-only
 
+    layer_class = Layer  # not a field: see Layer.attention_class
+
     def __post_init__(self):
         check_remat_policy(self.remat_policy)
         check_attention_impl(self.attention_impl)
@@ -94,18 +100,24 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        return LayerNorm(name='norm')(self.run_layers(x))
+
+    def run_layers(self, x):
+        """The `depth` layers, scanned or not (simple_flash_attn_vit.Transformer is this without the final
+        LayerNorm)."""
         if self.scan_layers:
-            layers = layer_scan(Layer, self.depth, self.remat_policy)
+            layers = layer_scan(self.layer_class, self.depth, self.remat_policy)
             x, _ = layers(self.dim, self.heads, self.dim_head, self.mlp_dim, self.attention_impl,
                           name=scanned_name('layers'))(x)
         else:
-            attention, feed_forward = remat(Attention, self.remat_policy), remat(FeedForward, self.remat_policy)
+            attention = remat(self.layer_class.attention_class, self.remat_policy)
+            feed_forward = remat(FeedForward, self.remat_policy)
             for i in range(self.depth):
                 x = attention(self.dim, self.heads, self.dim_head, self.attention_impl, name=f'layers_{i}_0')(x) + x
                 x = residual_boundary(x)  # linear, not quadratic, backward work on CPU (layers.py)
                 x = feed_forward(self.dim, self.mlp_dim, name=f'layers_{i}_1')(x) + x
                 x = residual_boundary(x)
-        return LayerNorm(name='norm')(x)
+        return x
 
 
 class SimpleViT(nn.Module):

@@ -52,7 +52,9 @@ def make_steps(model, tx, schedule, config, num_classes: int, axis_name: str | N
     accum = int(config.grad_accum_steps)
     supervised = config.objective == objectives.SUPERVISED
     takes_labels = not supervised and model.takes_labels
-    streams = ('dropout',) if supervised else ('dropout', *model.rng_streams)
+    # a classifier may draw from streams of its own in training (patch dropout, CaiT's layer dropout, jet_vit's layer
+    # choice): it names them in `rng_streams` as an objective does; 'dropout' keeps the first key either way
+    streams = ('dropout', *getattr(model, 'rng_streams', ()))
 
     def run(variables, images, labels, rng, train: bool):
         """The model on a batch in compute_dtype: (output, updated non-parameter collections)."""

@@ -1,0 +1,37 @@
+"""Parity with vit_pytorch.simple_vit_with_specialized_cls: the test configurations and random-configuration sweep of
+`simple_vit_with_specialized_cls.SimpleViT`."""
+
+import numpy as np
+
+from parity.spec import Spec
+from parity.vit import random_plain_vit_keywords
+
+
+def random_configuration(rng: np.random.Generator) -> tuple[dict, tuple]:
+    """A random SimpleViT of one to four layers, the class token's own q, k, v projection in the default first third
+    of them or in a drawn number, on images of image_size."""
+    config, patch, grid = random_plain_vit_keywords(rng)
+    config['depth'] = int(rng.integers(1, 5))
+    if rng.random() < 0.5:
+        config['specialize_qkv_depth'] = int(rng.integers(0, config['depth'] + 2))
+    shape = (2, grid[0] * patch[0], grid[1] * patch[1], config['channels'])
+    return config, (rng.standard_normal(shape, dtype=np.float32),)
+
+
+SPECS = {
+    'SimpleViT': Spec(
+        configs=(
+            # the first of two layers has the class token's own q, k, v projection
+            dict(image_size=16, patch_size=8, num_classes=5, dim=16, depth=2, heads=2, mlp_dim=32, dim_head=8,
+                 specialize_qkv_depth=1),
+            dict(image_size=(24, 16), patch_size=(8, 4), num_classes=0, dim=24, depth=3, heads=3, mlp_dim=16,
+                 dim_head=4, channels=1),
+            dict(image_size=8, patch_size=4, num_classes=3, dim=8, depth=1, heads=1, mlp_dim=8, dim_head=8,
+                 channels=2, specialize_qkv_depth=0),
+        ),
+        notes='a class token with its own LayerNorms throughout and its own q, k, v projection in the first '
+              'specialize_qkv_depth layers (default depth // 3); fixed 2D sin-cos position embedding',
+        random_configuration=random_configuration,
+        sweep_draws=6,
+    ),
+}
