@@ -13,6 +13,11 @@ from tests.conftest import float64_default
 from vit_flax.attn_residual_with_dca_simple_vit import SimpleViT
 from vit_flax.layers import TorchRMSNorm
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['attn_residual_with_dca_simple_vit.SimpleViT']
 TINY = ENTRY.configs[0]
 
@@ -39,7 +44,6 @@ def test_mlp_dim_must_divide_into_ffn_heads():
         SimpleViT(**{**TINY, 'ffn_heads': 3})
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('per_head, ffn_heads', [(False, 1), (True, 4)])
 def test_vit_pytorch_example_trains_every_mixing_parameter(per_head, ffn_heads):
     """The file's example: logits of the right shape, and gradients on the last block's pseudo-queries and gate."""
@@ -57,7 +61,6 @@ def test_vit_pytorch_example_trains_every_mixing_parameter(per_head, ffn_heads):
         assert np.abs(block['ffn_res']['pseudo_queries']).max() > 0
 
 
-@pytest.mark.slow
 def test_one_head_per_head_is_the_shared_mix():
     """vit-pytorch fails on per_head=True with one head; here it computes what per_head=False does, same weights."""
     config = {**TINY, 'heads': 1, 'dim_head': 8}

@@ -12,6 +12,11 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters
 from vit_flax.local_vit import LocalViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['local_vit.LocalViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 4 x 4 patches (a 4 x 4 map), dim 16
 
@@ -43,7 +48,6 @@ def test_scanned_layers_give_the_unrolled_outputs():
     assert_close_outputs(apply(scanned, scanned_variables, x), expected, ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_dropout_draws_from_the_dropout_stream():
     model = LocalViT(**{**TINY, 'dropout': 0.5, 'emb_dropout': 0.5})
     x = images((2, 16, 16, 3))

@@ -14,6 +14,11 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images
 from vit_flax import converters
 from vit_flax.look_vit import LookViT, bilinear_matrix, interpolate_bilinear
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['look_vit.LookViT']
 TINY = ENTRY.configs[0]  # 6 x 6 high-resolution tokens, 2 x 2 main tokens
 
@@ -42,7 +47,6 @@ def test_bad_configs_and_inputs_are_refused():
         jax.eval_shape(LookViT(**TINY).init, jax.random.key(0), jnp.zeros((1, 12, 18, 3)))
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     config = ENTRY.configs[1]  # 2 layers
     model, variables, _ = converted_pair(ENTRY, config)
@@ -61,7 +65,6 @@ def test_scanned_equals_unrolled():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.slow
 def test_fused_self_attention_matches_explicit():
     model, variables, _ = converted_pair(ENTRY, TINY)
     fused = LookViT(**TINY, attention_impl='xla')

@@ -15,6 +15,11 @@ from vit_flax.looped_vit import (
     LoopedViT, adaptive_exit_targets, deep_supervision_loss, deep_supervision_weights, per_loop_losses,
 )
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['looped_vit.LoopedViT']
 CONFIG = {**ENTRY.configs[0], 'loop_depth': 3}  # 8 x 8 images in 4 x 4 patches, one block looped, the exit gate
 X = images((2, 8, 8, 3))
@@ -70,7 +75,6 @@ def test_adaptive_exit_is_traced_and_keeps_the_exit_loops_outputs(pair):
                          ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_adaptive_exit_returns_the_exit_loops_logits_alone(pair):
     model, variables, torch_model = pair
     benefits = torch_run(torch_model, return_exit_benefits=True)[1]
@@ -108,7 +112,6 @@ def test_scanned_and_fused_give_the_same_outputs(pair):
     assert_close_outputs(apply(scanned, scanned_variables, X), torch_run(torch_model), ENTRY.tolerance)
 
 
-@pytest.mark.slow  # traces the 17-layer example, unrolled: about 10 s
 def test_vit_pytorch_example_shapes():
     model = LoopedViT(image_size=256, patch_size=16, num_classes=1000, dim=512, heads=8, dim_head=64, mlp_dim=2048,
                       pre_loop_depth=6, num_looped_blocks=5, post_loop_depth=6, loop_depth=4,

@@ -11,6 +11,11 @@ from tests.conftest import images
 from vit_flax.max_vit import relative_position_indices
 from vit_flax.max_vit_with_registers import Attention, MaxViT, register_position_indices
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['max_vit_with_registers.MaxViT']
 TINY = ENTRY.configs[0]
 SIZE = ENTRY.inputs.preferred_size
@@ -44,7 +49,6 @@ def test_registers_share_the_last_row_of_the_position_bias():
     np.testing.assert_array_equal(indices, torch_indices.numpy())
 
 
-@pytest.mark.slow
 def test_dropout_only_in_training_and_reproducible():
     model = MaxViT(**{**TINY, 'dropout': 0.1})
     x = images((2, *SIZE, 3))

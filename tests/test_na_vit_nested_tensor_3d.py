@@ -15,6 +15,11 @@ from tests.conftest import (apply, assert_close_outputs, converted_pair, float64
 from vit_flax import converters, na_vit
 from vit_flax.na_vit_nested_tensor_3d import NaViT, patch_positions, to_patches
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['na_vit_nested_tensor_3d.NaViT']
 TINY = ENTRY.configs[0]  # image_size (8, 12), max_frames 4, patches 2 x 4 x 4, 2 registers
 
@@ -51,7 +56,6 @@ def test_patches_and_positions_follow_torch():
     assert positions.shape == (12, 3) and tuple(positions[7]) == (1, 0, 1)
 
 
-@pytest.mark.slow
 def test_token_dropout_matches_torch_given_the_same_draws():
     config = {**TINY, 'token_dropout_prob': 0.3}
     model, variables, torch_model = converted_pair(ENTRY, config)
@@ -81,7 +85,6 @@ def test_kept_token_count_is_torchs():
     assert NaViT(**TINY).kept_tokens(12) is None
 
 
-@pytest.mark.slow
 def test_training_without_token_dropout_keeps_every_token():
     """token_dropout_prob=None (the default): vit-pytorch raises a TypeError in training; here training with no
     dropout rates computes the eval-mode function."""
@@ -95,7 +98,6 @@ def test_training_without_token_dropout_keeps_every_token():
         torch_model(*torch_inputs(ENTRY, (inputs,), dtype=torch.float32))
 
 
-@pytest.mark.slow
 def test_vit_pytorch_as_released_leaves_the_embeddings_and_registers_untrained():
     """The documented fix: torch.nested.nested_tensor copies without autograd history."""
     torch_model = randomised_torch_model(ENTRY, TINY)
@@ -105,7 +107,6 @@ def test_vit_pytorch_as_released_leaves_the_embeddings_and_registers_untrained()
     assert 'mlp_head.1.weight' not in untrained
 
 
-@pytest.mark.slow
 def test_fused_attention_matches_vit_pytorch():
     torch_model = randomised_torch_model(ENTRY, TINY)
     fused = NaViT(**TINY, attention_impl='xla')

@@ -13,11 +13,15 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images
 from vit_flax import converters
 from vit_flax.normalized_vit import nViT, norm_weights
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['normalized_vit.nViT']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, 1 layer, 2 heads of 8
 
 
-@pytest.mark.slow
 def test_norm_weights_is_vit_pytorchs_and_changes_no_output():
     """The raw kernels are stored as torch's parametrize stores them (`...parametrizations.weight.original`), not
     normalised; norm_weights writes the normalised ones in as torch's norm_weights_ does, and the model's outputs
@@ -44,7 +48,6 @@ def test_bad_configs_and_inputs_are_refused():
         jax.eval_shape(nViT(**TINY).init, jax.random.key(0), jnp.zeros((1, 16, 32, 3)))
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     config = ENTRY.configs[2]  # 2 layers
     model, variables, _ = converted_pair(ENTRY, config)
@@ -69,7 +72,6 @@ def test_scanned_equals_unrolled():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.slow
 def test_fused_attention_matches_explicit():
     model, variables, _ = converted_pair(ENTRY, TINY)
     fused = nViT(**TINY, attention_impl='xla')

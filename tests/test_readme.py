@@ -110,11 +110,11 @@ def assert_mae_is_vit_pytorchs(mae, variables, images, loss, grads):
 
 
 def test_top_level_names_are_vit_pytorchs():
-    """`from vit_flax import MAE` as `from vit_pytorch import MAE` (LoopedViT, newer than our scope, excepted)."""
+    """`from vit_flax import MAE` as `from vit_pytorch import MAE`, LoopedViT included."""
     import vit_flax
 
     vit_pytorch = converters.import_vit_pytorch('vit_pytorch')
-    torch_names = {name for name in dir(vit_pytorch) if name[0].isupper()} - {'LoopedViT'}
+    torch_names = {name for name in dir(vit_pytorch) if name[0].isupper()}
     assert torch_names == set(vit_flax.__all__)
     for name in torch_names:
         assert getattr(vit_flax, name).__name__ == getattr(vit_pytorch, name).__name__

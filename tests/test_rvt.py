@@ -13,6 +13,11 @@ from vit_flax import converters
 from vit_flax.layers import torch_linspace
 from vit_flax.rvt import AxialRotaryEmbedding, RvT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['rvt.RvT']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, 2 heads of 8, depth-wise conv queries, GEGLU
 
@@ -45,7 +50,6 @@ def test_what_vit_pytorch_cannot_run_is_refused():
     assert variables['buffers']['transformer']['pos_emb']['scales'].shape == (2,)
 
 
-@pytest.mark.slow
 def test_emb_dropout_is_unused():
     model = RvT(**TINY, emb_dropout=0.5)
     x = images((2, 16, 16, 3))
@@ -54,7 +58,6 @@ def test_emb_dropout_is_unused():
     np.testing.assert_array_equal(trained, apply(model, variables, x))
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     config = ENTRY.configs[1]
     model, variables, _ = converted_pair(ENTRY, config)
@@ -72,7 +75,6 @@ def test_scanned_equals_unrolled():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.slow
 def test_fused_attention_matches_explicit():
     model, variables, _ = converted_pair(ENTRY, TINY)
     fused = RvT(**TINY, attention_impl='xla')

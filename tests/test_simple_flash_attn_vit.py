@@ -12,6 +12,11 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters
 from vit_flax.simple_flash_attn_vit import SimpleViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_flash_attn_vit.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 4 x 4 patches, dim 32, 4 heads of 8, use_flash=True
 
@@ -34,7 +39,6 @@ def test_fused_path_matches_scaled_dot_product_attention(attention_impl):
     assert_close_outputs(apply(fused, variables, x), run_torch(ENTRY, torch_model, (x,)), ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     model, variables, _ = converted_pair(ENTRY, ENTRY.configs[1])
     scanned = SimpleViT(**ENTRY.configs[1], scan_layers=True, attention_impl='xla')

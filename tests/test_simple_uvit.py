@@ -9,6 +9,11 @@ import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
 from vit_flax.simple_uvit import SimpleUViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_uvit.SimpleUViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, depth 3, dim 16, 2 registers
 
@@ -24,7 +29,6 @@ def test_the_latter_half_projects_the_skips(depth, with_skip):
         assert transformer[f'layers_{i}_0']['kernel'].shape == (32, 16)
 
 
-@pytest.mark.slow
 def test_odd_depth_matches_vit_pytorch():
     config = {**TINY, 'depth': 7}
     model, variables, torch_model = converted_pair(ENTRY, config)

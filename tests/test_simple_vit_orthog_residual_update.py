@@ -11,6 +11,11 @@ from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
 from vit_flax.simple_vit_orthog_residual_update import SimpleViT, orthogonal_projection
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_vit_orthog_residual_update.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer, learned modulation
 
@@ -42,7 +47,6 @@ def test_unknown_update_keywords_are_refused(kwargs, message):
         SimpleViT(**{**TINY, 'orthog_residual_update_kwargs': kwargs})
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('learned', [True, False])
 def test_scanned_stack_matches_vit_pytorch(learned):
     config = {**TINY, 'depth': 2, 'orthog_residual_update_kwargs': dict(learned=learned)}
@@ -55,7 +59,6 @@ def test_scanned_stack_matches_vit_pytorch(learned):
     assert_close_outputs(apply(model, variables, x), expected, ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_vit_pytorch_example_shapes():
     """The file's quick test, at a smaller size."""
     model = SimpleViT(image_size=64, patch_size=16, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128,

@@ -11,6 +11,11 @@ from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
 from vit_flax.simple_vit_with_hyper_connections import HyperConnection, SimpleViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_vit_with_hyper_connections.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer over two streams, two registers
 
@@ -29,7 +34,6 @@ def test_initial_connections_are_vit_pytorchs():
     np.testing.assert_array_equal(np.asarray(params['static_alpha'])[:, 0], [0, 1, 0])
 
 
-@pytest.mark.slow
 def test_scanned_stack_is_the_unrolled_one():
     """scan_layers=True: the same torch state dict, the same initial values (the layer index rides in the carry),
     the same outputs as vit-pytorch's."""
@@ -47,7 +51,6 @@ def test_scanned_stack_is_the_unrolled_one():
         np.testing.assert_array_equal(fresh[key].numpy(), unrolled[key].numpy(), err_msg=key)
 
 
-@pytest.mark.slow
 def test_vit_pytorch_example_shapes():
     """The file's `__main__` example, at a smaller size: logits per image."""
     model = SimpleViT(num_classes=1000, image_size=64, patch_size=8, dim=64, depth=2, heads=8, mlp_dim=128,

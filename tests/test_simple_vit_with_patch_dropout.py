@@ -13,6 +13,11 @@ from tests.test_vit_with_patch_dropout import assert_training_matches_torch
 from vit_flax import converters
 from vit_flax.simple_vit_with_patch_dropout import SimpleViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_vit_with_patch_dropout.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images, 4 x 4 patches: 16 patches, 8 kept at the default rate 0.5
 
@@ -24,7 +29,6 @@ def test_training_drops_the_patches_torch_drops():
                            apply(model, variables, x))  # the comparison saw dropped patches
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('index, overrides, shape', [(0, {}, (3, 8, 20, 3)), (1, {}, (2, 24, 16, 1)),
                                                      (0, dict(patch_dropout=0.9), (2, 16, 16, 3))])
 def test_training_gradients_match_torch(index, overrides, shape):
@@ -40,7 +44,6 @@ def test_any_divisible_input_gets_its_own_embedding(shape):
     assert_close_outputs(apply(model, variables, x), torch_forward(torch_model, x), ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_scanned_training_drops_the_same_patches():
     model, variables, _ = converted_pair(ENTRY, TINY)
     scanned = SimpleViT(**TINY, scan_layers=True)

@@ -13,6 +13,11 @@ from tests.conftest import (assert_close_gradients, assert_close_outputs, conver
                             nchw)
 from vit_flax.simple_vit_with_sparse_gating import SimpleViTWithSparseGating
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['simple_vit_with_sparse_gating.SimpleViTWithSparseGating']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer, two registers
 
@@ -42,13 +47,11 @@ def assert_loss_matches_vit_pytorch(config, scan_layers=False):
         {key: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for key, p in exact.named_parameters()})
 
 
-@pytest.mark.slow
 def test_thresholded_loss_and_gradients_match_vit_pytorch():
     # a threshold under the gates' mean (about 0.5 here), so the loss and its gradients are not zero
     assert_loss_matches_vit_pytorch({**TINY, 'sparsity_threshold': 0.2})
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('index, scan_layers', [(1, False), (1, True), (2, False)])
 def test_loss_of_other_configurations_matches_vit_pytorch(index, scan_layers):
     assert_loss_matches_vit_pytorch(ENTRY.configs[index], scan_layers)
@@ -80,7 +83,6 @@ def test_thresholded_loss_matches_vit_pytorch():
     assert_close_outputs(jax.jit(lambda v: model.apply(v, x, return_loss=True))(variables), expected, ENTRY.tolerance)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('scan_layers', [False, True])
 def test_fused_attention_takes_the_log_gates(scan_layers):
     """attention_impl='xla': jax.nn.dot_product_attention with the log-gates as its bias, loss included."""

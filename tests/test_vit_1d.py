@@ -12,6 +12,11 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters, registry
 from vit_flax.vit_1d import ViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_1d.ViT']
 TINY = ENTRY.configs[0]  # seq_len 32 in patches of 4, 3 channels
 
@@ -31,7 +36,6 @@ def test_a_shorter_series_slices_the_position_embedding(length):
     assert_close_outputs(apply(model, variables, x), run_torch(ENTRY, torch_model, (x,)), ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_vit_pytorchs_example():
     """vit_1d.py's `__main__`: 4 series of 3 channels and 256 steps, (4, 1000) logits."""
     model = ViT(seq_len=256, patch_size=16, num_classes=1000, dim=1024, depth=6, heads=8, mlp_dim=2048, dropout=0.1,
@@ -45,7 +49,6 @@ def test_vit_pytorchs_example():
         == set(torch_state)
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled_in_training():
     config = ENTRY.configs[1]  # dropout 0.1
     model, variables, _ = converted_pair(ENTRY, config)

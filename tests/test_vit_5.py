@@ -15,6 +15,11 @@ from vit_flax import converters
 from vit_flax.layers import PARAMETER_LIST_LEAF, ParameterListEntry
 from vit_flax.vit_5 import LAYER_SCALE_INIT, AxialRotaryEmbedding, ViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_5.ViT']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, 2 registers, 2 heads of 8
 
@@ -31,7 +36,6 @@ def test_rotary_buffers_and_layer_scales_are_torchs():
     np.testing.assert_array_equal(scale['params'][PARAMETER_LIST_LEAF], torch_model.transformer.ls1[0].detach()[:4])
 
 
-@pytest.mark.slow
 def test_fused_attention_matches_explicit():
     model, variables, _ = converted_pair(ENTRY, TINY)
     fused = ViT(**TINY, attention_impl='xla')
@@ -39,7 +43,6 @@ def test_fused_attention_matches_explicit():
     assert_close_outputs(apply(fused, variables, x), np.asarray(apply(model, variables, x)), 1e-5)
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     config = ENTRY.configs[1]
     model, variables, _ = converted_pair(ENTRY, config)
@@ -58,7 +61,6 @@ def test_scanned_equals_unrolled():
         np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.slow
 def test_dropout_draws_from_the_dropout_stream():
     model = ViT(**TINY, dropout=0.5, emb_dropout=0.5)
     x = images((2, 16, 16, 3))

@@ -13,6 +13,11 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, float64_
 from vit_flax import converters
 from vit_flax.vit_detpool import ViTDetPool
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_detpool.ViTDetPool']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, class token, 10 classes
 
@@ -25,7 +30,6 @@ def test_without_a_mask_it_pools_every_patch_as_vit_pytorch():
     assert_close_outputs(apply(model, variables, x), expected, ENTRY.tolerance)
 
 
-@pytest.mark.slow
 def test_mask_generator_and_empty_masks():
     """A generator's mask is used when none is given (cut from the gradient); an image with no object pools zeros,
     so its logits are the head's bias, as in vit-pytorch."""
@@ -54,7 +58,6 @@ def test_masks_vit_pytorch_cannot_take_are_refused():
         jax.eval_shape(model.init, jax.random.key(0), x, mask)
 
 
-@pytest.mark.slow
 def test_scanned_equals_unrolled():
     config = ENTRY.configs[1]  # 2 layers, no class token
     model, variables, _ = converted_pair(ENTRY, config)

@@ -18,6 +18,11 @@ from vit_flax import converters
 from vit_flax.vit_nd_pope import GoldenGatePoPENd, ViTND, torch_clamp
 from vit_flax.vit_nd_rotary import golden_gate_freqs, grid_positions
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_nd_pope.ViTND']
 TINY = ENTRY.configs[0]  # (4, 8, 8) inputs in (2, 4, 4) patches, a 2 x 2 x 2 grid, causal along dimension 0
 X = images((2, 4, 8, 8, 3))
@@ -54,7 +59,6 @@ def test_the_clamp_passes_gradients_on_its_closed_interval_like_torch():
     np.testing.assert_array_equal(np.asarray(ours), t.grad.numpy())
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:flex_attention called without torch.compile')
 def test_vit_pytorchs_flex_attention_forward_agrees():
     """Unpatched, vit-pytorch runs flex_attention on this CPU (forward only: it has no CPU backward)."""

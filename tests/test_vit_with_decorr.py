@@ -15,6 +15,11 @@ from tests.conftest import (assert_close_gradients, assert_close_outputs, conver
                             nchw)
 from vit_flax.vit_with_decorr import ViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_with_decorr.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer, two 4-dimensional subspaces
 
@@ -46,12 +51,10 @@ def assert_loss_matches_vit_pytorch(config, shape, train=False):
         {key: np.zeros(p.shape) if p.grad is None else p.grad.numpy() for key, p in exact.named_parameters()})
 
 
-@pytest.mark.slow
 def test_subspace_loss_and_gradients_match_vit_pytorch():
     assert_loss_matches_vit_pytorch(TINY, (2, 16, 16, 3))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('index, shape', [(1, (2, 24, 16, 1)), (1, (2, 16, 16, 1)), (2, (3, 8, 8, 2))])
 def test_loss_of_each_configuration_matches_vit_pytorch(index, shape):
     """Sampled half of the tokens (mean-centred; a smaller input too), and a model without the loss (0)."""
@@ -63,7 +66,6 @@ def test_loss_of_each_configuration_matches_vit_pytorch(index, shape):
     assert_loss_matches_vit_pytorch(ENTRY.configs[index], shape)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('options', [dict(decorr_layer_outputs_across_depth=True, depth=2),
                                      dict(decorr_use_subspace=False, decorr_sample_frac=0.75, pool='mean')])
 def test_training_mode_computes_the_loss_by_default(options):
@@ -100,7 +102,6 @@ def test_too_few_sampled_tokens_are_refused():
                        variables)
 
 
-@pytest.mark.slow
 def test_scanned_stack_gives_the_same_loss():
     """scan_layers=True stacks the normed inputs and block outputs in vit-pytorch's order: the same logits and loss."""
     config = {**TINY, 'depth': 3, 'decorr_sample_frac': 0.75}

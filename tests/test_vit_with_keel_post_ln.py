@@ -10,6 +10,11 @@ import parity
 from tests.conftest import apply, converted_pair, images
 from vit_flax.vit_with_keel_post_ln import ViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_with_keel_post_ln.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, depth 2, dim 16
 
@@ -24,7 +29,6 @@ def test_the_stack_is_flat_with_a_bias_free_post_norm_after_all_but_the_first_su
     assert set(transformer['layers_0']['norm']) == {'scale'} and set(transformer['layers_1']['net_0']) == {'scale'}
 
 
-@pytest.mark.slow
 def test_the_default_residual_scale_is_the_number_of_sublayers():
     model, variables, _ = converted_pair(ENTRY, TINY)
     x = images((2, 16, 16, 3))
@@ -32,7 +36,6 @@ def test_the_default_residual_scale_is_the_number_of_sublayers():
     np.testing.assert_array_equal(default, apply(ViT(**TINY, keel_residual_scale=4), variables, x))
 
 
-@pytest.mark.slow
 def test_dropout_draws_from_the_dropout_stream():
     model = ViT(**{**TINY, 'dropout': 0.5, 'emb_dropout': 0.5})
     x = images((2, 16, 16, 3))

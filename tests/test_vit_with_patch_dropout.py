@@ -16,6 +16,11 @@ from tests.conftest import (apply, assert_close_gradients, assert_close_outputs,
 from vit_flax import converters, layers
 from vit_flax.vit_with_patch_dropout import ViT
 
+# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
+# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
+pytestmark = pytest.mark.slow
+
+
 ENTRY = parity.BY_NAME['vit_with_patch_dropout.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images, 4 x 4 patches: 16 patches, 12 kept at the default rate 0.25
 
@@ -50,7 +55,6 @@ def test_training_drops_the_patches_torch_drops():
                            apply(model, variables, x, train=True, rngs={'patch_dropout': jax.random.key(1)}))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('index, overrides', [(0, {}), (1, dict(dropout=0.0, emb_dropout=0.0)),
                                               (0, dict(patch_dropout=0.9, pool='mean'))])
 def test_training_gradients_match_torch(index, overrides):
@@ -93,7 +97,6 @@ def test_eval_needs_no_patch_dropout_stream_and_training_names_it():
     run(ViT(**{**TINY, 'patch_dropout': 0.0}), train=True)  # a rate of 0 draws nothing
 
 
-@pytest.mark.slow
 def test_scanned_training_drops_the_same_patches():
     model, variables, _ = converted_pair(ENTRY, TINY)
     scanned = ViT(**TINY, scan_layers=True)
@@ -128,7 +131,6 @@ def test_inputs_must_give_the_configured_patch_count(shape, message):
         jax.eval_shape(init)
 
 
-@pytest.mark.slow
 def test_the_trainer_gives_patch_dropout_its_stream(tmp_path):
     """The trainer passes a classifier's own `rng_streams` (here 'patch_dropout') besides 'dropout': the patches a
     step keeps change the loss, where the same run without patch dropout logs other losses."""

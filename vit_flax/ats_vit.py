@@ -55,7 +55,7 @@ from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, exists, pair,
     randn,
 )
-from vit_flax.vit import FeedForward, check_image_config, patchify
+from vit_flax.vit import FeedForward, check_image_config, embed_patches
 
 TOKEN_SAMPLING = 'token_sampling'  # the rng stream of the Gumbel noise
 
@@ -290,10 +290,7 @@ class ViT(nn.Module):
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         b = x.shape[0]
 
         noise = self.token_sampling_noise(img)

@@ -28,7 +28,7 @@ from einops import rearrange, repeat
 from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, randn,
 )
-from vit_flax.vit import FeedForward, patchify
+from vit_flax.vit import FeedForward, embed_patches
 
 
 class Attention(nn.Module):
@@ -117,10 +117,7 @@ class DeepViT(nn.Module):
         check_floating_input(self, 'img', img)
         num_patches = (self.image_size // self.patch_size) ** 2
 
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         b = x.shape[0]
 
         pos_embedding = self.param('pos_embedding', randn, (1, num_patches + 1, self.dim))

@@ -37,7 +37,7 @@ from vit_flax.layers import (
     check_keywords, check_sincos_dim,
 )
 from vit_flax.simple_vit import Attention
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class JumboViT(nn.Module):
@@ -71,10 +71,7 @@ class JumboViT(nn.Module):
         k = self.jumbo_cls_k
         jumbo_cls_dim = self.dim * k
 
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         jumbo_cls_token = self.param('jumbo_cls_token', nn.initializers.zeros, (self.num_jumbo_cls, jumbo_cls_dim))

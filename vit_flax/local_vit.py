@@ -42,7 +42,7 @@ from vit_flax.layers import (
     check_square_image_config, multi_head_attention, randn, residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
-from vit_flax.vit import patchify
+from vit_flax.vit import embed_patches
 
 
 class Residual(nn.Module):
@@ -192,10 +192,7 @@ class LocalViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         patch_side(x.shape[1])
 
         num_patches = (self.image_size // self.patch_size) ** 2

@@ -35,7 +35,7 @@ from vit_flax.layers import (
     posemb_sincos_2d,
 )
 from vit_flax.scan import check_remat_policy
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class Transformer(simple_vit.Transformer):
@@ -80,10 +80,7 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         patch_height, patch_width = pair(self.patch_size)
         pe = posemb_sincos_2d(img.shape[1] // patch_height, img.shape[2] // patch_width, self.dim)
         x = x + jnp.asarray(pe, dtype=x.dtype)

@@ -29,7 +29,7 @@ from vit_flax.layers import (
     check_floating_input, check_keywords, check_sincos_dim, drop_register_tokens, residual_boundary,
 )
 from vit_flax.simple_vit import Attention
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class Transformer(nn.Module):
@@ -79,10 +79,7 @@ class SimpleUViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         x = append_register_tokens(self, x, self.num_register_tokens)

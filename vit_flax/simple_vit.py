@@ -25,11 +25,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_flax.layers import (
-    LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim, gelu,
-    multi_head_attention, pair, posemb_sincos_2d, residual_boundary,
+    LayerNorm, Linear, add_posemb_sincos_2d, check_attention_impl, check_floating_input, check_keywords,
+    check_sincos_dim, gelu, multi_head_attention, residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class FeedForward(nn.Module):
@@ -134,6 +134,8 @@ class SimpleViT(nn.Module):
     remat_policy: str | None = None  # JAX-only
     attention_impl: str = 'explicit'  # JAX-only
 
+    transformer_class = Transformer  # not a field: see Layer.attention_class
+
     def __post_init__(self):
         check_keywords(self)
         check_image_config(self.image_size, self.patch_size)
@@ -145,21 +147,11 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
+        x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
-        (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
-        pos_embedding = posemb_sincos_2d(image_height // patch_height, image_width // patch_width, self.dim)
-        if x.shape[1] != pos_embedding.shape[0]:
-            raise ValueError(
-                f'input of size {img.shape[1:3]} gives {x.shape[1]} patches, but the position embedding of '
-                f'image_size={self.image_size} has {pos_embedding.shape[0]}'
-            )
-        x = x + jnp.asarray(pos_embedding, dtype=x.dtype)
-
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, scan_layers=self.scan_layers,
-                        remat_policy=self.remat_policy, attention_impl=self.attention_impl, name='transformer')(x)
+        x = self.transformer_class(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim,
+                                   scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                                   attention_impl=self.attention_impl, name='transformer')(x)
         x = x.mean(axis=1)
         return Linear(self.num_classes, name='linear_head')(x)

@@ -32,7 +32,7 @@ from vit_flax.layers import (
     check_sincos_dim, exists, randn,
 )
 from vit_flax.simple_vit import FeedForward
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class Attention(nn.Module):
@@ -131,10 +131,7 @@ class SimpleViTAttnResidual(nn.Module):
     def __call__(self, img, history=None, return_history: bool = False, train: bool = False):
         # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         transformer = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim,

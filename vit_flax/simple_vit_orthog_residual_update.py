@@ -46,7 +46,7 @@ from vit_flax.layers import (
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.simple_vit import Attention, FeedForward
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 # vit-pytorch's OrthogonalResidualUpdate keywords a user may set through `orthog_residual_update_kwargs`
 ORTHOG_RESIDUAL_UPDATE_KEYWORDS = {'double_precision': True, 'learned': False}
@@ -184,10 +184,7 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         update = check_orthog_residual_update_kwargs(self.orthog_residual_update_kwargs)

@@ -33,7 +33,7 @@ from vit_flax.layers import (
 )
 from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 def check_freq_patch_config(image_size, freq_patch_size):
@@ -81,10 +81,7 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
 
         # patchify has checked the layout and channels; the frequency patches must divide the image too
         (height, width), (freq_height, freq_width) = img.shape[1:3], pair(self.freq_patch_size)

@@ -25,12 +25,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vit_flax.layers import (
-    PATCH_DROPOUT, LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim,
+    PATCH_DROPOUT, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim,
     pair, patch_dropout, patch_dropout_noise, posemb_sincos_2d,
 )
 from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class SimpleViT(nn.Module):
@@ -73,10 +73,7 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = x + jnp.asarray(posemb_sincos_2d(*self._grid(img), self.dim), dtype=x.dtype)
 
         x = patch_dropout(self, x, self.patch_dropout, train)

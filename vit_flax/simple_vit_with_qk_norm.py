@@ -35,12 +35,7 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from vit_flax import simple_vit
-from vit_flax.layers import (
-    LayerNorm, Linear, RMSNorm, add_posemb_sincos_2d, check_attention_impl, check_floating_input, check_keywords,
-    check_sincos_dim, multi_head_attention,
-)
-from vit_flax.scan import check_remat_policy
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.layers import LayerNorm, Linear, RMSNorm, multi_head_attention
 
 
 class Attention(nn.Module):
@@ -74,38 +69,8 @@ class Transformer(simple_vit.Transformer):
     layer_class = Layer
 
 
-class SimpleViT(nn.Module):
-    image_size: int | tuple[int, int]
-    patch_size: int | tuple[int, int]
-    num_classes: int
-    dim: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    channels: int = 3
-    dim_head: int = 64
-    scan_layers: bool = False  # JAX-only, see the module docstring
-    remat_policy: str | None = None  # JAX-only
-    attention_impl: str = 'explicit'  # JAX-only
+class SimpleViT(simple_vit.SimpleViT):
+    """simple_vit.SimpleViT (keywords, checks, patch embedding, head) over the q/k-normalised Transformer; the head
+    is its `Linear(dim, num_classes)`, the fix described in the module docstring."""
 
-    def __post_init__(self):
-        check_keywords(self)
-        check_image_config(self.image_size, self.patch_size)
-        check_sincos_dim(self.dim)
-        check_remat_policy(self.remat_policy)
-        check_attention_impl(self.attention_impl)
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
-        check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
-        x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
-
-        x = Transformer(self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, scan_layers=self.scan_layers,
-                        remat_policy=self.remat_policy, attention_impl=self.attention_impl, name='transformer')(x)
-        x = x.mean(axis=1)
-        return Linear(self.num_classes, name='linear_head')(x)  # fixed: vit-pytorch's is a bare LayerNorm(dim)
+    transformer_class = Transformer

@@ -24,12 +24,12 @@ from __future__ import annotations
 import flax.linen as nn
 
 from vit_flax.layers import (
-    LayerNorm, Linear, add_posemb_sincos_2d, append_register_tokens, check_attention_impl, check_floating_input,
+    Linear, add_posemb_sincos_2d, append_register_tokens, check_attention_impl, check_floating_input,
     check_keywords, check_sincos_dim, drop_register_tokens,
 )
 from vit_flax.scan import check_remat_policy
 from vit_flax.simple_vit import Transformer
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class SimpleViT(nn.Module):
@@ -59,10 +59,7 @@ class SimpleViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):  # `train` accepted for a uniform interface; nothing is random
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         x = append_register_tokens(self, x, self.num_register_tokens)

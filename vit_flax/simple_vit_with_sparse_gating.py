@@ -40,7 +40,7 @@ from vit_flax.layers import (
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.simple_vit import FeedForward
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 SPARSITY_LOSS_TYPES = ('l1', 'thresholded_l1')
 
@@ -180,10 +180,7 @@ class SimpleViTWithSparseGating(nn.Module):
         check_floating_input(self, 'img', img)
         if return_loss and self.depth == 0:
             raise ValueError('return_loss=True needs gates to average, but depth=0 has no attention layers')
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
         x = add_posemb_sincos_2d(x, img.shape[1:3], self.image_size, self.patch_size, self.dim)
 
         # registers prepended (vit-pytorch packs [registers, patches])

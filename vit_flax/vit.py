@@ -155,6 +155,16 @@ def patchify(img, patch_size, channels):
     return rearrange(img, 'b (h p1) (w p2) c -> b (h w) (p1 p2 c)', p1=patch_height, p2=patch_width)
 
 
+def embed_patches(img, patch_size, channels, dim: int):
+    """vit-pytorch's `to_patch_embedding` of ViT, SimpleViT and their variants, `Sequential(Rearrange, LayerNorm,
+    Linear, LayerNorm)`: the patches, normalised, projected to `dim` and normalised, as submodules
+    `to_patch_embedding_{1,2,3}` of the module calling it."""
+    x = patchify(img, patch_size, channels)
+    x = LayerNorm(name='to_patch_embedding_1')(x)
+    x = Linear(dim, name='to_patch_embedding_2')(x)
+    return LayerNorm(name='to_patch_embedding_3')(x)
+
+
 class ViT(nn.Module):
     image_size: int | tuple[int, int]
     patch_size: int | tuple[int, int]
@@ -184,10 +194,7 @@ class ViT(nn.Module):
     # the pieces of the forward pass, shared with distill.DistillableViT
 
     def _to_patch_embedding(self, img, train: bool):
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        return LayerNorm(name='to_patch_embedding_3')(x)
+        return embed_patches(img, self.patch_size, self.channels, self.dim)
 
     def _cls_and_pos_embedding(self):
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)

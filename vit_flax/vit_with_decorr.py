@@ -49,7 +49,7 @@ from vit_flax.layers import (
     multi_head_attention, pair, randn, residual_boundary,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 DECORR = 'decorr'  # the rng stream of the loss's token sampling
 
@@ -285,10 +285,7 @@ class ViT(nn.Module):
         return_decorr_aux_loss = (train if return_decorr_aux_loss is None else return_decorr_aux_loss) \
             and self.has_decorr_loss
 
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
 
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)

@@ -31,7 +31,7 @@ from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, check_attention_impl, check_floating_input, check_keywords, default,
     gelu, multi_head_attention, pair, randn, residual_boundary,
 )
-from vit_flax.vit import check_image_config, patchify
+from vit_flax.vit import check_image_config, embed_patches
 
 
 class FeedForward(nn.Module):
@@ -126,10 +126,7 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, img, train: bool = False):
         check_floating_input(self, 'img', img)
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
 
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)

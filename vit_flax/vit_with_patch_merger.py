@@ -34,7 +34,7 @@ from vit_flax.layers import (
     LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords, default, pair,
     randn,
 )
-from vit_flax.vit import Attention, FeedForward, check_image_config, patchify
+from vit_flax.vit import Attention, FeedForward, check_image_config, embed_patches
 
 # patch merger class
 
@@ -116,10 +116,7 @@ class ViT(nn.Module):
         (image_height, image_width), (patch_height, patch_width) = pair(self.image_size), pair(self.patch_size)
         num_patches = (image_height // patch_height) * (image_width // patch_width)
 
-        x = patchify(img, self.patch_size, self.channels)
-        x = LayerNorm(name='to_patch_embedding_1')(x)
-        x = Linear(self.dim, name='to_patch_embedding_2')(x)
-        x = LayerNorm(name='to_patch_embedding_3')(x)
+        x = embed_patches(img, self.patch_size, self.channels, self.dim)
 
         pos_embedding = self.param('pos_embedding', randn, (1, num_patches + 1, self.dim))
         x = add_position_embedding(x, pos_embedding, img.shape[1:3], self.image_size)
