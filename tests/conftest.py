@@ -80,6 +80,27 @@ def apply(model, variables, *inputs, train=False, rngs=None, mutable=False):
     return run(variables, rngs, *inputs)
 
 
+def outputs_and_gradients(model, variables, inputs, rngs, weights):
+    """(model.apply's outputs in eval mode, d(sum(output * w)) / d(params)) from one program under jit, which the
+    parity tests of a configuration share: compiling is most of their time, and a plain apply would be another
+    program. `weights` holds w, one array per output, in the order of the outputs' leaves."""
+    def run(variables, rngs, inputs, weights):
+        others = {name: collection for name, collection in variables.items() if name != 'params'}
+        out, pullback = jax.vjp(lambda params: model.apply({**others, 'params': params}, *inputs, train=False, rngs=rngs),
+                                variables['params'])
+        return out, pullback(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out), weights))[0]
+
+    compiled = _cached((*_model_key(model), 'outputs_and_gradients'), lambda: jax.jit(run))
+    return compiled(variables, rngs, tuple(inputs), [jnp.asarray(w) for w in weights])
+
+
+def output_weights(outputs):
+    """The weights w of the scalar sum(output * w) whose gradients the parity tests compare: standard normal, one
+    array per output leaf (numpy arrays, JAX arrays or tensors)."""
+    return [np.random.default_rng(7 + i).standard_normal(leaf.shape, dtype=np.float32)
+            for i, leaf in enumerate(numpy_tree(outputs))]
+
+
 def new_torch_model(entry, config):
     """A freshly initialised vit-pytorch model for a registry config, in eval mode (built under the input spec's
     `torch_construction()` context where it has one: vit-pytorch's Dino runs torchvision transforms in __init__)."""
