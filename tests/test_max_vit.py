@@ -134,7 +134,10 @@ def test_dropsample_matches_torch_given_the_same_draw(mbconv_residual):
     """torch's Dropsample with its draw replaced by Flax's per-sample draw (kept samples -> 1, dropped -> 0):
     same outputs. (torch's own draw is 4 values over the width axis, see the next test.)"""
     module, variables, torch_module, x, run = mbconv_residual
-    out, state = run(variables, x, jax.random.key(7))
+    # op by op: under jit XLA may compute fn_8's output again inside the fusion that drops samples, rounded
+    # otherwise than the copy it records, and this compares the two
+    with jax.disable_jit():
+        out, state = run(variables, x, jax.random.key(7))
     intermediates = state['intermediates']
     net_out = np.asarray(intermediates['fn_8']['__call__'][0])
     dropped = np.asarray(intermediates['dropsample']['__call__'][0])

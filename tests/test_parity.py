@@ -23,7 +23,7 @@ from flax import traverse_util
 
 import parity
 from vit_flax import converters
-from tests.conftest import (assert_close_gradients, assert_close_outputs, float64_reference, init_variables,
+from tests.conftest import (USERS_XLA_FLAGS, assert_close_gradients, assert_close_outputs, float64_reference, init_variables,
                             new_torch_model, output_weights, outputs_and_gradients, randomised_flax_variables,
                             randomised_torch_model, run_torch, same_draws, torch_context, torch_inputs)
 
@@ -155,20 +155,23 @@ OPTIMISED_PARITY = ('vit.ViT', 'levit.LeViT', 'mae.MAE')
 
 
 def test_parity_holds_with_xla_optimisations():
-    """The suite compiles with `jax_disable_most_optimizations` (tests/conftest.py: compiling dominates its time),
-    which changes how XLA's CPU backend generates code (LLVM passes, vectorised reductions), so float32 round-off
-    too; users compile with the optimisations. A fresh process with them on reruns torch -> Flax outputs and
-    gradients for a few architectures against vit-pytorch's float64 reference, at the same tolerances."""
+    """The suite compiles with `jax_disable_most_optimizations` and without XLA's CPU fusion emitters
+    (tests/conftest.py: compiling dominates its time), which changes how XLA's CPU backend generates code (LLVM
+    passes, vectorised reductions), so float32 round-off too; users compile with both. A fresh process with users'
+    settings reruns torch -> Flax outputs and gradients for a few architectures against vit-pytorch's float64
+    reference, at the same tolerances."""
     script = textwrap.dedent(f"""
+        import os
         import jax
-        import tests.conftest  # the suite's helpers; importing it turns the optimisations off
-        jax.config.update('jax_disable_most_optimizations', False)  # before anything compiles
         import parity
-        from tests import test_parity
+        from tests import test_parity  # and the suite's helpers, which keep users' settings here
+        assert not jax.config.read('jax_disable_most_optimizations')
+        assert os.environ.get('XLA_FLAGS', '') == {USERS_XLA_FLAGS!r}
         for name in {OPTIMISED_PARITY!r}:
             test_parity.test_torch_to_flax(parity.BY_NAME[name], 0)
-        assert not jax.config.read('jax_disable_most_optimizations')  # nothing turned them off again
     """)
     result = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1],
-                            env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True, text=True)
+                            env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'COMPILE_AS_USERS': '1',
+                                 'XLA_FLAGS': USERS_XLA_FLAGS},
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
