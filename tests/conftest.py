@@ -21,12 +21,13 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 # optimisation passes cost more than they save here (about 30% of the suite), and so do XLA's CPU fusion emitters
 # and its parallel code generation, which two pytest workers on two cores cannot use (another 40%: XLA falls back to
 # its element-wise emitters, one LLVM module a program). Numerics do not depend on them (no fast-math either way):
-# tests/test_parity.py reruns parity with users' settings (COMPILE_AS_USERS=1). The flags reach the training tests'
-# subprocesses too, set before JAX starts its CPU backend.
-USERS_XLA_FLAGS = os.environ.get('XLA_FLAGS', '')
+# tests/test_parity.py reruns parity with users' settings (COMPILE_AS_USERS=1). The environment carries the settings
+# to the subprocesses (training runs, notebooks), set before JAX starts its CPU backend.
+TEST_XLA_FLAGS = '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1'
 if not os.environ.get('COMPILE_AS_USERS'):
-    os.environ['XLA_FLAGS'] = f'{USERS_XLA_FLAGS} --xla_cpu_use_fusion_emitters=false ' \
-                              '--xla_cpu_parallel_codegen_split_count=1'
+    if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):  # pytest-xdist's workers inherit them
+        os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+    os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
     jax.config.update('jax_disable_most_optimizations', True)
 # pytest-xdist runs one worker per core; `make test-kernels` gives torch two (TORCH_TEST_THREADS=2), which changes
 # how it splits and sums its work

@@ -23,7 +23,7 @@ from flax import traverse_util
 
 import parity
 from vit_flax import converters
-from tests.conftest import (USERS_XLA_FLAGS, assert_close_gradients, assert_close_outputs, float64_reference, init_variables,
+from tests.conftest import (TEST_XLA_FLAGS, assert_close_gradients, assert_close_outputs, float64_reference, init_variables,
                             new_torch_model, output_weights, outputs_and_gradients, randomised_flax_variables,
                             randomised_torch_model, run_torch, same_draws, torch_context, torch_inputs)
 
@@ -160,18 +160,19 @@ def test_parity_holds_with_xla_optimisations():
     passes, vectorised reductions), so float32 round-off too; users compile with both. A fresh process with users'
     settings reruns torch -> Flax outputs and gradients for a few architectures against vit-pytorch's float64
     reference, at the same tolerances."""
+    users_xla_flags = os.environ['XLA_FLAGS'].replace(TEST_XLA_FLAGS, '').strip()
     script = textwrap.dedent(f"""
         import os
         import jax
         import parity
         from tests import test_parity  # and the suite's helpers, which keep users' settings here
         assert not jax.config.read('jax_disable_most_optimizations')
-        assert os.environ.get('XLA_FLAGS', '') == {USERS_XLA_FLAGS!r}
+        assert os.environ['XLA_FLAGS'] == {users_xla_flags!r}
         for name in {OPTIMISED_PARITY!r}:
             test_parity.test_torch_to_flax(parity.BY_NAME[name], 0)
     """)
-    result = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1],
-                            env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'COMPILE_AS_USERS': '1',
-                                 'XLA_FLAGS': USERS_XLA_FLAGS},
+    env = {name: value for name, value in os.environ.items() if name != 'JAX_DISABLE_MOST_OPTIMIZATIONS'}
+    env.update(JAX_PLATFORMS='cpu', COMPILE_AS_USERS='1', XLA_FLAGS=users_xla_flags)
+    result = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
