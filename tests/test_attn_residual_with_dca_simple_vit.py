@@ -13,10 +13,6 @@ from tests.conftest import float64_default
 from vit_flax.attn_residual_with_dca_simple_vit import SimpleViT
 from vit_flax.layers import TorchRMSNorm
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['attn_residual_with_dca_simple_vit.SimpleViT']
 TINY = ENTRY.configs[0]

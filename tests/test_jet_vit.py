@@ -13,10 +13,6 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters
 from vit_flax.jet_vit import LAYER_SELECTION, JetViT, SqueezeDynamicConv
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['jet_vit.JetViT']
 TINY = ENTRY.configs[0]  # a 4 x 4 patch grid, layer 0 drawing among WA, LA, FA; layer 1 linear

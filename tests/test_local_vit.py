@@ -12,10 +12,6 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters
 from vit_flax.local_vit import LocalViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['local_vit.LocalViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 4 x 4 patches (a 4 x 4 map), dim 16

@@ -14,10 +14,6 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images
 from vit_flax import converters
 from vit_flax.look_vit import LookViT, bilinear_matrix, interpolate_bilinear
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['look_vit.LookViT']
 TINY = ENTRY.configs[0]  # 6 x 6 high-resolution tokens, 2 x 2 main tokens

@@ -15,10 +15,6 @@ from vit_flax.looped_vit import (
     LoopedViT, adaptive_exit_targets, deep_supervision_loss, deep_supervision_weights, per_loop_losses,
 )
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['looped_vit.LoopedViT']
 CONFIG = {**ENTRY.configs[0], 'loop_depth': 3}  # 8 x 8 images in 4 x 4 patches, one block looped, the exit gate

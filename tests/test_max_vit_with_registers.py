@@ -11,10 +11,6 @@ from tests.conftest import images
 from vit_flax.max_vit import relative_position_indices
 from vit_flax.max_vit_with_registers import Attention, MaxViT, register_position_indices
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['max_vit_with_registers.MaxViT']
 TINY = ENTRY.configs[0]

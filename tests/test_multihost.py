@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import float64_reference, nchw
 from tests.test_train import without_speed
-from tests.train_helpers import REPO, run_python, tiny_config
+from tests.train_helpers import REPO, run_python
 from vit_flax import converters, data
 from vit_flax.configs import digits
 from vit_flax.train import build_model

@@ -15,10 +15,6 @@ from tests.conftest import (apply, assert_close_outputs, converted_pair, float64
 from vit_flax import converters, na_vit
 from vit_flax.na_vit_nested_tensor_3d import NaViT, patch_positions, to_patches
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['na_vit_nested_tensor_3d.NaViT']
 TINY = ENTRY.configs[0]  # image_size (8, 12), max_frames 4, patches 2 x 4 x 4, 2 registers

@@ -13,10 +13,6 @@ from vit_flax import converters
 from vit_flax.layers import torch_linspace
 from vit_flax.rvt import AxialRotaryEmbedding, RvT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['rvt.RvT']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, 2 heads of 8, depth-wise conv queries, GEGLU

@@ -11,10 +11,6 @@ import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, nchw, run_torch
 from vit_flax.simple_flash_attn_vit_3d import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_flash_attn_vit_3d.SimpleViT']
 TINY = ENTRY.configs[0]  # 4 frames in pairs, 8 x 8 images in 4 x 4 patches, dim 24

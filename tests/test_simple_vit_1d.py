@@ -13,10 +13,6 @@ from vit_flax import converters
 from vit_flax.layers import posemb_sincos_1d
 from vit_flax.simple_vit_1d import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_1d.SimpleViT']
 TINY = ENTRY.configs[0]  # seq_len 32 in patches of 4, dim 32

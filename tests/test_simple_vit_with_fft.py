@@ -13,10 +13,6 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters
 from vit_flax.simple_vit_with_fft import SimpleViT, fft_patches
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_fft.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images, 8 x 8 pixel patches, 4 x 4 frequency patches, dim 16

@@ -11,10 +11,6 @@ from vit_flax import converters
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, init_variables, torch_forward
 from vit_flax.simple_vit_with_hyper_connections import HyperConnection, SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_hyper_connections.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer over two streams, two registers

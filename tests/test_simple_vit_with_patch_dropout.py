@@ -13,10 +13,6 @@ from tests.test_vit_with_patch_dropout import assert_training_matches_torch
 from vit_flax import converters
 from vit_flax.simple_vit_with_patch_dropout import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_patch_dropout.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images, 4 x 4 patches: 16 patches, 8 kept at the default rate 0.5

@@ -13,10 +13,6 @@ from vit_flax import converters
 from vit_flax.converters import StateDictMismatchError
 from vit_flax.simple_vit_with_qk_norm import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_qk_norm.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 patches, dim 32, 4 heads of 8, 10 classes

@@ -12,10 +12,6 @@ from vit_flax import converters, layers
 from vit_flax.recorder import Recorder
 from vit_flax.simple_vit_with_register_tokens import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_register_tokens.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 patches, 4 registers

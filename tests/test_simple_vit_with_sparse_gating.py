@@ -13,10 +13,6 @@ from tests.conftest import (assert_close_gradients, assert_close_outputs, conver
                             nchw)
 from vit_flax.simple_vit_with_sparse_gating import SimpleViTWithSparseGating
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_sparse_gating.SimpleViTWithSparseGating']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, dim 16, one layer, two registers

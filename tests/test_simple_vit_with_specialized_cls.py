@@ -9,10 +9,6 @@ import parity
 from tests.conftest import apply, assert_close_outputs, converted_pair, images, torch_forward
 from vit_flax.simple_vit_with_specialized_cls import SimpleViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['simple_vit_with_specialized_cls.SimpleViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, depth 2, the first layer's q, k, v specialized

@@ -12,10 +12,6 @@ from tests.conftest import apply, assert_close_outputs, converted_pair, images, 
 from vit_flax import converters, registry
 from vit_flax.vit_1d import ViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_1d.ViT']
 TINY = ENTRY.configs[0]  # seq_len 32 in patches of 4, 3 channels

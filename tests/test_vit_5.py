@@ -15,10 +15,6 @@ from vit_flax import converters
 from vit_flax.layers import PARAMETER_LIST_LEAF, ParameterListEntry
 from vit_flax.vit_5 import LAYER_SCALE_INIT, AxialRotaryEmbedding, ViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_5.ViT']
 TINY = ENTRY.configs[0]  # 4 x 4 patches, 2 registers, 2 heads of 8

@@ -15,10 +15,6 @@ from tests.conftest import (
 from vit_flax import converters
 from vit_flax.vit_nd import ViTND
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_nd.ViTND']
 TINY = ENTRY.configs[0]  # (4, 8, 8) inputs in (2, 4, 4) patches, a 2 x 2 x 2 grid, causal along dimension 0

@@ -10,11 +10,6 @@ from vit_flax import converters
 from vit_flax.vit_nd_masking import causal_dims_tuple, check_causal_dims, get_nd_causal_mask, nd_causal_mask
 
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
-
 def masking():
     return converters.import_vit_pytorch('vit_pytorch.vit_nd_masking')
 

@@ -18,10 +18,6 @@ from vit_flax import converters
 from vit_flax.vit_nd_pope import GoldenGatePoPENd, ViTND, torch_clamp
 from vit_flax.vit_nd_rotary import golden_gate_freqs, grid_positions
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_nd_pope.ViTND']
 TINY = ENTRY.configs[0]  # (4, 8, 8) inputs in (2, 4, 4) patches, a 2 x 2 x 2 grid, causal along dimension 0

@@ -10,10 +10,6 @@ import parity
 from tests.conftest import apply, converted_pair, images
 from vit_flax.vit_with_keel_post_ln import ViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_with_keel_post_ln.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images in 8 x 8 patches, depth 2, dim 16

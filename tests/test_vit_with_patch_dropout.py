@@ -16,10 +16,6 @@ from tests.conftest import (apply, assert_close_gradients, assert_close_outputs,
 from vit_flax import converters, layers
 from vit_flax.vit_with_patch_dropout import ViT
 
-# the registry-driven parity tests of this module's first configuration run in `make test`; these tests of its
-# quirks, refusals and options run in `make test-slow` (make test's 20-minute budget on 2 cores)
-pytestmark = pytest.mark.slow
-
 
 ENTRY = parity.BY_NAME['vit_with_patch_dropout.ViT']
 TINY = ENTRY.configs[0]  # 16 x 16 images, 4 x 4 patches: 16 patches, 12 kept at the default rate 0.25
