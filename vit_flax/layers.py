@@ -760,12 +760,18 @@ def add_posemb_sincos_2d(x, input_size, image_size, patch_size, dim: int, temper
     broadcasting: only the token count has to fit (checked, naming the sizes), whatever the input's height and width."""
     (image_height, image_width), (patch_height, patch_width) = pair(image_size), pair(patch_size)
     pos_embedding = posemb_sincos_2d(image_height // patch_height, image_width // patch_width, dim, temperature)
-    if x.shape[1] != pos_embedding.shape[0]:
+    check_patch_count(x, pos_embedding.shape[0], input_size, image_size)
+    return x + jnp.asarray(pos_embedding, dtype=x.dtype)
+
+
+def check_patch_count(x, num_patches: int, input_size, image_size):
+    """vit-pytorch adds a position embedding of `num_patches` rows to all the patches x (b, n, dim) by broadcasting:
+    refuse another count, naming the sizes."""
+    if x.shape[1] != num_patches:
         raise ValueError(
             f'input of size {tuple(input_size)} gives {x.shape[1]} patches, but the position embedding of '
-            f'image_size={image_size} has {pos_embedding.shape[0]}'
+            f'image_size={image_size} has {num_patches}'
         )
-    return x + jnp.asarray(pos_embedding, dtype=x.dtype)
 
 
 def check_sincos_3d_dim(dim: int):

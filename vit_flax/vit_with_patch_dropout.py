@@ -31,22 +31,12 @@ import jax.numpy as jnp
 from einops import repeat
 
 from vit_flax.layers import (
-    PATCH_DROPOUT, LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, pair, patch_dropout,
-    patch_dropout_noise, randn,
+    PATCH_DROPOUT, LayerNorm, Linear, check_attention_impl, check_floating_input, check_keywords, check_patch_count,
+    pair, patch_dropout, patch_dropout_noise, randn,
 )
 from vit_flax.scan import check_remat_policy
 from vit_flax.vit import check_image_config, patchify
 from vit_flax.vit_3d import Transformer
-
-
-def check_patch_count(x, num_patches: int, input_size, image_size):
-    """vit-pytorch adds a position embedding of `num_patches` rows to all the patches (torch's broadcast): refuse
-    another count, naming the sizes."""
-    if x.shape[1] != num_patches:
-        raise ValueError(
-            f'input of size {tuple(input_size)} gives {x.shape[1]} patches, but the position embedding of '
-            f'image_size={image_size} has {num_patches}'
-        )
 
 
 class ViT(nn.Module):
