@@ -211,8 +211,10 @@ def dropout_gradients(scan_layers):
 DISTINCT_POLICIES = [name for name in REMAT_POLICIES if not name.startswith('checkpoint_')]
 
 
+# `make test` checks full rematerialisation in both layouts, `make test-slow` the policies that save some values
 @pytest.mark.parametrize('scan_layers', [False, True], ids=['unscanned', 'scanned'])
-@pytest.mark.parametrize('policy', DISTINCT_POLICIES)
+@pytest.mark.parametrize('policy', [pytest.param(name, marks=[] if name == 'nothing_saveable' else [pytest.mark.slow])
+                                    for name in DISTINCT_POLICIES])
 def test_remat_keeps_gradients(policy, scan_layers):
     """Under every policy: SimpleViT's gradients are the unscanned model's; ViT's, in train mode with dropout, are
     those of the same model without remat (the same dropout masks replayed)."""
