@@ -39,10 +39,10 @@ def torch_class(entry):
     return getattr(converters.import_vit_pytorch(entry.torch_module), entry.torch_class_name)
 
 
-# Compiling is most of a tiny model's test time, so each pytest worker compiles a configuration's init and
-# apply once and the parity tests share them (`--dist loadgroup` keeps a configuration's tests on one worker).
-# The cache is bounded: compiled programs are large, and a worker's memory would grow with every configuration
-# of every test module (XLA has crashed compiling when it ran short).
+# Compiling is most of a tiny model's test time, so each pytest worker compiles a configuration's init and its
+# forward-and-backward program once and the parity tests share them (`--dist loadgroup` keeps a configuration's
+# tests on one worker: tests/test_xdist_groups.py). The cache is bounded: compiled programs are large, and a worker's
+# memory would grow with every configuration of every test module (XLA has crashed compiling when it ran short).
 _compiled = {}
 _CACHE_SIZE = 24
 
@@ -94,8 +94,10 @@ def outputs_and_gradients(model, variables, inputs, rngs, weights):
     program. `weights` holds w, one array per output, in the order of the outputs' leaves."""
     def run(variables, rngs, inputs, weights):
         others = {name: collection for name, collection in variables.items() if name != 'params'}
-        out, pullback = jax.vjp(lambda params: model.apply({**others, 'params': params}, *inputs, train=False, rngs=rngs),
-                                variables['params'])
+        def forward(params):
+            return model.apply({**others, 'params': params}, *inputs, train=False, rngs=rngs)
+
+        out, pullback = jax.vjp(forward, variables['params'])
         return out, pullback(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out), weights))[0]
 
     compiled = _cached((*_model_key(model), 'outputs_and_gradients'), lambda: jax.jit(run))

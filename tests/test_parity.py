@@ -23,9 +23,10 @@ from flax import traverse_util
 
 import parity
 from vit_flax import converters
-from tests.conftest import (TEST_XLA_FLAGS, assert_close_gradients, assert_close_outputs, float64_reference, init_variables,
-                            new_torch_model, output_weights, outputs_and_gradients, randomised_flax_variables,
-                            randomised_torch_model, run_torch, same_draws, torch_context, torch_inputs)
+from tests.conftest import (TEST_XLA_FLAGS, assert_close_gradients, assert_close_outputs, float64_reference,
+                            init_variables, new_torch_model, output_weights, outputs_and_gradients,
+                            randomised_flax_variables, randomised_torch_model, run_torch, same_draws, torch_context,
+                            torch_inputs)
 
 
 # `make test` checks the first configuration of every entry; `make test-slow` the others (the suite must stay under
