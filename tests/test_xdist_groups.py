@@ -3,7 +3,7 @@ configuration on one worker, so that they share the programs it compiled (tests/
 
 pytest 9.2 with pytest-xdist 3.8 drops the groups without a word: xdist names a grouped test through an attribute
 that pytest 9.2 no longer reads, so every test is its own group, and a configuration's tests land on both workers,
-each compiling the same programs again (the suite took 19 instead of about 12 minutes). constraints.txt pins a pair
+each compiling the same programs again (the parity tests took 877 s of test time instead of 469 s). constraints.txt pins a pair
 that keeps them; these two tests fail when a pair does not.
 """
 
