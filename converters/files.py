@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 import json
 import os
 import shutil
@@ -218,7 +219,10 @@ def _checked_class(value: dict, where: str) -> tuple[str, str]:
 
 # the vit-pytorch keywords whose value is a dict of options (JSON data under string keys); an object anywhere else
 # is refused
-DICT_KEYWORDS = frozenset({'orthog_residual_update_kwargs'})  # simple_vit_orthog_residual_update
+DICT_KEYWORDS = frozenset({
+    'orthog_residual_update_kwargs',  # simple_vit_orthog_residual_update
+    'sigreg_loss_kwargs',  # lejepa
+})
 
 
 def _decoded_kwargs(kwargs: dict, where: str, build) -> dict[str, Any]:
@@ -253,6 +257,10 @@ def _torch_class(file: str, class_name: str):
     import torch
 
     torch_class = getattr(import_vit_pytorch(f'vit_pytorch.{file}'), class_name, None)
+    # vit-pytorch writes some modules as functions of that file returning one (wwt.FeedForward, an nn.Sequential),
+    # which vit-flax mirrors as classes of the same name (_checked_class has found the Flax class)
+    if inspect.isfunction(torch_class) and torch_class.__module__ == f'vit_pytorch.{file}':
+        return torch_class
     if not (isinstance(torch_class, type) and issubclass(torch_class, torch.nn.Module)):
         raise ValueError(f'vit_pytorch.{file} has no module class {class_name!r}')
     return torch_class

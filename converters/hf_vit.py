@@ -46,6 +46,14 @@ crop_pct and crop_mode are all known, none when none is; some of them, or a crop
 evenly, and the same resize either way). The file written is a ViTImageProcessor's; a center crop is written as
 `do_center_crop` / `crop_size`, which transformers 5's image processors apply (4.x's ViTImageProcessor ignored them).
 
+SigLIP's image tower is read too (`read_hf_siglip`, not written): transformers' SiglipVisionModel, or the image tower
+of a SiglipModel, as a VisionTransformer with no class token and, where the checkpoint has SigLIP's pooling head,
+global_pool='map' (timm's `attn_pool`: the head's `probe` is the latent, its `in_proj` rows split into `q` and `kv`):
+the tokens are transformers' `last_hidden_state`, the pooled output its `pooler_output`. It also reads what
+vit-pytorch's `SigLIPVAT.load_siglip` reads without a config: the tower under a pi0 / PaliGemma expert's or a
+SiglipModel's prefix (the rest of the file left unread), sizes from the shapes and `num_heads` from a hint
+(converters/siglip.py takes it on to vat_siglip.SigLIP).
+
 Only numpy (and ml_dtypes' bfloat16), safetensors and json here: torch is imported only to read a
 `pytorch_model.bin`, and transformers never.
 """
@@ -60,7 +68,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from vit_flax.pretrained_vit import VisionTransformer
@@ -68,7 +76,7 @@ from vit_flax.registry import FLAX_ONLY_FIELDS
 
 from .arrays import contiguous, to_numpy
 from .files import replaced_directory
-from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for
+from .pretrained_form import Pretrained, UnsupportedCheckpointError, describe, mlp_ratio_for, same_keyword
 
 CLASSIFIER, MODEL = 'ViTForImageClassification', 'ViTModel'
 
@@ -326,16 +334,20 @@ def _load_weights(directory: Path) -> tuple[Path, dict[str, np.ndarray]]:
                 _refuse(directory / shard, f'holds {strays} which {index.name} does not place there')
         return index, tensors
     if pickle.is_file():
-        import torch  # only for this legacy format: safetensors needs no torch
-
-        try:
-            state = torch.load(pickle, map_location='cpu', weights_only=True)
-        except Exception as error:  # noqa: BLE001 - torch raises many types for a broken or hostile pickle
-            _refuse(pickle, f'not a readable torch state dict ({type(error).__name__}: {error})')
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            _refuse(pickle, 'not a state dict of tensors')
-        return pickle, {key: to_numpy(value) for key, value in state.items()}
+        return pickle, _torch_state_dict(pickle)
     _refuse(directory, 'no model.safetensors, model.safetensors.index.json or pytorch_model.bin')
+
+
+def _torch_state_dict(pickle: Path) -> dict[str, np.ndarray]:
+    import torch  # only for this legacy format: safetensors needs no torch
+
+    try:
+        state = torch.load(pickle, map_location='cpu', weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a broken or hostile pickle
+        _refuse(pickle, f'not a readable torch state dict ({type(error).__name__}: {error})')
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        _refuse(pickle, 'not a state dict of tensors')
+    return {key: to_numpy(value) for key, value in state.items()}
 
 
 def _safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -608,3 +620,296 @@ def write_hf_vit(directory, pretrained: Pretrained, *, overwrite: bool = False) 
         if processor is not None:
             (temporary / 'preprocessor_config.json').write_text(json.dumps(processor, indent=2, sort_keys=True) + '\n')
     return directory
+
+
+# SigLIP vision towers (read only)
+
+# SiglipVisionConfig's defaults (transformers 4.x and 5.x), for keys a config leaves out
+SIGLIP_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       num_channels=3, image_size=224, patch_size=16, hidden_act='gelu_pytorch_tanh',
+                       layer_norm_eps=1e-6, vision_use_head=True)
+# the SigLIP vision tower's config: its own directory's, or a two-tower SiglipModel's `vision_config`
+SIGLIP_MODEL_TYPES = ('siglip_vision_model', 'siglip')
+# where a checkpoint keeps the tower, as vit-pytorch's SigLIPVAT.load_siglip looks: a pi0 / PaliGemma expert's
+# (openpi, lerobot), a two-tower SiglipModel's (and transformers 4's SiglipVisionModel's); else at the top (what
+# transformers 5's SiglipVisionModel.save_pretrained writes)
+SIGLIP_PREFIXES = ('paligemma_with_expert.paligemma.model.vision_tower.vision_model.', 'vision_model.')
+SIGLIP_BLOCK_NAMES = {'norm1': 'layer_norm1', 'attn.proj': 'self_attn.out_proj', 'norm2': 'layer_norm2',
+                      'mlp.fc1': 'mlp.fc1', 'mlp.fc2': 'mlp.fc2'}
+SIGLIP_POOL_NAMES = {'attn_pool.proj': 'head.attention.out_proj', 'attn_pool.norm': 'head.layernorm',
+                     'attn_pool.mlp.fc1': 'head.mlp.fc1', 'attn_pool.mlp.fc2': 'head.mlp.fc2'}
+# what the weights cannot say, for a file without a SigLIP config (num_heads has no default: it must be given)
+SIGLIP_HINTS = ('num_heads', 'norm_eps', 'act_layer')
+
+
+def _siglip_config(path: Path) -> dict | None:
+    """The vision tower's config keys (with SiglipVisionConfig's defaults) from a config.json of a SigLIP vision
+    model or two-tower SiglipModel; None for any other config.json."""
+    config = _json(path)
+    if config.get('model_type') not in SIGLIP_MODEL_TYPES:
+        return None
+    if config['model_type'] == 'siglip':
+        config = config.get('vision_config') or {}
+        if not isinstance(config, dict):
+            _refuse(path, f'vision_config={config!r} must be a JSON object')
+    return {key: config.get(key, default) for key, default in SIGLIP_DEFAULTS.items()}
+
+
+def is_hf_siglip_dir(directory) -> bool:
+    """Whether `directory` holds a transformers SigLIP vision tower: a config.json of model_type
+    'siglip_vision_model' (SiglipVisionModel) or 'siglip' (SiglipModel, whose image tower is read)."""
+    path = Path(directory) / 'config.json'
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get('model_type') in SIGLIP_MODEL_TYPES
+
+
+def _siglip_prefix(keys) -> str:
+    """vit-pytorch's rule: the pi0 / PaliGemma prefix where any key has it, else 'vision_model.' where any key
+    starts so, else none."""
+    for prefix in SIGLIP_PREFIXES:
+        if any(key.startswith(prefix.rstrip('.')) for key in keys):
+            return prefix
+    return ''
+
+
+def _siglip_tensors(weights: Path) -> tuple[str, dict[str, np.ndarray]]:
+    """(prefix, the tensors under it with the prefix removed) of a .safetensors file, a sharded index or a
+    pytorch_model.bin. Only the tower's tensors are read from safetensors files (a pi0 checkpoint's language model
+    and action expert, a SiglipModel's text tower stay on disk); keys outside the prefix are another model's and are
+    left alone, every key under it must be the tower's."""
+    if weights.suffix in ('.bin', '.pt', '.pth'):
+        tensors = _torch_state_dict(weights)
+        prefix = _siglip_prefix(tensors)
+        return prefix, {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+    if weights.name.endswith('.index.json'):
+        weight_map = _json(weights).get('weight_map')
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            _refuse(weights, 'no weight_map of key -> shard file')
+        placed = weight_map
+    else:
+        placed = None
+    prefix = _siglip_prefix(_safetensors_keys(weights) if placed is None else placed)
+    shards = {weights.name: None} if placed is None else {}
+    if placed is not None:
+        for key, shard in placed.items():
+            if key.startswith(prefix):
+                shards.setdefault(shard, []).append(key)
+    tensors = {}
+    for shard, wanted in shards.items():
+        path = weights.parent / shard
+        if path.parent != weights.parent or not path.is_file():
+            _refuse(weights, f'shard {shard!r} is not a file beside it')
+        try:
+            with safe_open(str(path), framework='np') as file:
+                keys = [key for key in file.keys() if key.startswith(prefix)]
+                if wanted is not None and set(keys) != set(wanted):
+                    _refuse(path, f'holds {sorted(set(keys) ^ set(wanted))[:5]} other than {weights.name} places '
+                                  'there')
+                tensors.update({key[len(prefix):]: file.get_tensor(key) for key in keys})
+        except (SafetensorError, OSError, ValueError, TypeError) as error:
+            _refuse(path, f'not a readable safetensors file ({type(error).__name__}: {error})')
+    return prefix, tensors
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework='np') as file:
+            return list(file.keys())
+    except (SafetensorError, OSError, ValueError, TypeError) as error:
+        _refuse(path, f'not a readable safetensors file ({type(error).__name__}: {error})')
+
+
+def is_hf_siglip_weights(path) -> bool:
+    """Whether `path` is a .safetensors file (or a directory holding model.safetensors) with transformers' SigLIP
+    tower at the top or under vit-pytorch's prefixes: what vit-pytorch's load_siglip reads, config.json or not."""
+    path = Path(path)
+    weights = path / 'model.safetensors' if path.is_dir() else path
+    if weights.suffix != '.safetensors' or not weights.is_file():
+        return False
+    try:
+        with safe_open(str(weights), framework='np') as file:
+            keys = list(file.keys())
+    except (SafetensorError, OSError, ValueError, TypeError):
+        return False
+    return f'{_siglip_prefix(keys)}embeddings.patch_embedding.weight' in keys
+
+
+def _siglip_weights_file(directory: Path) -> Path:
+    for name in ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'):
+        if (directory / name).is_file():
+            return directory / name
+    _refuse(directory, 'no model.safetensors, model.safetensors.index.json or pytorch_model.bin')
+
+
+def _siglip_hf_shapes(kwargs: dict, head: bool) -> dict[str, tuple[int, ...]]:
+    """HF's key -> shape of a SigLIP vision tower (under its prefix), for the keywords `kwargs`."""
+    dim, hidden, patch = kwargs['embed_dim'], int(kwargs['embed_dim'] * kwargs['mlp_ratio']), kwargs['patch_size']
+    rows = (kwargs['img_size'][0] // patch[0]) * (kwargs['img_size'][1] // patch[1])
+    shapes = {'embeddings.patch_embedding.weight': (dim, kwargs['in_chans'], *patch),
+              'embeddings.patch_embedding.bias': (dim,), 'embeddings.position_embedding.weight': (rows, dim),
+              'post_layernorm.weight': (dim,), 'post_layernorm.bias': (dim,)}
+    # (out, in) of each Linear, (dim,) of each LayerNorm
+    per_layer = {'layer_norm1': (dim,), 'layer_norm2': (dim,), 'self_attn.q_proj': (dim, dim),
+                 'self_attn.k_proj': (dim, dim), 'self_attn.v_proj': (dim, dim), 'self_attn.out_proj': (dim, dim),
+                 'mlp.fc1': (hidden, dim), 'mlp.fc2': (dim, hidden)}
+    for i in range(kwargs['depth']):
+        for module, weight in per_layer.items():
+            shapes[f'encoder.layers.{i}.{module}.weight'] = weight
+            shapes[f'encoder.layers.{i}.{module}.bias'] = weight[:1]
+    if head:
+        shapes.update({'head.probe': (1, 1, dim), 'head.attention.in_proj_weight': (3 * dim, dim),
+                       'head.attention.in_proj_bias': (3 * dim,), 'head.attention.out_proj.weight': (dim, dim),
+                       'head.attention.out_proj.bias': (dim,), 'head.layernorm.weight': (dim,),
+                       'head.layernorm.bias': (dim,), 'head.mlp.fc1.weight': (hidden, dim),
+                       'head.mlp.fc1.bias': (hidden,), 'head.mlp.fc2.weight': (dim, hidden),
+                       'head.mlp.fc2.bias': (dim,)})
+    return shapes
+
+
+def _siglip_kwargs_from_config(path: Path, config: dict) -> tuple[dict, bool]:
+    hidden = _integer(path, 'hidden_size', config['hidden_size'])
+    heads = _integer(path, 'num_attention_heads', config['num_attention_heads'])
+    if hidden % heads:
+        _refuse(path, f'hidden_size={hidden} is not divisible by num_attention_heads={heads}')
+    act = config['hidden_act']
+    if not isinstance(act, str) or act not in HF_ACTIVATIONS:
+        _refuse(path, f'hidden_act={act!r} is none of the GELUs VisionTransformer has ({sorted(HF_ACTIVATIONS)})')
+    eps = config['layer_norm_eps']
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        _refuse(path, f'layer_norm_eps={eps!r} must be a positive number')
+    if not isinstance(config['vision_use_head'], bool):
+        _refuse(path, f"vision_use_head={config['vision_use_head']!r} must be true or false")
+    image, patch = (_integer(path, key, config[key]) for key in ('image_size', 'patch_size'))
+    if image < patch:
+        _refuse(path, f'image_size={image} is smaller than patch_size={patch}')
+    intermediate = _integer(path, 'intermediate_size', config['intermediate_size'])
+    # transformers' Conv drops what is left of an image after whole patches (so400m-patch14-384 covers 378 pixels)
+    kwargs = dict(img_size=(image // patch * patch,) * 2, patch_size=(patch, patch),
+                  in_chans=_integer(path, 'num_channels', config['num_channels']), embed_dim=hidden,
+                  depth=_integer(path, 'num_hidden_layers', config['num_hidden_layers']), num_heads=heads,
+                  mlp_ratio=mlp_ratio_for(hidden, intermediate), act_layer=HF_ACTIVATIONS[act], norm_eps=eps)
+    return kwargs, config['vision_use_head']
+
+
+def _siglip_kwargs_from_shapes(where, tensors: dict, hints: dict) -> tuple[dict, bool]:
+    """The keywords of a tower with no config: sizes from the shapes, num_heads (required), norm_eps and act_layer
+    (SiglipVisionConfig's 1e-6 and tanh GELU by default) from `hints`."""
+    unknown = sorted(set(hints) - set(SIGLIP_HINTS))
+    if unknown:
+        _refuse(where, f'hints {unknown}: a SigLIP file without config.json takes only {list(SIGLIP_HINTS)}; the '
+                       'rest is read off its weights')
+    if 'num_heads' not in hints:
+        _refuse(where, 'no SigLIP config.json: pass num_heads= (the weights do not say it)')
+    patch_weight = tensors.get('embeddings.patch_embedding.weight')
+    table = tensors.get('embeddings.position_embedding.weight')
+    fc1 = tensors.get('encoder.layers.0.mlp.fc1.weight')
+    for key, value, ndim in (('embeddings.patch_embedding.weight', patch_weight, 4),
+                             ('embeddings.position_embedding.weight', table, 2),
+                             ('encoder.layers.0.mlp.fc1.weight', fc1, 2)):
+        if value is None or np.ndim(value) != ndim:
+            _refuse(where, f'{key!r} is ' + ('missing' if value is None else describe(value)) +
+                           f': a SigLIP vision tower has a {ndim}-dimensional one')
+    dim, channels, patch_height, patch_width = patch_weight.shape
+    grid = math.isqrt(table.shape[0])
+    if patch_height != patch_width or grid * grid != table.shape[0] or not grid:
+        _refuse(where, f'patch embedding {describe(patch_weight)} and position table {describe(table)}: SigLIP has '
+                       'square patches on a square grid')
+    depth = len({key.split('.')[2] for key in tensors if key.startswith('encoder.layers.')})
+    heads = hints['num_heads']
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or dim % heads:
+        _refuse(where, f'num_heads={heads!r} must be a positive integer dividing the width {dim}')
+    act = hints.get('act_layer', 'gelu_tanh')
+    if act not in ACT_NAMES:
+        _refuse(where, f'act_layer={act!r} must be one of {sorted(ACT_NAMES)}')
+    eps = hints.get('norm_eps', SIGLIP_DEFAULTS['layer_norm_eps'])
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        _refuse(where, f'norm_eps={eps!r} must be a positive number')
+    kwargs = dict(img_size=(grid * patch_height,) * 2, patch_size=(patch_height, patch_width), in_chans=channels,
+                  embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio_for(dim, fc1.shape[0]),
+                  act_layer=act, norm_eps=eps)
+    return kwargs, any(key.startswith('head.') for key in tensors)
+
+
+def read_hf_siglip(source, **hints) -> Pretrained:
+    """A transformers SigLIP vision tower as a Pretrained: VisionTransformer keywords (no class token, its MAP head as
+    global_pool='map' where the checkpoint has one, else global_pool='', no classifier) and timm's keys.
+
+    `source`: a directory with a SigLIP config.json (SiglipVisionModel, or SiglipModel whose image tower is read) and
+    its weights; or, without such a config, a `.safetensors` file, an index of shards, a `pytorch_model.bin` or a
+    directory holding one (vit-pytorch's `load_siglip` folder, a pi0 checkpoint), whose sizes are read off the
+    weights and whose `num_heads` (and `norm_eps`, `act_layer` where not SiglipVisionConfig's 1e-6 and tanh GELU)
+    the hints give. The tower sits under vit-pytorch's prefixes (`SIGLIP_PREFIXES`) or at the top; keys outside
+    the prefix are other models' and are not read, every key under it must be the tower's (all offenders named at
+    once). Hints on a directory with a config must agree with it.
+
+    The map: `embeddings.patch_embedding` -> `patch_embed.proj`, `embeddings.position_embedding.weight` (rows, dim)
+    -> `pos_embed` (1, rows, dim), `encoder.layers.N.self_attn.{q,k,v}_proj` -> `blocks.N.attn.qkv` (rows
+    concatenated), `out_proj` -> `attn.proj`, `layer_norm1` / `layer_norm2` -> `norm1` / `norm2`, `mlp.fc1` / `fc2`
+    -> `mlp.fc1` / `fc2`, `post_layernorm` -> `norm`; the head's `probe` -> `attn_pool.latent`, its
+    `attention.in_proj_weight` / `bias` rows split into `attn_pool.q` (the first third) and `attn_pool.kv`,
+    `attention.out_proj` -> `attn_pool.proj`, `layernorm` -> `attn_pool.norm`, `mlp` -> `attn_pool.mlp`. The
+    VisionTransformer's tokens are SiglipVisionModel's `last_hidden_state`, its MAP output the `pooler_output`.
+    An `image_size` that is no multiple of the patch is read as the whole patches it covers (transformers' Conv drops
+    the rest: so400m-patch14-384 is a 378-pixel model); the preprocessing keeps the processor's size."""
+    path = Path(source)
+    config = None
+    if path.is_dir():
+        config_path = path / 'config.json'
+        config = _siglip_config(config_path) if config_path.is_file() else None
+        weights = _siglip_weights_file(path)
+    elif path.is_file():
+        weights = path
+    else:
+        _refuse(path, 'no SigLIP checkpoint file or directory here')
+    prefix, tensors = _siglip_tensors(weights)
+    where = f'{weights}' + (f' (under {prefix!r})' if prefix else '')
+    if config is not None:
+        kwargs, head = _siglip_kwargs_from_config(path / 'config.json', config)
+        for key, value in hints.items():
+            if key not in kwargs or not same_keyword(key, kwargs[key], value):
+                _refuse(path / 'config.json', f'holds {key}={kwargs.get(key)!r}, not {value!r}')
+    else:
+        kwargs, head = _siglip_kwargs_from_shapes(where, tensors, hints)
+    kwargs.update(num_classes=0, global_pool='map' if head else '', class_token=False, qkv_bias=True)
+
+    def explain(key):
+        if key.startswith('head.') and not head:
+            return ': a pooling head, but the config says vision_use_head=false'
+        return ''
+
+    _check_keys(where, tensors, _siglip_hf_shapes(kwargs, head), explain)
+    dim = kwargs['embed_dim']
+    state_dict = {'patch_embed.proj.weight': tensors['embeddings.patch_embedding.weight'],
+                  'patch_embed.proj.bias': tensors['embeddings.patch_embedding.bias'],
+                  'pos_embed': tensors['embeddings.position_embedding.weight'][None],
+                  'norm.weight': tensors['post_layernorm.weight'], 'norm.bias': tensors['post_layernorm.bias']}
+    for i in range(kwargs['depth']):
+        layer = f'encoder.layers.{i}.'
+        for leaf in ('weight', 'bias'):
+            parts = [tensors[f'{layer}self_attn.{name}_proj.{leaf}'] for name in 'qkv']
+            if len({part.dtype for part in parts}) > 1:
+                _refuse(where, f'q / k / v projections of layer {i} differ in dtype: '
+                               f'{[str(part.dtype) for part in parts]}')
+            state_dict[f'blocks.{i}.attn.qkv.{leaf}'] = np.concatenate(parts, axis=0)
+            for timm_name, hf_name in SIGLIP_BLOCK_NAMES.items():
+                state_dict[f'blocks.{i}.{timm_name}.{leaf}'] = tensors[f'{layer}{hf_name}.{leaf}']
+    if head:
+        state_dict['attn_pool.latent'] = tensors['head.probe']
+        for leaf, hf_leaf in (('weight', 'in_proj_weight'), ('bias', 'in_proj_bias')):
+            in_proj = tensors[f'head.attention.{hf_leaf}']
+            # copies: each array owns its bytes, as the file's own tensors do
+            state_dict[f'attn_pool.q.{leaf}'] = in_proj[:dim].copy()
+            state_dict[f'attn_pool.kv.{leaf}'] = in_proj[dim:].copy()
+            for timm_name, hf_name in SIGLIP_POOL_NAMES.items():
+                state_dict[f'{timm_name}.{leaf}'] = tensors[f'{hf_name}.{leaf}']
+
+    preprocessing = {}
+    processor = path / 'preprocessor_config.json' if path.is_dir() else None
+    if config is not None and processor is not None and processor.is_file():
+        size = config['image_size']
+        preprocessing.update(_read_preprocessing(processor, {**kwargs, 'img_size': (size, size)}))
+    return Pretrained(kwargs=kwargs, state_dict=state_dict, preprocessing=preprocessing,
+                      source=f'{where} (transformers SigLIP vision tower)')

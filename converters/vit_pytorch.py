@@ -41,10 +41,13 @@ def torch_twin_name(module: nn.Module) -> tuple[str, str]:
 
 def torch_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
     """vit-pytorch's constructor keywords for Flax ones: a module-valued keyword (a plugged-in `transformer`,
-    Adapter's `vit`, DistillWrapper's `teacher` and `student`) becomes a new instance of its vit-pytorch twin
-    with the same keywords; its weights come from a state dict."""
+    Adapter's `vit`, DistillWrapper's `teacher` and `student`), or each module of a tuple or list of them (WWT's
+    `task_heads`), becomes a new instance of its vit-pytorch twin with the same keywords; its weights come from a
+    state dict."""
 
     def twin(value):
+        if isinstance(value, (tuple, list)) and any(isinstance(item, nn.Module) for item in value):
+            return type(value)(twin(item) for item in value)  # wwt.WWT's task_heads
         if not isinstance(value, nn.Module):
             return value
         torch_module, name = torch_twin_name(value)

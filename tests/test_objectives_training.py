@@ -23,11 +23,17 @@ from vit_flax.training import checkpoint, objectives
 CVT = dict(num_classes=10, channels=1, s1_emb_dim=16, s1_emb_kernel=3, s1_emb_stride=2, s2_emb_dim=16, s2_heads=1,
            s2_depth=1, s3_emb_dim=16, s3_heads=1, s3_depth=1, s3_emb_stride=1)  # 8x8 digits -> a 2 x 2 feature map
 SMALL_PROJECTOR = {'num_classes_K': 32, 'projection_hidden_size': 32, 'projection_layers': 2}
+# 8x8 digits -> 16 patches of 2 x 2 under two slot levels of 4 and 2 slots, SIGReg on both
+WWT = dict(image_size=8, patch_size=2, num_classes=10, channels=1, dim=16, depth=1, num_slots=(4, 2), sigreg_slots=True,
+           heads=2, dim_head=8, mlp_dim=32)
+# 8x8 digits as clips of 2 frames of 2 x 2 patches (levjepa's trainer side repeats each image)
+LEVJEPA = dict(image_size=8, patch_size=4, frames=2, channels=1, dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
 
 
 def objective_config(objective, **overrides):
     """A tiny digits config for `objective`, on the model it takes: MP3 its own ViT (sin-cos positions, no cls token
-    or emb_dropout), EsViT a CvT (a feature map), distillation a DistillableViT."""
+    or emb_dropout), EsViT a CvT (a feature map), distillation a DistillableViT, WWT's autoencoder a WWT, LeVJEPA a
+    VideoTransformer."""
     config = tiny_config(objective=objective, **overrides)
     if objective == 'mp3':
         config.model_name = 'mp3.ViT'
@@ -37,6 +43,12 @@ def objective_config(objective, **overrides):
         config.model = ml_collections.ConfigDict(CVT)
     elif objective == 'distill':
         config.model_name = 'distill.DistillableViT'
+    elif objective == 'wwt':
+        config.model_name = 'wwt.WWT'
+        config.model = ml_collections.ConfigDict(WWT)
+    elif objective == 'levjepa':
+        config.model_name = 'levjepa.VideoTransformer'
+        config.model = ml_collections.ConfigDict(LEVJEPA)
     return config
 
 

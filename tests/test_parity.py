@@ -107,12 +107,19 @@ def test_round_trip_is_bit_exact(entry, index, dtype):
         assert torch.equal(again[key], tensor), key
 
 
+def tensor_leaves(tree) -> list:
+    """A model's outputs (a tensor, or tuples and lists of them, nested) as a flat list, in numpy_tree's order."""
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in tensor_leaves(item)]
+    return [tree]
+
+
 def torch_outputs_and_gradients(entry, torch_model, inputs, draws):
     """vit-pytorch's exact outputs and gradients of sum(output * w) (its float64 reference), and the weights w."""
     torch_model = float64_reference(torch_model)
     with draws, torch_context(entry):
         out = torch_model(*torch_inputs(entry, inputs))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    outs = tensor_leaves(out)  # nested outputs too (wwt.WWT's task heads' tuples beside its WWTReturn)
     weights = output_weights(outs)
     sum(((t * torch.from_numpy(w)).sum() for t, w in zip(outs, weights)), torch.zeros((), dtype=torch.float64)).backward()
     grads = {name: np.zeros(p.shape) if p.grad is None else p.grad.numpy()

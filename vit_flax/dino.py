@@ -348,18 +348,19 @@ def update_moving_average(variables, moving_average_decay: float = 0.9, center_m
     return {**variables, 'params': params, 'buffers': buffers}
 
 
-def reset_moving_average(variables):
-    """The teacher set to a copy of the student (torch's `reset_moving_average()` followed by a forward)."""
+def reset_moving_average(variables, *, target: str = 'teacher_encoder', online: str = 'student_encoder'):
+    """The teacher set to a copy of the student (torch's `reset_moving_average()` followed by a forward).
+    `target` and `online` name the two subtrees (lejepa.LeJEPA's are 'target_encoder' and 'encoder')."""
     params = dict(variables['params'])
-    params['teacher_encoder'] = jax.tree_util.tree_map(lambda a: a, params['student_encoder'])
+    params[target] = jax.tree_util.tree_map(lambda a: a, params[online])
     return {**variables, 'params': params}
 
 
-def trainable_mask(params):
-    """A pytree of bools like `params` (or like variables holding 'params'): False for the teacher, which only
-    the EMA moves. For optax.masked / optax.multi_transform."""
+def trainable_mask(params, *, frozen: str = 'teacher_encoder'):
+    """A pytree of bools like `params` (or like variables holding 'params'): False for the teacher (the subtree
+    `frozen`), which only the EMA moves. For optax.masked / optax.multi_transform."""
     flat = traverse_util.flatten_dict(dict(params))
-    return traverse_util.unflatten_dict({path: 'teacher_encoder' not in path for path in flat})
+    return traverse_util.unflatten_dict({path: frozen not in path for path in flat})
 
 
 # MLP class for projector and predictor

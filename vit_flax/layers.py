@@ -57,6 +57,14 @@ def check_floating_input(module: nn.Module, argument: str, value, what: str = 'i
         )
 
 
+
+def check_integer_input(module: nn.Module, argument: str, value):
+    """Refuse ids (task ids, advantage bins) that are not integers, as torch's indexing and nn.Embedding do, naming
+    the model, the argument and the dtype."""
+    dtype = value.dtype if hasattr(value, 'dtype') else np.result_type(value)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f'{type(module).__name__}: {argument} has dtype {dtype}; pass integer ids')
+
 def _integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -117,6 +125,13 @@ KEYWORD_RULES: dict[str, KeywordRule] = {
     'ffn_heads': POSITIVE_INTEGER,  # attn_residual_with_dca_simple_vit
     'dim_mask': POSITIVE_INTEGER,  # simple_vit_with_sparse_gating
     'max_dist': POSITIVE_INTEGER,  # simple_vit_with_relative_proj_pos_bias
+    'num_slots': POSITIVE_INTEGER,  # wwt
+    'num_register_slots': NON_NEGATIVE_INTEGER,  # wwt
+    # vat, vaat, vat_siglip (None where optional: no tasks, no extra token, one view)
+    **dict.fromkeys(('dim_action', 'num_tasks', 'dim_extra_token', 'action_chunk_len', 'time_seq_len'),
+                    POSITIVE_INTEGER),
+    # 0 and 1 view(s) add no view embedding, as in vit-pytorch
+    **dict.fromkeys(('num_views', 'num_image_views', 'num_audio_views', 'num_advantage_bins'), NON_NEGATIVE_INTEGER),
     'num_distance_basis': NON_NEGATIVE_INTEGER,  # simple_vit_with_relative_proj_pos_bias
     **dict.fromkeys(('dropout', 'emb_dropout', 'attn_dropout', 'ff_dropout', 'layer_dropout', 'dropout_rate',
                      'attention_dropout', 'stochastic_depth_rate', 'token_dropout_prob'), DROPOUT_PROBABILITY),
@@ -126,8 +141,8 @@ KEYWORD_RULES: dict[str, KeywordRule] = {
 }
 
 # a stage's or a branch's keyword takes its base name's rule: s2_heads, sm_enc_heads, cross_attn_heads and
-# decoder_heads are heads; frame_stride is stride; iwsa_dim_key is dim_key
-_KEYWORD_PREFIX = re.compile(r'^(s[1-4]|sm_enc|lg_enc|sm|lg|cross_attn|decoder|frame|iwsa|ssa)_')
+# decoder_heads are heads; frame_stride is stride; iwsa_dim_key is dim_key; siglip_dim is dim; self_attn_heads is heads
+_KEYWORD_PREFIX = re.compile(r'^(s[1-4]|sm_enc|lg_enc|sm|lg|cross_attn|decoder|frame|iwsa|ssa|siglip|self_attn)_')
 
 
 def keyword_rule(name: str) -> KeywordRule | None:
@@ -165,14 +180,18 @@ def check_keywords(module: nn.Module):
 # initialisers
 
 
+def takes_train(module: nn.Module) -> bool:
+    """Whether a user-supplied module's `__call__` takes a `train=` keyword (or `**kwargs`)."""
+    parameters = inspect.signature(module.__call__).parameters.values()
+    return any(p.name == 'train' or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def call_plugged_in(module: nn.Module, x, train: bool):
     """Call a user-supplied module (vit-pytorch's `transformer=` arguments) with `train=` when it takes one.
 
     A plain callable such as a Dense stack need not know about training; one with dropout does.
     """
-    parameters = inspect.signature(module.__call__).parameters.values()
-    takes_train = any(p.name == 'train' or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-    return module(x, train=train) if takes_train else module(x)
+    return module(x, train=train) if takes_train(module) else module(x)
 
 
 def group_by_key_prefix_and_remove_prefix(prefix: str, d: dict) -> tuple[dict, dict]:
@@ -208,6 +227,7 @@ def torch_uniform(fan_in: int):
 
 
 randn = nn.initializers.normal(stddev=1.0)  # torch.randn, used by nn.Parameter(torch.randn(...))
+small_randn = nn.initializers.normal(stddev=1e-2)  # torch.randn(...) * 1e-2: register tokens, task, time embeddings
 
 
 def trunc_normal(std: float, a: float = -2.0, b: float = 2.0):
@@ -246,6 +266,13 @@ def gelu(x):
     default is the tanh approximation; jax.nn.gelu(approximate=False) goes through erfc, which XLA's CPU code
     evaluates about 2.5x slower than erf, forward, and 1.5x backward.)"""
     return 0.5 * x * (1 + jax.lax.erf(x * 0.7071067811865476))
+
+
+def gelu_tanh(x):
+    """torch's nn.GELU(approximate='tanh'): x / 2 * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))), which is
+    jax.nn.gelu's default formula."""
+    return jax.nn.gelu(x, approximate=True)
+
 
 class LayerNorm(nn.Module):
     """torch.nn.LayerNorm over the last axis: eps 1e-5 and a two-pass variance, parameters `scale` and `bias`.
@@ -344,15 +371,18 @@ class SequentialFeedForward(nn.Module):
     """vit-pytorch's `FeedForward(dim, hidden_dim)` written as a function returning
     `nn.Sequential(LayerNorm, Linear, GELU, Linear)` (simple_vit_with_value_residual, simple_uvit, jumbo_vit): the
     layers are named by their Sequential indices `0`, `1`, `3`, so the tree maps to `<prefix>.0.weight` ... The
-    output has the input's width."""
+    output has the input's width. `epsilon` is the LayerNorm's, `activation` the GELU (vat_siglip's SigLIP
+    feed-forward: eps 1e-6 and `nn.GELU(approximate='tanh')`, `gelu_tanh`)."""
 
     hidden_dim: int
+    epsilon: float = 1e-5
+    activation: Callable = gelu
 
     @nn.compact
     def __call__(self, x):
         dim = x.shape[-1]
-        x = LayerNorm(name='0')(x)
-        x = gelu(Linear(self.hidden_dim, name='1')(x))
+        x = LayerNorm(self.epsilon, name='0')(x)
+        x = self.activation(Linear(self.hidden_dim, name='1')(x))
         return Linear(dim, name='3')(x)
 
 

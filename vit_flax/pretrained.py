@@ -16,7 +16,9 @@ Sources, detected by what they are:
 - a hub name ('timm/vit_base_patch16_224.augreg2_in21k_ft_in1k', 'google/vit-base-patch16-224', an 'hf-hub:'
   prefix allowed): fetched with huggingface_hub's snapshot_download, which keeps its cache and honours
   HF_HUB_OFFLINE; then read as the directory it is;
-- a directory: timm's hub layout (config.json naming an `architecture`) or transformers' ViT (`model_type` 'vit');
+- a directory: timm's hub layout (config.json naming an `architecture`), transformers' ViT (`model_type` 'vit') or
+  SigLIP vision tower ('siglip_vision_model', or a two-tower 'siglip' whose image tower is read; its MAP head is
+  global_pool='map');
 - a file: `.npz` (big_vision / vision_transformer, converters/big_vision.py), or a timm state dict in `.safetensors`,
   `.pth`, `.pt` or `.bin` (`arch=` or `num_heads=` where the file names no architecture).
 
@@ -91,13 +93,16 @@ def read(source: str | os.PathLike, **hints) -> Pretrained:
     if path.is_dir():
         if hf_vit.is_hf_vit_dir(path):
             return hf_vit.read_hf_vit(path) if not hints else _checked(hf_vit.read_hf_vit(path), hints)
+        if hf_vit.is_hf_siglip_dir(path):
+            return hf_vit.read_hf_siglip(path, **hints)
         if timm.is_timm_dir(path):
             return timm.read_timm(path, **hints)
         npz = sorted(path.glob('*.npz'))
         if len(npz) == 1:
             return big_vision.read_npz(npz[0], **hints)
         raise UnsupportedCheckpointError(f'{path}: neither a timm hub directory (config.json with an architecture), '
-                                         'a transformers ViT directory (model_type vit) nor one .npz')
+                                         'a transformers ViT or SigLIP directory (model_type vit, siglip_vision_model, '
+                                         'siglip) nor one .npz')
     if path.suffix == '.npz':
         return big_vision.read_npz(path, **hints)
     return timm.read_timm(path, **hints)

@@ -85,6 +85,12 @@ from vit_flax import rvt
 from vit_flax import normalized_vit
 from vit_flax import look_vit
 from vit_flax import vit_detpool
+from vit_flax import levjepa, levjepa_nd
+from vit_flax import vat, vaat
+from vit_flax import vivit_with_moss, accept_video_wrapper
+from vit_flax import wwt
+from vit_flax import vat_siglip
+from vit_flax import lejepa
 
 # the input sizes a configuration takes: each architecture's size arithmetic, as its forward computes it
 
@@ -448,14 +454,164 @@ class ImagesAndObjectMasks(Images):
 
 @dataclasses.dataclass(frozen=True)
 class CroppedImages(Images):
-    """Images for a self-distillation learner (dino.Dino, es_vit.EsViTTrainer), which crops them itself: square
-    images at the learner's `image_size` with its encoder's channels."""
+    """Images for a self-distillation learner (dino.Dino, es_vit.EsViTTrainer, lejepa.LeJEPA), which crops them
+    itself: square images at the learner's `image_size` with its encoder's channels."""
 
     def size(self, model: nn.Module) -> tuple[int, int]:
         return model.image_size, model.image_size
 
     def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
         return (_draw((batch, *self.size(model), getattr(model.net, 'channels', 3)), rng),)
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerImages(Images):
+    """RGB images for an image tower with no `channels` keyword (vat_siglip.SigLIP: its patch embedding always takes
+    3 channels): the largest square of whole patches within its `image_size`, which need not be a multiple of the
+    patch."""
+
+    def size(self, model: nn.Module) -> tuple[int, int]:
+        side = model.image_size // model.patch_size * model.patch_size
+        return side, side
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.size(model), 3), rng),)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenVideos:
+    """Token grids over time (batch, frames, height, width, dim) at the model's own `dim`, of `grid` (frames, height,
+    width), for a module that takes video tokens (vivit_with_moss.MOSS). vit-pytorch takes the same layout."""
+
+    grid: tuple[int, int, int] = (4, 3, 5)
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.grid, model.dim), rng),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        return tuple(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageModelVideos(Videos):
+    """Videos (batch, frames, height, width, channels) for a wrapper that runs an image model on every frame
+    (accept_video_wrapper.AcceptVideoWrapper): each frame of the wrapped model's own example size and channels (its
+    entry's input kind), `frames` frames, or the wrapper's `time_seq_len` where its time embedding takes fewer.
+    vit-pytorch takes (batch, channels, frames, height, width)."""
+
+    frames: int = 3
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        (image,) = example_inputs(model.image_model)
+        frames = min(self.frames, model.time_seq_len) if model.add_time_pos_emb else self.frames
+        return (_draw((batch, frames, *np.shape(image)[1:]), rng),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Audio:
+    """Audio for an audio spectrogram transformer (vaat.AST): waveforms (batch, samples), the fewest samples whose
+    spectrogram (by the model's spec_* keywords) fills `patch_grid[1]` patches along time; with the model's
+    `accept_spec`, spectrograms (batch, time, freq) of `patch_grid` (rows along frequency, columns along time) patches
+    and one more step of each, which the model crops. vit-pytorch takes the same layouts."""
+
+    patch_grid: tuple[int, int] = (2, 2)
+
+    def shape(self, model: nn.Module) -> tuple[int, ...]:
+        """One example's shape: (samples,), or (time, freq) with `accept_spec`."""
+        patch_height, patch_width = pair(model.patch_size)
+        if model.accept_spec:
+            return self.patch_grid[1] * patch_width + 1, self.patch_grid[0] * patch_height + 1
+        return (model.waveform_length(self.patch_grid[1]),)
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (_draw((batch, *self.shape(model)), rng),)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        return tuple(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionActionInputs:
+    """What a vision-action transformer takes (vat.VAT): views (batch, views, height, width, channels) at its `vit`'s
+    `image_size` and `channels`, with a frame axis after the views (batch, views, frames, height, width, channels)
+    where `time_seq_len > 1`, as many views as `num_views` (one where it is 0, 1 or None); then the conditioning the
+    configuration takes, in the model's positional order up to the first it does not take: `extra` (batch,
+    dim_extra_token) where `dim_extra_token` is set, then `tasks` (batch,) in [0, num_tasks) where `num_tasks` is,
+    then `advantages` (batch,) in [-1, num_advantage_bins) where there are bins (zeros for shape inference).
+    vit-pytorch takes (batch, views, channels, [frames,] height, width) and the conditioning as keywords (int64
+    ids)."""
+
+    def video(self, model: nn.Module, views: int | None, batch: int, rng: np.random.Generator | None) -> np.ndarray:
+        height, width = pair(model.vit.image_size)
+        frames = (model.time_seq_len,) if model.time_seq_len > 1 else ()
+        return _draw((batch, views if views and views > 1 else 1, *frames, height, width, model.vit.channels), rng)
+
+    def conditioning(self, model: nn.Module, batch: int, rng: np.random.Generator | None) -> list:
+        ids = lambda low, high: (np.zeros((batch,), np.int32) if rng is None  # noqa: E731
+                                 else rng.integers(low, high, (batch,)).astype(np.int32))
+        inputs = []
+        if model.dim_extra_token is not None:
+            inputs.append(_draw((batch, model.dim_extra_token), rng))
+            if model.num_tasks is not None:
+                inputs.append(ids(0, model.num_tasks))
+                if model.num_advantage_bins > 0:
+                    inputs.append(ids(-1, model.num_advantage_bins))
+        return inputs
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return (self.video(model, model.num_views, batch, rng), *self.conditioning(model, batch, rng))
+
+    @staticmethod
+    def torch_conditioning(conditioning) -> list:
+        return [a if np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a, np.int64) for a in conditioning]
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        video, *conditioning = args
+        # channels-last to vit-pytorch's channel axis, after the views: (b c h w), (b v c h w) or (b v c t h w)
+        video = np.ascontiguousarray(np.moveaxis(video, -1, 1 if video.ndim == 4 else 2))
+        return (video, *self.torch_conditioning(conditioning))
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewsAndConditioning(VisionActionInputs):
+    """VisionActionInputs for vat_siglip.SigLIPVAT, whose views always have a frame axis (batch, views, frames,
+    height, width, 3): `time_seq_len` frames of RGB images at TowerImages' size of its tower (`siglip_image_size`,
+    `siglip_patch_size`)."""
+
+    def video(self, model: nn.Module, views: int | None, batch: int, rng: np.random.Generator | None) -> np.ndarray:
+        side = model.siglip_image_size // model.siglip_patch_size * model.siglip_patch_size
+        return _draw((batch, views or 1, model.time_seq_len, side, side, 3), rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionAudioActionInputs(VisionActionInputs):
+    """What a vision-audio-action transformer takes (vaat.VAAT): VisionActionInputs' views (as many as
+    `num_image_views`), then audio as its `ast` takes it (Audio's waveforms or spectrograms), with a view axis after
+    the batch where `num_audio_views > 1`, then the conditioning. vit-pytorch takes the audio as it is."""
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        video = self.video(model, model.num_image_views, batch, rng)
+        views = (model.num_audio_views,) if model.num_audio_views and model.num_audio_views > 1 else ()
+        audio = _draw((batch, *views, *Audio().shape(model.ast)), rng)
+        return (video, audio, *self.conditioning(model, batch, rng))
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        video, audio, *conditioning = args
+        return (np.ascontiguousarray(np.moveaxis(video, -1, 2)), audio, *self.torch_conditioning(conditioning))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderInputs:
+    """The inputs of a learner's wrapped `encoder` (levjepa.LeVJEPA, levjepa_nd.LeVJEPAND), which it crops or
+    augments itself: `inputs` (the encoder's entry's input kind) at the encoder's own sizes and channels."""
+
+    inputs: Any = Videos()
+
+    def example(self, model: nn.Module, batch: int = 1, rng: np.random.Generator | None = None) -> tuple:
+        return self.inputs.example(model.encoder, batch, rng)
+
+    def to_torch_layout(self, args: tuple) -> tuple:
+        return self.inputs.to_torch_layout(args)
 
 
 # why recorder.Recorder cannot record a kind of model (registry.Entry.not_recordable)
@@ -1052,6 +1208,126 @@ ENTRIES: tuple[Entry, ...] = (
         paper='JetViT (vit-pytorch, by Pranoy): a ViT of ReLU linear attention with squeeze dynamic convolution, '
               'window and full attention layers, chosen by post-training attention search (a draw per layer)',
         inputs=Images(),
+    ),
+    Entry(
+        name='lejepa.LeJEPA',
+        flax_class=lejepa.LeJEPA,
+        not_recordable=OBJECTIVE,
+        paper='LeJEPA: Provable and Scalable Self-Supervised Learning Without the Heuristics (Balestriero & LeCun, '
+              '2025)',
+        inputs=CroppedImages(),
+    ),
+    Entry(
+        name='vat_siglip.SigLIP',
+        flax_class=vat_siglip.SigLIP,
+        not_recordable='no `transformer`: its layers are the model\'s own `layers` (return_hiddens gives their inputs)',
+        paper='Sigmoid Loss for Language Image Pre-Training (Zhai et al., 2023), its image tower (SoViT-400m/14 by '
+              'default), in vit-pytorch\'s layout',
+        inputs=TowerImages(),
+    ),
+    Entry(
+        name='vat_siglip.SigLIPVAT',
+        flax_class=vat_siglip.SigLIPVAT,
+        not_recordable="no `transformer`: the SigLIP tower's self-attention and the VAT's cross- and self-attention "
+                       'maps have different shapes',
+        paper='VAT: Vision Action Transformer by Unlocking Full Representation of ViT (ICLR 2026 submission), on a '
+              'SigLIP tower, with gated attention (Qiu et al., 2025)',
+        inputs=ViewsAndConditioning(),
+    ),
+    Entry(
+        name='wwt.WWT',
+        flax_class=wwt.WWT,
+        not_recordable='no `transformer`: mutual attention between patch tokens and slot levels of different sizes, '
+                       'its maps carried as mask logits',
+        paper='What-Where Transformer: A Slot-Centric Visual Backbone for Concurrent Representation and Localization '
+              '(Yoshihashi et al., 2026)',
+    ),
+    Entry(
+        name='vivit_with_moss.ViViT',
+        flax_class=vivit_with_moss.ViViT,
+        not_recordable='no single `transformer`: the spatial and temporal transformers attend over different token '
+                       'counts, and vit-pytorch computes them with F.scaled_dot_product_attention by default',
+        paper='ViViT: A Video Vision Transformer (Arnab et al., 2021), with MOSS: Exploring High-Order '
+              'Self-Similarity for Video Understanding (Co6SCyBIjo)',
+        inputs=Videos(),
+    ),
+    Entry(
+        name='vivit_with_moss.MOSS',
+        flax_class=vivit_with_moss.MOSS,
+        not_recordable='a motion encoder of space-time self-similarities, with no attention',
+        paper='Exploring High-Order Self-Similarity for Video Understanding (MOSS, Co6SCyBIjo)',
+        inputs=TokenVideos(),
+    ),
+    Entry(
+        name='accept_video_wrapper.AcceptVideoWrapper',
+        flax_class=accept_video_wrapper.AcceptVideoWrapper,
+        not_recordable="a wrapper that runs an image model on every frame: record the image model instead",
+        paper='An image model applied per frame, with a time embedding and optional MOSS (vit-pytorch)',
+        inputs=ImageModelVideos(),
+    ),
+    Entry(
+        name='vat.ViT',
+        flax_class=vat.ViT,
+        recordable=True,
+        paper='An Image is Worth 16x16 Words (Dosovitskiy et al., 2020), with register tokens and per-head output '
+              'gates (Qiu et al., 2025): the vision tower of VAT',
+    ),
+    Entry(
+        name='vat.VAT',
+        flax_class=vat.VAT,
+        not_recordable="no `transformer`: its action tokens cross-attend over the ViT's layers (record the ViT "
+                       'itself)',
+        paper="Vision-action transformer (openreview TalHOvvLZu): action tokens cross-attend to a ViT's "
+              'representation trajectory, FiLM task conditioning',
+        inputs=VisionActionInputs(),
+    ),
+    Entry(
+        name='vaat.AST',
+        flax_class=vaat.AST,
+        recordable=True,
+        paper='AST: Audio Spectrogram Transformer (Gong et al., 2021), with register tokens and per-head output gates',
+        inputs=Audio(),
+    ),
+    Entry(
+        name='vaat.VAAT',
+        flax_class=vaat.VAAT,
+        not_recordable="no `transformer`: its action tokens cross-attend over the ViT's and the AST's layers (record "
+                       'those themselves)',
+        paper="Vision-audio-action transformer: VAT's action tokens cross-attend to a ViT's and an AST's "
+              'representation trajectories',
+        inputs=VisionAudioActionInputs(),
+    ),
+    Entry(
+        name='levjepa.VideoTransformer',
+        flax_class=levjepa.VideoTransformer,
+        not_recordable="vit-pytorch computes the attention with flex_attention, with no `attend` to hook (no reference "
+                       'to match)',
+        paper='LeVJEPA: Efficient & Scalable Video Pretraining without the Heuristics (Kuhn et al., 2026): its '
+              'block-causal video encoder with factorised rotary embeddings',
+        inputs=Videos(),
+    ),
+    Entry(
+        name='levjepa.LeVJEPA',
+        flax_class=levjepa.LeVJEPA,
+        not_recordable=OBJECTIVE,
+        paper='LeVJEPA: Efficient & Scalable Video Pretraining without the Heuristics (Kuhn et al., 2026), with '
+              'SIGReg (Balestriero & LeCun, 2025)',
+        inputs=EncoderInputs(Videos()),
+    ),
+    Entry(
+        name='levjepa_nd.NDTransformer',
+        flax_class=levjepa_nd.NDTransformer,
+        not_recordable="vit-pytorch computes the attention in nd_attention (flex_attention, or an inline masked "
+                       'softmax), with no `attend` to hook (no reference to match)',
+        paper="LeVJEPA's block-causal encoder (Kuhn et al., 2026) on inputs of 1 to 7 dimensions, causal along some",
+        inputs=NDInputs(),
+    ),
+    Entry(
+        name='levjepa_nd.LeVJEPAND',
+        flax_class=levjepa_nd.LeVJEPAND,
+        not_recordable=OBJECTIVE,
+        paper='LeVJEPA (Kuhn et al., 2026) on inputs of 1 to 7 dimensions, with SIGReg (Balestriero & LeCun, 2025)',
+        inputs=EncoderInputs(NDInputs()),
     ),
     # new entries go above this line
 )

@@ -1,5 +1,6 @@
 """What `config.objective` trains: the configured model itself ('supervised'), or the model wrapped in a
-self-supervised or distillation objective of vit-pytorch (MAE, SimMIM, MPP, MP3, DINO, EsViT, DistillWrapper).
+self-supervised or distillation objective of vit-pytorch (MAE, SimMIM, MPP, MP3, DINO, EsViT, DistillWrapper,
+LeJEPA; LeVJEPA on clips of repeated images).
 
 Every objective is a Flax module that returns its loss from `apply(variables, images, train=True, rngs=...)` and
 states, as class attributes and methods, what the trainer needs to know of it (`Objective`, and optionally
@@ -25,7 +26,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from vit_flax import dino, distill, es_vit, mae, mp3, mpp, registry, simmim
+from vit_flax import dino, distill, es_vit, lejepa, levjepa, mae, mp3, mpp, registry, simmim, wwt
 from vit_flax.training.checkpoint import restore_variables
 
 
@@ -83,6 +84,30 @@ def _with_teacher(kwargs):
     return kwargs
 
 
+class LeVJEPAOnImages(levjepa.LeVJEPA):
+    """levjepa.LeVJEPA on the trainer's images: each image (batch, height, width, channels) becomes a clip of the
+    encoder's `frames` copies of it (as V-JEPA 2 treats still images), so the configured model is a plain
+    levjepa.VideoTransformer that exports to vit-pytorch's; clips (batch, frames, height, width, channels) pass as
+    they are. `example_inputs` initialises it with a one-frame clip, which the plain model takes too (parameter shapes
+    do not depend on the frame count)."""
+
+    takes_clips = True
+
+    def __call__(self, video, *args, **kwargs):
+        if video.ndim == 4:
+            video = jax.numpy.repeat(video[:, None], self.encoder.frames, axis=1)
+        return super().__call__(video, *args, **kwargs)
+
+
+def _levjepa_derived(model, info):
+    """Views of the image's size (vit-pytorch concatenates the global and local ones, so both); the trainer's images
+    are normalised already and may not be RGB: no colour transforms and the identity normalisation, flips only."""
+    size = tuple(info.image_size)
+    identity = dict(mean=(0.0,), std=(1.0,))
+    return dict(image_size=size, local_size=size, global_augment_fn=levjepa.NormalizeVideo(**identity),
+                local_augment_fn=levjepa.PhotometricAugment(color_jitter_prob=0.0, grayscale_prob=0.0, **identity))
+
+
 _SELF_DISTILLATION = dict(projection_hidden_size=256, projection_layers=4, num_classes_K=65336, student_temp=0.9,
                           teacher_temp=0.04, local_upper_crop_scale=0.4, global_lower_crop_scale=0.5,
                           moving_average_decay=0.9, center_moving_average_decay=0.9)
@@ -99,6 +124,18 @@ OBJECTIVES: dict[str, Recipe] = {
                     derived=_self_distillation_derived),
     'distill': Recipe(distill.DistillWrapper, dict(temperature=3.0, alpha=0.5, hard=False), resolved=_with_teacher,
                        config_keywords=('teacher_workdir',)),
+    # vit-pytorch's quick run: SIGReg (the default target), the projector and weights of its example
+    'lejepa': Recipe(lejepa.LeJEPA, dict(hidden_layer='to_latent', projection_hidden_size=256, projection_layers=4,
+                                         num_classes_K=65336, target_loss_weight=1.0, sigreg_loss_weight=1.0),
+                     derived=_self_distillation_derived),
+    # vit-flax's own (vit-pytorch has no WWT wrapper): the slots reconstruct the patches, plus SIGReg at LeJEPA's
+    # default weight on the levels the model's sigreg_slots selects
+    'wwt': Recipe(wwt.WWTAutoencoder, dict(sigreg_loss_weight=1.0)),
+    # vit-pytorch's quick run (LeVJEPA's defaults) on clips of repeated images; the local crops take a quarter to a
+    # half of an 8 x 8 digit (its 0.02 would cut a pixel or two)
+    'levjepa': Recipe(LeVJEPAOnImages, dict(num_local_views=4, num_classes_K=256, projection_hidden=256,
+                                            local_crop_scale=(0.25, 0.5), global_crop_scale=(0.8, 1.0), drop_ratio=0.95,
+                                            sigreg_loss_weight=0.02), derived=_levjepa_derived),
 }
 
 SUPERVISED = 'supervised'
@@ -165,4 +202,6 @@ def example_inputs(name: str, info) -> tuple:
     images = np.zeros((1, *info.image_size, info.channels), np.float32)
     if name != SUPERVISED and OBJECTIVES[name].wrapper.takes_labels:
         return images, np.zeros((1,), np.int32)
+    if name != SUPERVISED and getattr(OBJECTIVES[name].wrapper, 'takes_clips', False):
+        return (images[:, None],)  # a one-frame clip (levjepa)
     return (images,)
