@@ -29,6 +29,7 @@ import flax.linen as nn
 from safetensors.numpy import load_file, save_file
 
 from vit_flax import registry
+from vit_flax.extractor import Extractor
 
 from .arrays import contiguous, is_torch_tensor, to_numpy, to_tensor
 from .tree import from_torch, to_torch
@@ -171,6 +172,11 @@ def _sidecar_kwargs(model: nn.Module) -> dict[str, Any]:
                     'kwargs': {key: encode(v, f'{where}.{key}') for key, v in registry.torch_kwargs(value).items()}}
         if isinstance(value, (tuple, list)):
             return [encode(v, f'{where}[{i}]') for i, v in enumerate(value)]
+        if isinstance(value, Extractor):
+            raise ValueError(
+                f'{where}: an Extractor of {type(value.vit).__name__} has no sidecar form (a sidecar names classes of '
+                'architecture files only). Export the weights alone with vit_flax.converters.save_state_dict(path, '
+                'vit_flax.converters.to_torch(model, variables))')
         return value
 
     return {key: encode(value, key) for key, value in registry.torch_kwargs(model).items()}
@@ -222,6 +228,7 @@ def _checked_class(value: dict, where: str) -> tuple[str, str]:
 DICT_KEYWORDS = frozenset({
     'orthog_residual_update_kwargs',  # simple_vit_orthog_residual_update
     'sigreg_loss_kwargs',  # lejepa
+    'moss',  # accept_video_wrapper: MOSS's keywords
 })
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 
 from vit_flax import registry
+from vit_flax.extractor import Extractor
 
 
 def import_vit_pytorch(module: str):
@@ -42,12 +43,17 @@ def torch_twin_name(module: nn.Module) -> tuple[str, str]:
 def torch_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
     """vit-pytorch's constructor keywords for Flax ones: a module-valued keyword (a plugged-in `transformer`,
     Adapter's `vit`, DistillWrapper's `teacher` and `student`), or each module of a tuple or list of them (WWT's
-    `task_heads`), becomes a new instance of its vit-pytorch twin with the same keywords; its weights come from a
-    state dict."""
+    `task_heads`), becomes a new instance of its vit-pytorch twin with the same keywords, and an extractor.Extractor
+    vit-pytorch's Extractor of its model's twin (AcceptVideoWrapper's `image_net`); its weights come from a state
+    dict."""
 
     def twin(value):
         if isinstance(value, (tuple, list)) and any(isinstance(item, nn.Module) for item in value):
             return type(value)(twin(item) for item in value)  # wwt.WWT's task_heads
+        if isinstance(value, Extractor):  # accept_video_wrapper's image_net: no Flax module, vit-pytorch's is one
+            return import_vit_pytorch('vit_pytorch.extractor').Extractor(
+                twin(value.vit), layer_name=value.layer_name, layer_save_input=value.layer_save_input,
+                return_embeddings_only=value.return_embeddings_only, detach=value.detach)
         if not isinstance(value, nn.Module):
             return value
         torch_module, name = torch_twin_name(value)

@@ -1,46 +1,16 @@
 """Parity with vit_pytorch.accept_video_wrapper: the test configurations and random-configuration sweep of
 `accept_video_wrapper.AcceptVideoWrapper`, wrapping vit.ViT, simple_vit.SimpleViT and cvt.CvT (plain, or through
-an Extractor as vit-pytorch's example does).
-
-The converters build a module keyword's vit-pytorch twin (`image_net=ViT(...)` becomes vit_pytorch.vit.ViT), but a
-vit-flax Extractor is no module: `torch_extractors()`, the spec's construction context, hands vit-pytorch's
-AcceptVideoWrapper vit-pytorch's Extractor of the twin instead, with the same options."""
-
-import contextlib
-from unittest import mock
+an Extractor as vit-pytorch's example does: the converters build vit-pytorch's Extractor of the model's twin)."""
 
 import numpy as np
 
 from parity.spec import Spec
 from parity.vivit_with_moss import random_moss_keywords
-from vit_flax.converters import import_vit_pytorch, torch_keywords
 from vit_flax.cvt import CvT
 from vit_flax.extractor import Extractor
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
 from vit_flax.vivit_with_moss import MOSS
-
-
-def torch_extractor(extractor: Extractor):
-    """vit-pytorch's Extractor of the twin of `extractor.vit` (new weights), with the same options."""
-    torch_class = import_vit_pytorch('vit_pytorch.extractor').Extractor
-    return torch_class(torch_keywords({'vit': extractor.vit})['vit'], layer_name=extractor.layer_name,
-                       layer_save_input=extractor.layer_save_input,
-                       return_embeddings_only=extractor.return_embeddings_only, detach=extractor.detach)
-
-
-@contextlib.contextmanager
-def torch_extractors():
-    """vit-pytorch's AcceptVideoWrapper, built under this context, takes a vit-flax Extractor `image_net` as
-    vit-pytorch's Extractor of its model's twin."""
-    torch_class = import_vit_pytorch('vit_pytorch.accept_video_wrapper').AcceptVideoWrapper
-    original = torch_class.__init__
-
-    def __init__(self, image_net, *args, **kwargs):
-        original(self, torch_extractor(image_net) if isinstance(image_net, Extractor) else image_net, *args, **kwargs)
-
-    with mock.patch.object(torch_class, '__init__', __init__):
-        yield
 
 
 TINY_VIT = dict(image_size=8, patch_size=4, dim=16, depth=1, heads=2, mlp_dim=16, dim_head=8)
@@ -125,7 +95,6 @@ SPECS = {
         configs=CONFIGS,
         notes='any image model on every frame, with a time embedding, projection and MOSS on one of its outputs '
               '(tested with ViT, SimpleViT and CvT, plain or through an Extractor); `eval_with_no_grad`',
-        torch_construction=torch_extractors,
         random_configuration=random_configuration,
         # twelve draws of the sweep's seed reach every image model (ViT's tokens with both pools, Extractors of ViT
         # and SimpleViT, CvT), MOSS as a module and as a dict, one to four frames, projections and time embeddings

@@ -233,3 +233,27 @@ def test_bad_inputs_name_the_values(keywords, shape, message):
     model = AcceptVideoWrapper(**{'image_net': ViT(num_classes=0, **TINY_VIT), **keywords})
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+
+
+def test_a_wrapper_with_moss_keywords_round_trips_through_files(tmp_path):
+    """The `moss` dict is JSON data of the sidecar (files.DICT_KEYWORDS): the file loads into both frameworks, and
+    vit-pytorch's model gives the Flax model's outputs on the saved weights."""
+    config = ENTRY.configs[5]  # a mean-pool ViT's tokens with MOSS from a dict of keywords
+    model = AcceptVideoWrapper(**config)
+    video = images((2, 3, 8, 8, 1), seed=3)
+    variables = model.init(jax.random.key(0), video)
+    path = converters.save_torch(tmp_path / 'wrapper.safetensors', model, variables)
+    loaded, loaded_variables = converters.load_flax(path)
+    assert loaded.moss == config['moss']
+    torch_model = converters.load_torch(path)
+    with torch.no_grad():
+        expected = float64_reference(torch_model)(nchw(video))
+    assert_close_outputs(apply(loaded, loaded_variables, video), expected, ENTRY.tolerance)
+
+
+def test_a_wrapper_of_an_extractor_is_refused_a_sidecar_by_name(tmp_path):
+    model = AcceptVideoWrapper(**EXTRACTOR_EXAMPLE)
+    variables = model.init(jax.random.key(0), images((1, 2, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r'^image_net: an Extractor of ViT has no sidecar form'):
+        converters.save_torch(tmp_path / 'wrapper.safetensors', model, variables)
+    assert not list(tmp_path.iterdir())
