@@ -503,7 +503,34 @@ class _InitCopiesStudent:
         return reset_moving_average(super().init(rngs, *args, **kwargs))
 
 
-class Dino(_InitCopiesStudent, nn.Module):
+class CropViews:
+    """What Dino (and es_vit.EsViTTrainer) and lejepa.LeJEPA share, from their fields `net`, `hidden_layer`,
+    `num_classes_K`, `projection_hidden_size`, `projection_layers`, `local_upper_crop_scale` and
+    `global_lower_crop_scale`: the wrapped network with its projector, the augmentation (vit-pytorch's default where
+    none is given) and each image's two local and two global crops from the 'crop' stream."""
+
+    def _encoder(self, name):
+        return NetWrapper(self.net.clone(), self.num_classes_K, self.projection_hidden_size, self.projection_layers,
+                          layer=self.hidden_layer, name=name)
+
+    def _augment(self, fn, name, x):
+        if fn is None:
+            return DefaultAugment(name=name)(x)
+        return fn(x)
+
+    def crop_boxes(self, x):
+        """The crop boxes a call on `x` draws from the 'crop' stream: (4, B, 4) int32 (top, left, h, w) for the
+        local crops of views one and two, then the global crops of views one and two (torch's call order)."""
+        batch, height, width = x.shape[:3]
+        local_scale = (0.05, self.local_upper_crop_scale)
+        global_scale = (self.global_lower_crop_scale, 1.0)
+        return jnp.stack([
+            random_resized_crop_boxes(self.make_rng(CROP), batch, height, width, scale)
+            for scale in (local_scale, local_scale, global_scale, global_scale)
+        ])
+
+
+class Dino(CropViews, _InitCopiesStudent, nn.Module):
     net: nn.Module
     image_size: int
     hidden_layer: int | str = -2
@@ -545,26 +572,6 @@ class Dino(_InitCopiesStudent, nn.Module):
         check_keywords(self)
         _check_config(self)
         super().__post_init__()
-
-    def _encoder(self, name):
-        return NetWrapper(self.net.clone(), self.num_classes_K, self.projection_hidden_size, self.projection_layers,
-                          layer=self.hidden_layer, name=name)
-
-    def _augment(self, fn, name, x):
-        if fn is None:
-            return DefaultAugment(name=name)(x)
-        return fn(x)
-
-    def crop_boxes(self, x):
-        """The crop boxes a call on `x` draws from the 'crop' stream: (4, B, 4) int32 (top, left, h, w) for the
-        local crops of views one and two, then the global crops of views one and two (torch's call order)."""
-        batch, height, width = x.shape[:3]
-        local_scale = (0.05, self.local_upper_crop_scale)
-        global_scale = (self.global_lower_crop_scale, 1.0)
-        return jnp.stack([
-            random_resized_crop_boxes(self.make_rng(CROP), batch, height, width, scale)
-            for scale in (local_scale, local_scale, global_scale, global_scale)
-        ])
 
     @nn.compact
     def __call__(self, x, return_embedding: bool = False, return_projection: bool = True, student_temp=None,

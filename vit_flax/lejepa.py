@@ -84,8 +84,8 @@ import jax
 import jax.numpy as jnp
 
 from vit_flax import dino
-from vit_flax.dino import (AUGMENT, CROP, MLP, DefaultAugment, FlipAndBlur, L2Norm, NetWrapper, RandomApply,
-                           random_resized_crop_boxes, resized_crop)
+from vit_flax.dino import (AUGMENT, CROP, MLP, CropViews, DefaultAugment, FlipAndBlur, L2Norm, NetWrapper,
+                           RandomApply, resized_crop)
 from vit_flax.layers import check_floating_input, check_keywords, default, exists, l2_normalize
 
 # vit-pytorch's lejepa.py defines these pieces again; here they are dino.py's
@@ -219,7 +219,7 @@ def _default_sigreg_loss_kwargs():
     return dict(num_slices=1024, domain=(-5, 5), num_knots=17)
 
 
-class LeJEPA(_InitCopiesEncoder, nn.Module):
+class LeJEPA(CropViews, _InitCopiesEncoder, nn.Module):
     net: nn.Module
     image_size: int
     hidden_layer: int | str = -2
@@ -286,26 +286,6 @@ class LeJEPA(_InitCopiesEncoder, nn.Module):
         check_keywords(self)
         _check_config(self)
         super().__post_init__()
-
-    def _encoder(self, name):
-        return NetWrapper(self.net.clone(), self.num_classes_K, self.projection_hidden_size, self.projection_layers,
-                          layer=self.hidden_layer, name=name)
-
-    def _augment(self, fn, name, x):
-        if fn is None:
-            return DefaultAugment(name=name)(x)
-        return fn(x)
-
-    def crop_boxes(self, x):
-        """The crop boxes a call on `x` draws from the 'crop' stream: (4, B, 4) int32 (top, left, h, w) for the
-        local crops of views one and two, then the global crops of views one and two (torch's call order)."""
-        batch, height, width = x.shape[:3]
-        local_scale = (0.05, self.local_upper_crop_scale)
-        global_scale = (self.global_lower_crop_scale, 1.0)
-        return jnp.stack([
-            random_resized_crop_boxes(self.make_rng(CROP), batch, height, width, scale)
-            for scale in (local_scale, local_scale, global_scale, global_scale)
-        ])
 
     def sigreg_draws(self, dtype=jnp.float32):
         """The standard normal draws (num_slices, num_classes_K) behind SIGReg's directions in a call with the same
