@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
 
 from vit_flax import converters
 from vit_flax.__main__ import main as converters_main
@@ -168,7 +170,13 @@ def test_cli_overrides_export_and_import(tmp_path):
                    env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
     saved = json.loads((workdir / 'config.json').read_text())
     assert saved['model']['depth'] == 1 and saved['total_steps'] == 4
-    assert (workdir / 'tensorboard').is_dir() and any((workdir / 'tensorboard').iterdir())
+    # TensorBoard holds what metrics.jsonl holds, step by step
+    events = EventAccumulator(str(workdir / 'tensorboard'))
+    events.Reload()
+    logged = {(tag, event.step): float(tensor_util.make_ndarray(event.tensor_proto))
+              for tag in events.Tags()['tensors'] for event in events.Tensors(tag)}
+    expected = {(key, m['step']): value for m in read_metrics(workdir) for key, value in m.items() if key != 'step'}
+    assert {'train_loss', 'eval_accuracy'} <= {tag for tag, _ in expected} and logged == pytest.approx(expected)
     assert [m['step'] for m in read_metrics(workdir) if 'eval_accuracy' in m] == [4]
 
     out = tmp_path / 'digits.safetensors'

@@ -12,7 +12,7 @@ import importlib.util
 # the import names each extra adds to the base install (ml_dtypes, scipy and absl come with jax and flax)
 EXTRAS = {
     'torch': ('torch', 'vit_pytorch', 'safetensors'),
-    'train': ('optax', 'orbax', 'chex', 'grain', 'ml_collections', 'tqdm', 'tensorboardX', 'sklearn', 'PIL'),
+    'train': ('optax', 'orbax', 'chex', 'grain', 'ml_collections', 'tqdm', 'tensorboard', 'sklearn', 'PIL'),
 }
 
 
