@@ -30,3 +30,15 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
     units = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'), ('AMX', 'amx_tile')) if flag in flags]
     return (f"{fields['model name']} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}; "
             f"{', '.join(units) or 'no AVX2'})")
+
+
+# environment variables that change which kernels run, how many threads run them and how idle threads wait: a
+# benchmark's numbers hold only with the same settings
+KERNEL_SETTINGS = ('XLA_FLAGS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME',
+                   'KMP_AFFINITY', 'MKL_NUM_THREADS', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA', 'ATEN_CPU_CAPABILITY')
+
+
+def kernel_settings(environ=None) -> dict[str, str]:
+    """Those of KERNEL_SETTINGS that are set, as the benchmark's processes see them."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in KERNEL_SETTINGS if environ.get(name)}

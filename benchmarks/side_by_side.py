@@ -72,7 +72,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import cpu_count, cpu_model
+from benchmarks.machine import cpu_count, cpu_model, kernel_settings
 
 PROGRAM = 'python -m benchmarks.side_by_side'
 README_MARKERS = ('<!-- side-by-side:start -->', '<!-- side-by-side:end -->')
@@ -238,8 +238,10 @@ class FlaxRunner:
             self.run(phase)
         if phase == 'infer':
             first = self.optax.softmax_cross_entropy_with_integer_labels(first.astype('float32'), self.labels).mean()
+        memory = compiled.memory_analysis()  # None where the backend does not say
         return {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
-                'xla_flops': (cost or {}).get('flops'), 'first_loss': float(first)}
+                'xla_flops': (cost or {}).get('flops'), 'first_loss': float(first),
+                'xla_temp_bytes': getattr(memory, 'temp_size_in_bytes', None)}
 
     def run(self, phase: str):
         """One call, finished: the logits for inference, the loss for a training step."""
@@ -579,13 +581,17 @@ def notes(results: dict) -> list[str]:
         flops = ', '.join(f"{phase} {model['flops'][phase] / 1e9:,.2f}" for phase in PHASES[::-1]
                           if model['flops'].get(phase))
         options = ', '.join(f'{k}={v!r}' for k, v in model['flax_options'].items())
+        temp = ', '.join(f"{phase} {model['variants']['flax'][phase]['xla_temp_bytes'] / 2**20:,.0f}"
+                         for phase in PHASES[::-1] if model['variants']['flax'][phase].get('xla_temp_bytes'))
         lines.append(f"{model['title']} (`{model['registry_name']}` {json.dumps(model['config'])}"
                      f"{'; vit-flax with ' + options if options else ''}): GFLOPs per "
-                     f"step {flops or 'unknown'} ({model['flops']['source']}); first training loss minus flax's: "
-                     f"{', '.join(others) or '—'}.")
+                     f"step {flops or 'unknown'} ({model['flops']['source']}); XLA's temporary buffers, MiB: "
+                     f"{temp or 'unknown'}; first training loss minus flax's: {', '.join(others) or '—'}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
+    settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
     lines += [f"Machine: {device}; jax {m['jax']}, torch {m['torch']}, vit-pytorch {m['vit_pytorch']}, Python "
-              f"{m['python']}; load average (1, 5, 15 min) at the end {load}; {results['date']}.",
+              f"{m['python']}; kernel and thread settings {settings}; load average (1, 5, 15 min) at the end {load}; "
+              f"{results['date']}.",
               f"Command: `{results['command']}`"]
     return lines
 
@@ -662,6 +668,7 @@ def main(argv=None) -> dict | None:
         'args': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'worker'},
         'machine': {'cpu': cpu_model(), 'cpu_count': cpu_count(), 'gpu': gpu_model(args.device),
                     'load_average': os.getloadavg(), 'python': platform.python_version(),
+                    'settings': kernel_settings(),
                     **{name.replace('-', '_'): importlib.metadata.version(name)
                        for name in ('jax', 'torch', 'vit-pytorch')}},
         'date': datetime.date.today().isoformat(),

@@ -126,3 +126,21 @@ def test_side_by_side_readme_markers():
     assert side_by_side.readme_with_results(readme, '| new |') == f'# title\n\n{start}\n| new |\n{end}\n\nrest\n'
     with pytest.raises(SystemExit, match='markers'):
         side_by_side.readme_with_results('# no markers\n', '| new |')
+
+
+def test_the_report_names_the_kernel_and_thread_settings():
+    """XLA flags and OpenMP waiting change the numbers: the machine line says which were set (and 'none')."""
+    from benchmarks import machine
+
+    environ = {'XLA_FLAGS': '--xla_cpu_enable_concurrency_optimized_scheduler=false', 'OMP_WAIT_POLICY': 'PASSIVE',
+               'KMP_BLOCKTIME': '', 'HOME': '/root'}
+    assert machine.kernel_settings(environ) == {'XLA_FLAGS': environ['XLA_FLAGS'], 'OMP_WAIT_POLICY': 'PASSIVE'}
+    results = {'args': vars(side_by_side.parse_args(['--quick'])), 'models': [], 'date': '2026-12-07', 'command': 'c',
+               'machine': {'cpu': 'AMD EPYC', 'cpu_count': 2, 'gpu': None, 'load_average': (1.0, 1.0, 1.0),
+                           'python': '3.11.7', 'jax': '0.10.2', 'torch': '2.13.0', 'vit_pytorch': '1.26.11',
+                           'settings': machine.kernel_settings(environ)}}
+    line = side_by_side.notes(results)[-2]
+    assert ("kernel and thread settings XLA_FLAGS='--xla_cpu_enable_concurrency_optimized_scheduler=false', "
+            "OMP_WAIT_POLICY='PASSIVE';") in line
+    results['machine']['settings'] = {}
+    assert 'kernel and thread settings none;' in side_by_side.notes(results)[-2]
