@@ -9,7 +9,8 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: test test-slow test-kernels demo pretrain-demo finetune-demo readme-table notebooks clean
 
-$(STAMP): pyproject.toml constraints.txt parity/torchvision_stand_in/pyproject.toml parity/torchaudio_stand_in/pyproject.toml
+$(STAMP): pyproject.toml constraints.txt parity/torchvision_stand_in/pyproject.toml \
+          parity/torchaudio_stand_in/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0          # CPU build; any other request downloads the CUDA build
 	$(PIP) ./parity/torchvision_stand_in  # no torchvision build loads beside it: see that pyproject.toml

@@ -62,6 +62,7 @@ from vit_flax.layers import (
     check_floating_input,
     check_keywords,
     gelu,
+    gelu_tanh,
     multi_head_attention,
     pair,
     residual_boundary,
@@ -74,8 +75,7 @@ ACT_LAYERS = ('gelu', 'gelu_tanh')  # timm's names: nn.GELU() and nn.GELU(approx
 
 
 def _activation(act_layer: str):
-    # timm's 'gelu_tanh' is torch's tanh approximation, which is jax.nn.gelu's default formula
-    return gelu if act_layer == 'gelu' else (lambda x: jax.nn.gelu(x, approximate=True))
+    return gelu if act_layer == 'gelu' else gelu_tanh
 
 
 def _timm_linear(features: int, use_bias: bool = True, name: str | None = None) -> Linear:

@@ -65,8 +65,9 @@ import jax.numpy as jnp
 from einops import pack, rearrange, repeat, unpack
 
 from vit_flax.layers import (
-    Embedding, LayerNorm, Linear, SequentialFeedForward, check_floating_input, check_integer_input, check_keywords, default, exists, gelu_tanh, multi_head_attention,
-    add_position_embedding, randn, residual_boundary, small_randn,
+    Embedding, LayerNorm, Linear, SequentialFeedForward, add_position_embedding, check_floating_input,
+    check_integer_input, check_keywords, default, exists, gelu_tanh, multi_head_attention, randn, residual_boundary,
+    small_randn,
 )
 from vit_flax.vit import patchify
 
