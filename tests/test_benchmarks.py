@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import na_vit_packing, side_by_side
@@ -144,3 +145,40 @@ def test_the_report_names_the_kernel_and_thread_settings():
             "OMP_WAIT_POLICY='PASSIVE';") in line
     results['machine']['settings'] = {}
     assert 'kernel and thread settings none;' in side_by_side.notes(results)[-2]
+
+
+def test_input_pipeline_benchmark_times_both_loaders(tmp_path, capsys):
+    """A tiny run of the grain / torch DataLoader comparison: both loaders draw their batches and the table says
+    so (never how fast anything is)."""
+    from benchmarks import input_pipeline
+
+    out = tmp_path / 'results.json'
+    results = input_pipeline.main(['--images', '12', '--file-size', '40', '--image-size', '16', '--batch', '4',
+                                   '--batches', '1', '--warmup', '1', '--repeats', '1', '--workers', '0',
+                                   '--json', str(out)])
+    (row,) = results['rows']
+    assert row['workers'] == 0 and all(math.isfinite(row[key]) and row[key] > 0 for key in ('grain', 'torch'))
+    assert row['ratio'] == pytest.approx(row['grain'] / row['torch'])
+    assert json.loads(out.read_text())['rows'] == results['rows']
+    assert '| 0 |' in capsys.readouterr().out
+
+
+def test_the_torch_side_of_the_input_benchmark_does_the_grain_pipelines_work(tmp_path):
+    """Record for record, the torch Dataset decodes, resizes and normalises as the trainer's pipeline does (with
+    the random augmentations off, so both are deterministic), and with them on gives records of the same shape."""
+    from benchmarks import input_pipeline
+    from vit_flax import data
+
+    root = input_pipeline.write_jpegs(tmp_path, 12, 40)
+    config = input_pipeline.pipeline_config(root, 16, 0)
+    config.augment = {'random_crop_padding': 0, 'flip': False, 'randaugment_ops': 0}
+    dataset = input_pipeline.SameWorkDataset(config)
+    source, _, info = data._load(config)
+    for index in (0, 5, 11):
+        expected = data.Normalize(info.mean, info.std).map(source[index])
+        np.testing.assert_array_equal(dataset[index]['image'], expected['image'])
+        assert dataset[index]['label'] == expected['label']
+    augmented = input_pipeline.SameWorkDataset(input_pipeline.pipeline_config(root, 16, 0))
+    assert augmented.transforms and augmented[3]['image'].shape == (16, 16, 3)
+    batch = next(input_pipeline.grain_batches(input_pipeline.pipeline_config(root, 16, 0), 4))
+    assert batch['image'].shape == (4, 16, 16, 3)
