@@ -161,7 +161,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from absl import flags
 
-    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags (vit_flax.data.train_loader)
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags (vit_flax.data.train_loader)
+        flags.FLAGS.mark_as_parsed()
     import torch
 
     with tempfile.TemporaryDirectory(prefix='input_pipeline-') as directory:
