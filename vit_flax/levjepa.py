@@ -100,6 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange, repeat
 
+from vit_flax import vit
 from vit_flax.dino import (
     AUGMENT, CROP, IMAGENET_MEAN, IMAGENET_STD, _blend, adjust_brightness, adjust_contrast, adjust_hue,
     adjust_saturation, gaussian_blur, random_resized_crop_boxes, rgb_to_grayscale,
@@ -108,10 +109,10 @@ from vit_flax.layers import (
     BatchNorm, LayerNorm, Linear, TorchRMSNorm, attention_weights, call_plugged_in, check_floating_input,
     check_keywords, exists, gelu, pair, patches_kept, randn, torch_linspace,
 )
+from vit_flax.lejepa import SIGREG  # the same stream: SIGReg's random projection directions
 from vit_flax.rotary import apply_rotary, interleave_pairs
 
 TOKEN_DROPPING = 'token_dropping'  # the encoder's uniform token noise, in training
-SIGREG = 'sigreg'  # SIGReg's random projection directions
 
 # sigreg loss - https://arxiv.org/abs/2511.08544
 
@@ -225,18 +226,10 @@ class Attention(nn.Module):
         return nn.Dropout(self.dropout, deterministic=not train)(out)
 
 
-class FeedForward(nn.Module):
-    dim: int
-    hidden_dim: int
-    dropout: float = 0.0
+class FeedForward(vit.FeedForward):
+    """vit.FeedForward with torch's nn.RMSNorm as its pre-norm."""
 
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = TorchRMSNorm(name='net_0')(x)
-        x = gelu(Linear(self.hidden_dim, name='net_1')(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = Linear(self.dim, name='net_4')(x)
-        return nn.Dropout(self.dropout, deterministic=not train)(x)
+    norm: Callable[..., nn.Module] = TorchRMSNorm
 
 
 class Transformer(nn.Module):

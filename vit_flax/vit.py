@@ -24,6 +24,8 @@ JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/s
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax.numpy as jnp
 from einops import rearrange, repeat
@@ -39,10 +41,11 @@ class FeedForward(nn.Module):
     dim: int
     hidden_dim: int
     dropout: float = 0.0
+    norm: Callable[..., nn.Module] = LayerNorm  # the pre-norm's class (levjepa: torch's nn.RMSNorm)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = LayerNorm(name='net_0')(x)
+        x = self.norm(name='net_0')(x)
         x = Linear(self.hidden_dim, name='net_1')(x)
         x = gelu(x)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
