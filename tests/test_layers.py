@@ -96,6 +96,14 @@ CONV_CASES = [
     pytest.param(2, 4, (4, 6, 8), dict(kernel_size=2, stride=2, padding='valid', use_bias=False),
                  id='3d-patchify-nobias'),
     pytest.param(3, 3, (4, 5, 6), dict(kernel_size=3, padding='same', groups=3), id='3d-depthwise-same'),
+    pytest.param(6, 6, (9, 8), dict(kernel_size=3, stride=2, padding=1, groups=6, use_bias=False),
+                 id='2d-depthwise-stride2'),
+    pytest.param(4, 8, (11, 10), dict(kernel_size=3, stride=2, padding=1, groups=4), id='2d-depthwise-multiplier2-stride2'),
+    pytest.param(4, 4, (9, 10), dict(kernel_size=(3, 2), padding=(2, 0), dilation=(2, 3), groups=4),
+                 id='2d-depthwise-dilated-uneven'),
+    pytest.param(3, 5, (7, 8), dict(kernel_size=1, stride=2), id='2d-k1-stride2'),
+    pytest.param(3, 5, (7, 8), dict(kernel_size=1, padding=1), id='2d-k1-pad1'),
+    pytest.param(3, 5, (4, 5, 6), dict(kernel_size=1, use_bias=False), id='3d-k1-nobias'),
 ]
 
 
@@ -130,6 +138,40 @@ def test_conv_matches_torch(in_channels, out_channels, spatial, keywords, rng):
         np.testing.assert_allclose(
             torch_grads[name].numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=name
         )
+
+
+@pytest.mark.parametrize('features, keywords, shape', [
+    pytest.param(6, dict(kernel_size=3, padding=1, groups=6), (2, 9, 8, 6), id='depthwise'),
+    pytest.param(12, dict(kernel_size=3, stride=2, groups=6), (2, 9, 8, 6), id='depthwise-multiplier2'),
+    pytest.param(5, dict(kernel_size=1), (2, 9, 8, 6), id='pointwise'),
+])
+def test_depthwise_and_pointwise_conv_bypass_xla_convolution(features, keywords, shape):
+    # XLA's CPU convolution is 15-50x slower than fused multiply-adds for depth-wise kernels and slower than a
+    # matmul for 1x1 ones (benchmarks/README.md, CvT-13): neither may lower to a convolution, forward or backward
+    model = Conv(features, **keywords)
+    x = jnp.ones(shape)
+    variables = model.init(jax.random.key(0), x)
+    step = jax.grad(lambda variables, x: model.apply(variables, x).sum(), argnums=(0, 1))
+    assert 'conv_general_dilated' not in str(jax.make_jaxpr(step)(variables, x))
+    general = Conv(features, **{**keywords, 'kernel_size': 2, 'groups': 1})
+    assert 'conv_general_dilated' in str(jax.make_jaxpr(general.apply)(general.init(jax.random.key(0), x), x))
+
+
+def test_depthwise_conv_accumulates_half_precision_in_float32(rng):
+    model = Conv(8, 3, padding=1, groups=8, use_bias=False)
+    x = rng.standard_normal((2, 12, 12, 8)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    exact = np.asarray(model.apply(variables, x))
+    half = model.apply(jax.tree.map(lambda v: v.astype(jnp.bfloat16), variables), x.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    # the nine products summed in bfloat16 would add up to nine roundings; float32 accumulation rounds once,
+    # besides the rounding of the inputs
+    inputs_rounded = np.asarray(model.apply(
+        jax.tree.map(lambda v: v.astype(jnp.bfloat16).astype(jnp.float32), variables),
+        x.astype(jnp.bfloat16).astype(np.float32)))
+    np.testing.assert_array_equal(np.asarray(half, np.float32), np.asarray(
+        jnp.asarray(inputs_rounded).astype(jnp.bfloat16), np.float32))
+    assert np.abs(np.asarray(half, np.float32) - exact).max() < 0.05 * np.abs(exact).max()
 
 
 @pytest.mark.parametrize('keywords, shape, words', [

@@ -401,6 +401,10 @@ class Conv(nn.Module):
     `kernel` is (*kernel_size, in // groups, out): torch's OI* weight with its axes moved. Padding is torch's:
     an int or tuple pads both sides of each spatial dimension, 'same' pads like torch (the odd pixel goes on
     the right), 'valid' pads nothing. Zero padding only, as vit-pytorch uses.
+
+    A 1 x 1 convolution (stride 1, no padding) is a matmul over the channels and a depth-wise one (`groups` equal
+    to the input channels) is `depthwise_conv`: XLA's CPU convolution is slower for both, the matmul's backward by
+    1.6-3x on CvT-13's maps (benchmarks/README.md, CvT-13). The rest go to `lax.conv_general_dilated`.
     """
 
     features: int
@@ -440,21 +444,63 @@ class Conv(nn.Module):
 
         fan_in = in_features // self.groups * math.prod(kernel_size)
         kernel_shape = (*kernel_size, in_features // self.groups, self.features)
-        kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), kernel_shape)
-        spatial = 'DHW'[-n:] if n > 1 else 'W'
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel.astype(x.dtype),
-            window_strides=stride,
-            padding=padding,
-            rhs_dilation=dilation,
-            dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'),
-            feature_group_count=self.groups,
-        )
+        kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), kernel_shape).astype(x.dtype)
+        pointwise = self.groups == 1 and math.prod(kernel_size) == 1 and set(stride) == {1} and not any(
+            lo or hi for lo, hi in padding)
+        if pointwise:
+            y = jnp.matmul(x, kernel.reshape(in_features, self.features))
+        elif self.groups == in_features and _conv_output_sizes(x.shape[1:-1], kernel_size, stride, padding, dilation):
+            y = depthwise_conv(x, kernel, stride, padding, dilation)
+        else:
+            spatial = 'DHW'[-n:] if n > 1 else 'W'
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=stride,
+                padding=padding,
+                rhs_dilation=dilation,
+                dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'),
+                feature_group_count=self.groups,
+            )
         if self.use_bias:
             bias = self.param('bias', self.bias_init or torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(y.dtype)
         return y
+
+
+def _conv_output_sizes(spatial_shape, kernel_size, stride, padding, dilation) -> tuple[int, ...] | None:
+    """The output's spatial sizes of a convolution, or None where one would be empty."""
+    sizes = tuple((size + lo + hi - d * (k - 1) - 1) // s + 1
+                  for size, k, s, (lo, hi), d in zip(spatial_shape, kernel_size, stride, padding, dilation))
+    return sizes if min(sizes) >= 1 else None
+
+
+def depthwise_conv(x, kernel, stride, padding, dilation):
+    """A convolution with one group per input channel, as a sum over the kernel's taps of strided slices of the
+    padded input times the tap's weights: output channel o reads input channel o // multiplier, as torch's
+    `groups=in_channels` does.
+
+    XLA's CPU code runs `feature_group_count=channels` convolutions through a slow generic path: on CvT's maps
+    (2 cores of an AMD EPYC) it takes 15-50x the time of these fused multiply-adds forward and 3-30x backward
+    (benchmarks/README.md, CvT-13). On GPU and TPU the fused loop is as memory-bound as the convolution, and in
+    float32 it never rounds through TF32. Half-precision inputs accumulate in float32.
+    """
+    multiplier = kernel.shape[-1] // x.shape[-1]
+    if multiplier > 1:
+        x = jnp.repeat(x, multiplier, axis=-1)
+    n = x.ndim - 2
+    kernel_size = kernel.shape[:n]
+    out_sizes = _conv_output_sizes(x.shape[1:-1], kernel_size, stride, padding, dilation)
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    y = None
+    for tap in np.ndindex(*kernel_size):
+        start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
+        limit = (x.shape[0], *(b + s * (o - 1) + 1 for b, s, o in zip(start[1:-1], stride, out_sizes)), x.shape[-1])
+        window = jax.lax.slice(padded, start, limit, (1, *stride, 1))
+        term = window.astype(accumulate) * kernel[tap][0].astype(accumulate)
+        y = term if y is None else y + term
+    return y.astype(x.dtype)
 
 
 class BatchNorm(nn.Module):
