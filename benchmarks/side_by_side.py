@@ -241,7 +241,7 @@ class FlaxRunner:
         memory = compiled.memory_analysis()  # None where the backend does not say
         return {'lower_s': lowered_at - start, 'compile_s': compiled_at - lowered_at,
                 'xla_flops': (cost or {}).get('flops'), 'first_loss': float(first),
-                'xla_temp_bytes': getattr(memory, 'temp_size_in_bytes', None)}
+                'xla_temp_bytes': getattr(memory, 'temp_size_in_bytes', None), 'xla_flags': os.environ['XLA_FLAGS']}
 
     def run(self, phase: str):
         """One call, finished: the logits for inference, the loss for a training step."""
@@ -365,6 +365,8 @@ class Worker:
         env = dict(os.environ, JAX_PLATFORMS='cuda' if spec['device'] == 'cuda' else 'cpu',
                    # JAX would take 75% of the GPU at start, leaving torch's worker little and hiding JAX's peak
                    XLA_PYTHON_CLIENT_PREALLOCATE='false')
+        if spec['variant'] == 'flax':
+            env['XLA_FLAGS'] = spec['flax_xla_flags']
         self.log = Path(log_dir) / f"{spec['variant']}.log"
         with self.log.open('w') as stderr:
             self.process = subprocess.Popen(
@@ -422,6 +424,16 @@ def flax_options(registry_name: str, args) -> dict:
             if option in fields and value != fields[option].default}
 
 
+def flax_xla_flags(args) -> str:
+    """The XLA_FLAGS of vit-flax's worker: as the trainer runs, the environment's with the trainer's defaults
+    (vit_flax.training.xla_flags) added where the environment's do not name them; with --xla-flags-as-set, the
+    environment's alone."""
+    from vit_flax.training.xla_flags import with_trainer_flags
+
+    environment = os.environ.get('XLA_FLAGS', '')
+    return environment if args.xla_flags_as_set else with_trainer_flags(environment)
+
+
 def run_model(name: str, args, directory: str) -> dict:
     model = MODELS[name]
     config = model.quick_config if args.quick else model.config(args.image_size)
@@ -430,7 +442,8 @@ def run_model(name: str, args, directory: str) -> dict:
     prepare(model, config, args, data)
     variants = [v for v in VARIANTS if not (args.no_compile and v == 'torch.compile')]
     base = {'registry_name': model.registry_name, 'config': config, 'flax_options': options, 'data': str(data),
-            'device': args.device, 'dtype': args.dtype, 'threads': args.threads}
+            'device': args.device, 'dtype': args.dtype, 'threads': args.threads,
+            'flax_xla_flags': flax_xla_flags(args)}
     log_dir = tempfile.mkdtemp(prefix=f'{name}-', dir=directory)
     # started together: importing is not timed, and overlapping it saves a few seconds per worker
     workers = {variant: Worker({**base, 'variant': variant}, log_dir) for variant in variants}
@@ -589,9 +602,11 @@ def notes(results: dict) -> list[str]:
                      f"{temp or 'unknown'}; first training loss minus flax's: {', '.join(others) or '—'}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
     settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
+    flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
+        '(as set)' if a.get('xla_flags_as_set') else "(the trainer's)")
     lines += [f"Machine: {device}; jax {m['jax']}, torch {m['torch']}, vit-pytorch {m['vit_pytorch']}, Python "
-              f"{m['python']}; kernel and thread settings {settings}; load average (1, 5, 15 min) at the end {load}; "
-              f"{results['date']}.",
+              f"{m['python']}; kernel and thread settings {settings}{flax_flags}; load average (1, 5, 15 min) at the "
+              f"end {load}; {results['date']}.",
               f"Command: `{results['command']}`"]
     return lines
 
@@ -629,6 +644,9 @@ def parse_args(argv=None):
     parser.add_argument('--attention-impl', default='explicit',
                         help="vit-flax's attention: explicit, xla, cudnn (cuDNN's fused flash attention on a GPU) "
                              'or auto')
+    parser.add_argument('--xla-flags-as-set', action='store_true',
+                        help="run vit-flax with the environment's XLA_FLAGS alone; by default the trainer's "
+                             '(vit_flax.training.xla_flags) are added where the environment does not name them')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='tiny models for a smoke test (ViTs: image 32, patch 8, dim 32, depth 2), 2 steps')
@@ -668,7 +686,7 @@ def main(argv=None) -> dict | None:
         'args': {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'worker'},
         'machine': {'cpu': cpu_model(), 'cpu_count': cpu_count(), 'gpu': gpu_model(args.device),
                     'load_average': os.getloadavg(), 'python': platform.python_version(),
-                    'settings': kernel_settings(),
+                    'settings': kernel_settings(), 'flax_xla_flags': flax_xla_flags(args),
                     **{name.replace('-', '_'): importlib.metadata.version(name)
                        for name in ('jax', 'torch', 'vit-pytorch')}},
         'date': datetime.date.today().isoformat(),

@@ -49,14 +49,17 @@ def numbers(cell: str) -> list[float]:
 
 
 @pytest.mark.slow  # 45 s of the 20-minute `make test` budget; `make test-slow` runs it
-def test_side_by_side_quick():
+def test_side_by_side_quick(tmp_path):
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
     sense (never how fast anything is). vit-flax runs its ViTs scanned with fused attention, the GPU configuration,
-    and still starts from torch's loss."""
+    and still starts from torch's loss, under the trainer's XLA flags."""
     command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla']
-    result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command],
+    result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command, '--json', tmp_path / 'r.json'],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
+    trainers = side_by_side.flax_xla_flags(side_by_side.parse_args([]))
+    for model in json.loads((tmp_path / 'r.json').read_text())['models']:
+        assert [model['variants']['flax'][phase]['xla_flags'] for phase in ('infer', 'train')] == [trainers] * 2
     rows = markdown_rows(result.stdout)
     titles = [side_by_side.MODELS[name].title for name in side_by_side.MODELS]
     assert set(rows) == {(title, variant) for title in titles for variant in ('flax', 'torch')}
@@ -76,7 +79,7 @@ def test_side_by_side_quick():
         flax_loss = numbers(rows[title, 'flax'][9])
         assert all(math.isfinite(v) and v > 0 for v in numbers(loss))
         assert max(abs(a - b) for a, b in zip(numbers(loss), flax_loss)) < 1e-4, (title, loss, flax_loss)
-    assert f"Command: `python -m benchmarks.side_by_side {' '.join(command)}`" in result.stdout
+    assert f"Command: `python -m benchmarks.side_by_side {' '.join(command)} --json " in result.stdout
     assert "vit-flax with scan_layers=True, attention_impl='xla'" in result.stdout
 
 
@@ -139,12 +142,24 @@ def test_the_report_names_the_kernel_and_thread_settings():
     results = {'args': vars(side_by_side.parse_args(['--quick'])), 'models': [], 'date': '2026-12-07', 'command': 'c',
                'machine': {'cpu': 'AMD EPYC', 'cpu_count': 2, 'gpu': None, 'load_average': (1.0, 1.0, 1.0),
                            'python': '3.11.7', 'jax': '0.10.2', 'torch': '2.13.0', 'vit_pytorch': '1.26.11',
-                           'settings': machine.kernel_settings(environ)}}
+                           'settings': machine.kernel_settings(environ), 'flax_xla_flags': '--a=1 --b=2'}}
     line = side_by_side.notes(results)[-2]
     assert ("kernel and thread settings XLA_FLAGS='--xla_cpu_enable_concurrency_optimized_scheduler=false', "
-            "OMP_WAIT_POLICY='PASSIVE';") in line
+            "OMP_WAIT_POLICY='PASSIVE'; vit-flax's XLA_FLAGS '--a=1 --b=2' (the trainer's);") in line
     results['machine']['settings'] = {}
-    assert 'kernel and thread settings none;' in side_by_side.notes(results)[-2]
+    results['args']['xla_flags_as_set'] = True
+    assert "kernel and thread settings none; vit-flax's XLA_FLAGS '--a=1 --b=2' (as set);" in side_by_side.notes(
+        results)[-2]
+
+
+@pytest.mark.parametrize('as_set', [False, True])
+def test_flax_worker_runs_with_the_trainers_xla_flags(as_set, monkeypatch):
+    from vit_flax.training.xla_flags import TRAINER_XLA_FLAGS
+
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_onednn=true')
+    args = side_by_side.parse_args(['--quick', *(['--xla-flags-as-set'] if as_set else [])])
+    expected = '--xla_cpu_use_onednn=true' + ('' if as_set else ' ' + ' '.join(TRAINER_XLA_FLAGS))
+    assert side_by_side.flax_xla_flags(args) == expected
 
 
 def test_input_pipeline_benchmark_times_both_loaders(tmp_path, capsys):

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vit_flax import data, registry
-from vit_flax.training import checkpoint, distributed, finetune, objectives, sharding, steps
+from vit_flax.training import checkpoint, distributed, finetune, objectives, sharding, steps, xla_flags
 from vit_flax.training import config as training_config
 from vit_flax.training.metrics import MetricsWriter, read_metrics
 from vit_flax.training.optim import make_optimizer
@@ -264,6 +264,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax and grain narrate every save at INFO
     config = FLAGS.config
+    xla_flags.use_trainer_flags()  # read when JAX starts its backend, below
     try:
         distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)
