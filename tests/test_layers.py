@@ -334,6 +334,36 @@ def test_layernorm_matches_torch_on_raw_pixels(shape, spread, rng):
         assert_close_outputs(fast.apply(variables, x), torch_y, TOLERANCE)
 
 
+# softmax
+
+
+@pytest.mark.parametrize('axis', [-1, -2, 0, 2])
+def test_softmax_and_its_derivatives_are_jax_nn_softmaxs(axis, rng):
+    from vit_flax.layers import softmax
+
+    x = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    x[0, 1, :2] = np.finfo(np.float32).min  # masked positions, as attention writes them
+    np.testing.assert_array_equal(softmax(x, axis), jax.nn.softmax(x, axis=axis))
+    with jax.enable_x64(True):
+        x, t = x.astype(np.float64), rng.standard_normal(x.shape)
+        ours, theirs = (lambda x: softmax(x, axis)), (lambda x: jax.nn.softmax(x, axis=axis))
+        for derivative in (lambda f: jax.jvp(f, (x,), (t,))[1],
+                           lambda f: jax.grad(lambda x: (f(x) * t).sum())(x),
+                           lambda f: jax.hessian(lambda x: f(x)[0, 0, 0] + f(x)[1, 2, 3])(x)):
+            np.testing.assert_allclose(derivative(ours), derivative(theirs), rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_backward_sums_rows_with_a_matrix_product():
+    # the point of layers.softmax: XLA's CPU code fuses jax.nn.softmax's row-sum reduction into the matmul before it,
+    # 1.7-2x slower for an attention's backward pass (benchmarks/README.md, CvT-13)
+    from vit_flax.layers import softmax
+
+    x = jnp.ones((2, 3, 5, 7))
+    grad = lambda f: jax.make_jaxpr(jax.grad(lambda x: (f(x) ** 2).sum()))(x)
+    assert 'dot_general' in str(grad(lambda x: softmax(x, -1)))
+    assert 'dot_general' not in str(grad(lambda x: jax.nn.softmax(x, axis=-1)))
+
+
 # gelu and the sin-cos position embedding
 
 

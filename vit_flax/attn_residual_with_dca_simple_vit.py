@@ -34,13 +34,12 @@ explicit softmax.
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from einops import rearrange
 
 from vit_flax.layers import (
     LayerNorm, Linear, SequentialFeedForward, TorchRMSNorm, add_posemb_sincos_2d, attention_weights,
-    check_floating_input, check_keywords, check_sincos_dim, gelu, torch_uniform,
+    check_floating_input, check_keywords, check_sincos_dim, gelu, softmax, torch_uniform,
 )
 from vit_flax.vit import check_image_config, patchify
 
@@ -107,7 +106,7 @@ class AttentionResidual(nn.Module):
         keys = TorchRMSNorm(self.eps, name='norm')(values)
         pseudo_queries = self.param('pseudo_queries', nn.initializers.zeros, (self.streams, self.heads, self.dim))
         logits = jnp.einsum('lbnd,shd->shlbn', keys, pseudo_queries.astype(keys.dtype))
-        weights = jax.nn.softmax(logits, axis=2)
+        weights = softmax(logits, axis=2)
         out = jnp.einsum('shlbn,lbnd->shbnd', weights, values)
         if self.merge_heads:
             out = rearrange(out, 's 1 b n d -> s b n d')

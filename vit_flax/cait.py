@@ -37,8 +37,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 
 from vit_flax.layers import (
-    LayerNorm, Linear, add_position_embedding, check_floating_input, check_keywords, check_square_image_config, exists,
-    randn,
+    LayerNorm, Linear, add_position_embedding, check_floating_input, check_keywords, check_square_image_config,
+    exists, randn, softmax,
 )
 from vit_flax.vit import FeedForward, patchify
 
@@ -109,7 +109,7 @@ class Attention(nn.Module):
         dots = jnp.einsum('bhid,bhjd->bhij', q, k) * self.dim_head**-0.5
         dots = jnp.einsum('bhij,hg->bgij', dots, mix_heads_pre_attn.astype(dots.dtype))  # talking heads, pre-softmax
 
-        attn = jax.nn.softmax(dots, axis=-1)
+        attn = softmax(dots, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         attn = jnp.einsum('bhij,hg->bgij', attn, mix_heads_post_attn.astype(attn.dtype))  # talking heads, post-softmax

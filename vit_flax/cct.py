@@ -48,7 +48,7 @@ from einops import rearrange
 
 from vit_flax import layers
 from vit_flax.layers import (
-    LayerNorm, attention_weights, check_floating_input, check_keywords, default, exists, gelu, pair,
+    LayerNorm, attention_weights, check_floating_input, check_keywords, default, exists, gelu, pair, softmax,
 )
 
 # CCT Models
@@ -305,7 +305,7 @@ class TransformerClassifier(nn.Module):
 
         if self.seq_pool:
             attn_weights = rearrange(Linear(1, name='attention_pool')(x), 'b n 1 -> b n')
-            x = jnp.einsum('bn,bnd->bd', jax.nn.softmax(attn_weights, axis=1), x)
+            x = jnp.einsum('bn,bnd->bd', softmax(attn_weights, axis=1), x)
         else:
             x = x[:, 0]
 

@@ -41,13 +41,12 @@ map a window size does not divide, scales of one embedding that give maps of dif
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
 from vit_flax import layers
-from vit_flax.layers import ChanLayerNorm, Conv, Linear, check_floating_input, check_keywords, gelu
+from vit_flax.layers import ChanLayerNorm, Conv, Linear, check_floating_input, check_keywords, gelu, softmax
 
 # helpers
 
@@ -200,7 +199,7 @@ class Attention(nn.Module):
 
         # attend
 
-        attn = jax.nn.softmax(sim, axis=-1)
+        attn = softmax(sim, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         # merge heads

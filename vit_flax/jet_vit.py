@@ -38,7 +38,7 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax.layers import (
-    Embedding, LayerNorm, Linear, check_floating_input, check_keywords, pair, randn,
+    Embedding, LayerNorm, Linear, check_floating_input, check_keywords, pair, randn, softmax,
 )
 from vit_flax.vit import Attention, FeedForward, patchify
 
@@ -117,7 +117,7 @@ class WindowAttention(nn.Module):
 
         sim = jnp.einsum('bhid,bhjd->bhij', q * self.dim_head**-0.5, k)
         bias = Embedding((2 * w - 1) ** 2, heads, name='rel_pos_bias')(relative_position_indices(w))
-        attn = jax.nn.softmax(sim + rearrange(bias, 'i j h -> h i j'), axis=-1)
+        attn = softmax(sim + rearrange(bias, 'i j h -> h i j'), axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
         out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
         return nn.Dropout(self.dropout, deterministic=not train)(Linear(self.dim, use_bias=False, name='to_out_0')(out))

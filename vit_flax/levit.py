@@ -29,13 +29,12 @@ from __future__ import annotations
 from math import ceil
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, Linear, check_floating_input, check_keywords, default, exists, gelu,
+    BatchNorm, Conv, Embedding, Linear, check_floating_input, check_keywords, default, exists, gelu, softmax,
 )
 
 # helpers
@@ -108,7 +107,7 @@ class Attention(nn.Module):
         bias = rearrange(pos_bias(pos_indices.value), 'i j h -> () h i j')
         dots = dots + (bias / scale).astype(dots.dtype)
 
-        attn = jax.nn.softmax(dots, axis=-1)
+        attn = softmax(dots, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

@@ -43,8 +43,8 @@ from einops import rearrange
 
 from vit_flax import layers
 from vit_flax.layers import (
-    Conv, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim,
-    exists, fused_attention, gelu, posemb_sincos_2d, randn, record_attention_map, residual_boundary,
+    Conv, Linear, check_attention_impl, check_floating_input, check_keywords, check_sincos_dim, exists,
+    fused_attention, gelu, posemb_sincos_2d, randn, record_attention_map, residual_boundary, softmax,
     uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
@@ -136,7 +136,7 @@ class Attention(nn.Module):
         elif qk_sim is None:
             raise ValueError('qk sim matrix must be passed in for reusing previous attention')
 
-        attn = jax.nn.softmax(qk_sim, axis=-1)
+        attn = softmax(qk_sim, axis=-1)
         record_attention_map(self, attn)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
         out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')

@@ -53,7 +53,7 @@ from einops import rearrange, repeat
 
 from vit_flax.layers import (
     LayerNorm, Linear, check_attention_impl, check_keywords, default, exists, gelu, l2_normalize,
-    multi_head_attention, randn, residual_boundary,
+    multi_head_attention, randn, residual_boundary, softmax,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.vit import FeedForward
@@ -220,7 +220,7 @@ class AdaptiveLoopGate(nn.Module):
         k, v = jnp.split(Linear(inner_dim * 2, use_bias=False, name='to_kv')(LayerNorm(name='norm_kv')(x)), 2,
                          axis=-1)
         k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads) for t in (k, v))
-        attn = jax.nn.softmax(jnp.einsum('bhqd,bhnd->bhqn', q, k) * self.dim_head**-0.5, axis=-1)
+        attn = softmax(jnp.einsum('bhqd,bhnd->bhqn', q, k) * self.dim_head**-0.5, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
         out = rearrange(jnp.einsum('bhqn,bhnd->bhqd', attn, v), 'b h q d -> b q (h d)')
         out = Linear(self.dim, use_bias=False, name='to_out')(out).mean(axis=1)

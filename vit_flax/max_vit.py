@@ -56,7 +56,7 @@ import numpy as np
 from einops import rearrange
 
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, LayerNorm, Linear, check_floating_input, check_keywords, default, gelu,
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, check_floating_input, check_keywords, default, gelu, softmax,
 )
 
 # helpers
@@ -220,7 +220,7 @@ class Attention(nn.Module):
         bias = Embedding(num_rel, h, name='rel_pos_bias')(jnp.asarray(relative_position_indices(self.window_size)))
         sim = sim + rearrange(bias, 'i j h -> h i j').astype(sim.dtype)
 
-        attn = jax.nn.softmax(sim, axis=-1)
+        attn = softmax(sim, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

@@ -37,13 +37,12 @@ statistics live in 'batch_stats' (torch's BatchNorm2d: batch statistics in train
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
 from vit_flax import max_vit
-from vit_flax.layers import Embedding, LayerNorm, Linear, ParameterListEntry, gelu, randn
+from vit_flax.layers import Embedding, LayerNorm, Linear, ParameterListEntry, gelu, randn, softmax
 from vit_flax.max_vit import relative_position_indices
 
 # helper classes
@@ -115,7 +114,7 @@ class Attention(nn.Module):
         bias = Embedding(num_rel_pos_bias + 1, h, name='rel_pos_bias')(indices)
         sim = sim + rearrange(bias, 'i j h -> h i j').astype(sim.dtype)
 
-        attn = jax.nn.softmax(sim, axis=-1)
+        attn = softmax(sim, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)

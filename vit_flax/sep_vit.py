@@ -35,11 +35,12 @@ Quirks of vit-pytorch kept so weights transfer:
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 
-from vit_flax.layers import ChanLayerNorm, Conv, LayerNorm, Linear, check_floating_input, check_keywords, gelu, randn
+from vit_flax.layers import (
+    ChanLayerNorm, Conv, LayerNorm, Linear, check_floating_input, check_keywords, gelu, randn, softmax,
+)
 from vit_flax.cvt import FeedForward  # the same channel-first feed-forward as cvt
 
 # helpers
@@ -118,7 +119,7 @@ class DSSA(nn.Module):
 
         q = q * scale
         dots = jnp.einsum('bhid,bhjd->bhij', q, k)
-        attn = jax.nn.softmax(dots, axis=-1)
+        attn = softmax(dots, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
         out = jnp.einsum('bhij,bhjd->bhid', attn, v)
 
@@ -140,7 +141,7 @@ class DSSA(nn.Module):
 
         w_q = w_q * scale
         w_dots = jnp.einsum('bhid,bhjd->bhij', w_q, w_k)
-        w_attn = jax.nn.softmax(w_dots, axis=-1)
+        w_attn = softmax(w_dots, axis=-1)
         w_attn = nn.Dropout(self.dropout, deterministic=not train)(w_attn)
 
         aggregated_windowed_fmap = jnp.einsum('bhij,bhjwd->bhiwd', w_attn, windowed_fmaps)

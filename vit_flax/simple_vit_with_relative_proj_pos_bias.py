@@ -31,14 +31,13 @@ JAX-only options (defaults keep vit-pytorch's behaviour and tree; see vit_flax/s
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
 from vit_flax.layers import (
     LayerNorm, Linear, add_posemb_sincos_2d, check_attention_impl, check_floating_input, check_keywords,
-    check_sincos_dim, fused_attention, pair, record_attention_map, residual_boundary, uses_fused_attention,
+    check_sincos_dim, fused_attention, pair, record_attention_map, residual_boundary, softmax, uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.simple_vit import FeedForward
@@ -109,7 +108,7 @@ class Attention(nn.Module):
             out = rearrange(out, 'b n h d -> b n (h d)')
         else:
             dots = jnp.einsum('bhid,bhjd->bhij', q, k) * self.dim_head**-0.5 + bias
-            attn = jax.nn.softmax(dots, axis=-1)
+            attn = softmax(dots, axis=-1)
             record_attention_map(self, attn)
             out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
         out = Linear(self.dim, use_bias=False, name='to_out')(out)

@@ -36,7 +36,8 @@ from einops import rearrange, repeat
 
 from vit_flax.layers import (
     LayerNorm, Linear, add_posemb_sincos_2d, check_attention_impl, check_floating_input, check_keywords,
-    check_sincos_dim, fused_attention, record_attention_map, randn, residual_boundary, uses_fused_attention,
+    check_sincos_dim, fused_attention, randn, record_attention_map, residual_boundary, softmax,
+    uses_fused_attention,
 )
 from vit_flax.scan import check_remat_policy, layer_scan, remat, scanned_name
 from vit_flax.simple_vit import FeedForward
@@ -81,7 +82,7 @@ class Attention(nn.Module):
             out = rearrange(out, 'b n h d -> b n (h d)')
         else:
             sim = jnp.einsum('bhid,bhjd->bhij', q, k) * self.dim_head**-0.5 + mask_log
-            attn = jax.nn.softmax(sim, axis=-1)
+            attn = softmax(sim, axis=-1)
             record_attention_map(self, attn)
             out = rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
         return Linear(self.dim, use_bias=False, name='to_out')(out), mask_prob

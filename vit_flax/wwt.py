@@ -91,7 +91,7 @@ from einops import rearrange
 
 from vit_flax.layers import (
     Conv, LayerNorm, Linear, ParameterListEntry, check_floating_input, check_keywords, check_patch_count, default,
-    exists, gelu, pair, randn, takes_train,
+    exists, gelu, pair, randn, softmax, takes_train,
 )
 from vit_flax.lejepa import SIGREG, sigreg_loss, sigreg_slice_draws
 from vit_flax.vit import check_image_config, patchify
@@ -226,7 +226,7 @@ class AutoencodingHead(nn.Module):
                 mask = masks[interaction]
                 if not is_descending:
                     mask = rearrange(mask, 'b i j -> b j i')
-                attn = jax.nn.softmax(mask, axis=-1)
+                attn = softmax(mask, axis=-1)
                 features = jnp.einsum('bts,bsd->btd', attn, features)
 
             # rearrange spatial if ends in patches
@@ -285,14 +285,14 @@ class MutualAttention(nn.Module):
 
         if self.token_softmax_over_slots:
             mask_prime_slots, mask_prime_tokens = mask_prime[:, 0], mask_prime[:, 1]
-            attn_tokens = jax.nn.softmax(mask_prime_tokens, axis=-1)
+            attn_tokens = softmax(mask_prime_tokens, axis=-1)
         else:
             mask_prime_slots = mask_prime[:, 0]
-            attn_tokens = jax.nn.softmax(mask_prime_slots, axis=-2)
+            attn_tokens = softmax(mask_prime_slots, axis=-2)
 
         # slot softmax - https://arxiv.org/abs/2006.15055
 
-        attn_slots = jax.nn.softmax(mask_prime_slots, axis=-1)
+        attn_slots = softmax(mask_prime_slots, axis=-1)
 
         if self.l1norm_after_tokens_softmax:
             attn_slots = l1norm(attn_slots, axis=-2)

@@ -45,8 +45,8 @@ from einops import rearrange, repeat
 
 from vit_flax.cait import layer_drop_draw, layers_to_keep
 from vit_flax.layers import (
-    BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input, check_keywords,
-    check_square_image_config, exists, gelu, randn,
+    BatchNorm, Conv, LayerNorm, Linear, add_position_embedding, attention_weights, check_floating_input,
+    check_keywords, check_square_image_config, exists, gelu, randn, softmax,
 )
 from vit_flax.vit import FeedForward, patchify
 
@@ -141,7 +141,7 @@ class XCAttention(nn.Module):
         temperature = self.param('temperature', nn.initializers.ones, (self.heads, 1, 1))
         sim = jnp.einsum('bhin,bhjn->bhij', q, k) * jnp.exp(temperature).astype(q.dtype)
 
-        attn = jax.nn.softmax(sim, axis=-1)
+        attn = softmax(sim, axis=-1)
         attn = nn.Dropout(self.dropout, deterministic=not train)(attn)
 
         out = jnp.einsum('bhij,bhjn->bhin', attn, v)
