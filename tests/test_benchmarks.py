@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -160,6 +161,24 @@ def test_flax_worker_runs_with_the_trainers_xla_flags(as_set, monkeypatch):
     args = side_by_side.parse_args(['--quick', *(['--xla-flags-as-set'] if as_set else [])])
     expected = '--xla_cpu_use_onednn=true' + ('' if as_set else ' ' + ' '.join(TRAINER_XLA_FLAGS))
     assert side_by_side.flax_xla_flags(args) == expected
+
+
+def test_ops_benchmark_times_every_form(monkeypatch, capsys):
+    """benchmarks/ops.py on tiny shapes: every case has its three forms (the JAX forms checked equal inside), with
+    positive times."""
+    from benchmarks import ops
+
+    monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', ''))  # it adds the trainer's flags to the process's
+    rows = ops.main(['--quick', '--markdown'])
+    forms = {(row['op'], row['variant']) for row in rows}
+    assert forms == {
+        ('depth-wise 3x3 convolution', 'lax.conv_general_dilated'), ('depth-wise 3x3 convolution', 'vit-flax'),
+        ('depth-wise 3x3 convolution', 'torch'), ('1x1 convolution', 'lax.conv_general_dilated'),
+        ('1x1 convolution', 'vit-flax'), ('1x1 convolution', 'torch'), ('attention', 'jax.nn.softmax'),
+        ('attention', 'vit-flax (layers.softmax)'), ('attention', 'torch'), ('matmul', 'jax'), ('matmul', 'torch')}
+    assert all(row['forward_ms'] > 0 and row.get('both_ms', 1) > 0 for row in rows)
+    out = capsys.readouterr().out
+    assert sum(line.startswith('| ') for line in out.splitlines()) == len(rows) + 1 and 'Command: `python -m benchmarks.ops --quick --markdown`' in out
 
 
 def test_input_pipeline_benchmark_times_both_loaders(tmp_path, capsys):

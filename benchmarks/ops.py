@@ -1,0 +1,214 @@
+"""Single operations of the training steps: vit-flax's form against the form it replaced, and against torch.
+
+    python -m benchmarks.ops [--markdown] [--repeats N] [--quick]
+
+The numbers behind benchmarks/README.md's "Where vit-flax's CPU time goes". Each case times one operation on
+CvT-13's or the ViTs' shapes at batch 8, forward alone and forward plus backward (the gradients of every input for
+one random cotangent), as a jitted JAX function or a torch eager call, and checks that the JAX forms agree:
+
+- depth-wise 3x3 convolution: `lax.conv_general_dilated(feature_group_count=channels)` against
+  `layers.depthwise_conv` (shifted multiply-adds) and torch's `conv2d(groups=channels)`;
+- 1x1 convolution: `lax.conv_general_dilated` against a matmul over the channels (what `layers.Conv` runs) and torch;
+- attention, softmax(q k^T / sqrt(d)) v: `jax.nn.softmax` against `layers.softmax` and torch;
+- matmul: JAX against torch, in GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from functools import partial
+
+import numpy as np
+
+from benchmarks.machine import cpu_count, cpu_model, kernel_settings
+
+PROGRAM = 'python -m benchmarks.ops'
+
+
+def median_ms(call, repeats: int) -> float:
+    call()  # compiles, or warms torch's caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def jax_timings(function, inputs, repeats: int) -> tuple[float, float, object]:
+    """(forward ms, forward + backward ms, forward output) of a jitted JAX function of `inputs`."""
+    import jax
+
+    forward = jax.jit(function)
+    output = forward(*inputs)
+    cotangent = np.random.default_rng(1).standard_normal(output.shape).astype(np.float32)
+    backward = jax.jit(lambda *a: jax.vjp(function, *a)[1](cotangent))
+    return (median_ms(lambda: jax.block_until_ready(forward(*inputs)), repeats),
+            median_ms(lambda: jax.block_until_ready(backward(*inputs)), repeats), output)
+
+
+def torch_timings(function, inputs, repeats: int) -> tuple[float, float]:
+    import torch
+
+    tensors = [torch.tensor(np.asarray(x), requires_grad=True) for x in inputs]
+    with torch.no_grad():
+        cotangent = torch.randn_like(function(*tensors))
+
+    def forward():
+        with torch.no_grad():
+            function(*tensors)
+
+    def backward():
+        for t in tensors:
+            t.grad = None
+        function(*tensors).backward(cotangent)
+
+    return median_ms(forward, repeats), median_ms(backward, repeats)
+
+
+def conv_cases(quick: bool):
+    # (height = width, channels in, channels out, stride) of CvT-13's query / key-value projections and FFN
+    depthwise = [(8, 8, 8, 1)] if quick else [
+        (56, 64, 64, 1), (56, 64, 64, 2), (28, 192, 192, 1), (28, 192, 192, 2), (14, 384, 384, 1), (14, 384, 384, 2)]
+    pointwise = [(8, 8, 16, 1)] if quick else [(56, 64, 256, 1), (28, 192, 768, 1), (14, 384, 1536, 1)]
+    return depthwise, pointwise
+
+
+def convolutions(quick: bool, repeats: int, batch: int) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from vit_flax.layers import depthwise_conv
+
+    depthwise, pointwise = conv_cases(quick)
+    rows = []
+    rng = np.random.default_rng(0)
+    for kind, cases in (('depth-wise 3x3', depthwise), ('1x1', pointwise)):
+        for size, cin, cout, stride in cases:
+            x = rng.standard_normal((batch, size, size, cin)).astype(np.float32)
+            k = 3 if kind.startswith('depth') else 1
+            groups = cin if kind.startswith('depth') else 1
+            kernel = rng.standard_normal((k, k, cin // groups, cout)).astype(np.float32)
+            padding = ((k // 2, k // 2),) * 2
+            lax_conv = partial(jax.lax.conv_general_dilated, window_strides=(stride, stride), padding=padding,
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+            ours = (partial(depthwise_conv, stride=(stride, stride), padding=padding, dilation=(1, 1))
+                    if groups > 1 else lambda x, kernel: jnp.matmul(x, kernel.reshape(cin, cout)))
+            shape = f'{batch}x{size}x{size}x{cin} -> {cout}, stride {stride}'
+            reference = None
+            for variant, function in (('lax.conv_general_dilated', lax_conv), ('vit-flax', ours)):
+                forward, both, output = jax_timings(function, (x, kernel), repeats)
+                if reference is None:
+                    reference = np.asarray(output)
+                else:
+                    np.testing.assert_allclose(np.asarray(output), reference, rtol=1e-4, atol=1e-4)
+                rows.append({'op': f'{kind} convolution', 'shape': shape, 'variant': variant, 'forward_ms': forward,
+                             'both_ms': both})
+            weight = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+            forward, both = torch_timings(
+                lambda x, w: torch.nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=groups),
+                (x.transpose(0, 3, 1, 2).copy(), weight), repeats)
+            rows.append({'op': f'{kind} convolution', 'shape': shape, 'variant': 'torch', 'forward_ms': forward,
+                         'both_ms': both})
+    return rows
+
+
+def attention(quick: bool, repeats: int, batch: int) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from vit_flax.layers import softmax
+
+    # (heads, queries, keys): CvT-13's first stage, a ViT-B/16 layer, a ViT-S/16 layer
+    cases = [(2, 16, 8)] if quick else [(1, 3136, 784), (12, 197, 197), (6, 197, 197)]
+    rows = []
+    rng = np.random.default_rng(0)
+    dim_head = 64
+    for heads, n, m in cases:
+        q, k, v = (rng.standard_normal((batch, heads, length, dim_head)).astype(np.float32) for length in (n, m, m))
+        shape = f'{batch}x{heads} heads, {n} queries x {m} keys'
+
+        def attend(q, k, v, normalise):
+            return jnp.einsum('bhij,bhjd->bhid', normalise(jnp.einsum('bhid,bhjd->bhij', q, k) * dim_head**-0.5), v)
+
+        reference = None
+        for variant, normalise in (('jax.nn.softmax', partial(jax.nn.softmax, axis=-1)),
+                                   ('vit-flax (layers.softmax)', partial(softmax, axis=-1))):
+            forward, both, output = jax_timings(partial(attend, normalise=normalise), (q, k, v), repeats)
+            if reference is None:
+                reference = np.asarray(output)
+            else:
+                np.testing.assert_allclose(np.asarray(output), reference, rtol=1e-5, atol=1e-6)
+            rows.append({'op': 'attention', 'shape': shape, 'variant': variant, 'forward_ms': forward, 'both_ms': both})
+        forward, both = torch_timings(
+            lambda q, k, v: ((q @ k.transpose(-1, -2)) * dim_head**-0.5).softmax(-1) @ v, (q, k, v), repeats)
+        rows.append({'op': 'attention', 'shape': shape, 'variant': 'torch', 'forward_ms': forward, 'both_ms': both})
+    return rows
+
+
+def matmuls(quick: bool, repeats: int) -> list[dict]:
+    import jax
+    import torch
+
+    # (m, k, n): a ViT-S/16 or CvT-13 stage-3 FFN at batch 8, and its transposes
+    cases = [(32, 16, 24)] if quick else [(1576, 384, 1536), (1576, 1536, 384), (384, 1576, 1536), (1568, 384, 384)]
+    rows = []
+    rng = np.random.default_rng(0)
+    for m, k, n in cases:
+        a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        product = jax.jit(lambda a, b: a @ b)
+        ta, tb = torch.tensor(a), torch.tensor(b)
+        for variant, call in (('jax', lambda: jax.block_until_ready(product(a, b))), ('torch', lambda: ta @ tb)):
+            ms = median_ms(call, repeats)
+            rows.append({'op': 'matmul', 'shape': f'{m}x{k} @ {k}x{n}', 'variant': variant, 'forward_ms': ms,
+                         'gflops': 2 * m * k * n / ms / 1e6})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ['| op | shape | variant | forward ms | forward + backward ms (matmul: GFLOP/s) |',
+             '|---|---|---|---:|---:|']
+    for row in rows:
+        last = f"{row['gflops']:,.0f} GFLOP/s" if 'gflops' in row else f"{row['both_ms']:,.2f}"
+        lines.append(f"| {row['op']} | {row['shape']} | {row['variant']} | {row['forward_ms']:,.2f} | {last} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split('\n\n')[0])
+    parser.add_argument('--repeats', type=int, default=10, help='timed calls per variant (the median is reported)')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--quick', action='store_true', help='tiny shapes, 2 repeats: a smoke test')
+    parser.add_argument('--markdown', action='store_true', help='print a markdown table')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.batch = 2, 2
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    from vit_flax.training.xla_flags import use_trainer_flags
+
+    use_trainer_flags()  # as the trainer runs; before JAX starts its backend
+    rows = (convolutions(args.quick, args.repeats, args.batch) + attention(args.quick, args.repeats, args.batch)
+            + matmuls(args.quick, args.repeats))
+    settings = ', '.join(f'{k}={v!r}' for k, v in kernel_settings().items()) or 'none'
+    print(markdown(rows) if args.markdown else '\n'.join(map(str, rows)))
+    command = ' '.join([PROGRAM, *(sys.argv[1:] if argv is None else argv)])
+    load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
+    print(f"\nCPU ({cpu_model()}, {cpu_count()} cores); jax {importlib.metadata.version('jax')}, torch "
+          f"{importlib.metadata.version('torch')}, Python {platform.python_version()}; kernel and thread settings "
+          f"{settings}; load average at the end {load}; {datetime.date.today().isoformat()}.\nCommand: `{command}`")
+    return rows
+
+
+if __name__ == '__main__':
+    main()
