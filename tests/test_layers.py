@@ -146,8 +146,8 @@ def test_conv_matches_torch(in_channels, out_channels, spatial, keywords, rng):
     pytest.param(5, dict(kernel_size=1), (2, 9, 8, 6), id='pointwise'),
 ])
 def test_depthwise_and_pointwise_conv_bypass_xla_convolution(features, keywords, shape):
-    # XLA's CPU convolution is 15-50x slower than fused multiply-adds for depth-wise kernels and slower than a
-    # matmul for 1x1 ones (benchmarks/README.md, CvT-13): neither may lower to a convolution, forward or backward
+    # XLA's CPU convolution is 11-59x slower than fused multiply-adds for depth-wise kernels and slower than a
+    # matmul for 1x1 ones (python -m benchmarks.ops): neither may lower to a convolution, forward or backward
     model = Conv(features, **keywords)
     x = jnp.ones(shape)
     variables = model.init(jax.random.key(0), x)
@@ -355,7 +355,7 @@ def test_softmax_and_its_derivatives_are_jax_nn_softmaxs(axis, rng):
 
 def test_softmax_backward_sums_rows_with_a_matrix_product():
     # the point of layers.softmax: XLA's CPU code fuses jax.nn.softmax's row-sum reduction into the matmul before it,
-    # 1.7-2x slower for an attention's backward pass (benchmarks/README.md, CvT-13)
+    # up to 1.7x slower for an attention's forward and backward (python -m benchmarks.ops)
     from vit_flax.layers import softmax
 
     x = jnp.ones((2, 3, 5, 7))

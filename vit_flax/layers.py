@@ -404,8 +404,8 @@ class Conv(nn.Module):
     the right), 'valid' pads nothing. Zero padding only, as vit-pytorch uses.
 
     A 1 x 1 convolution (stride 1, no padding) is a matmul over the channels and a depth-wise one (`groups` equal
-    to the input channels) is `depthwise_conv`: XLA's CPU convolution is slower for both, the matmul's backward by
-    1.6-3x on CvT-13's maps (benchmarks/README.md, CvT-13). The rest go to `lax.conv_general_dilated`.
+    to the input channels) is `depthwise_conv`: XLA's CPU convolution is slower for both, 1.5-1.8x forward and
+    backward for 1 x 1 on CvT-13's maps (`python -m benchmarks.ops`). The rest go to `lax.conv_general_dilated`.
     """
 
     features: int
@@ -481,9 +481,9 @@ def depthwise_conv(x, kernel, stride, padding, dilation):
     padded input times the tap's weights: output channel o reads input channel o // multiplier, as torch's
     `groups=in_channels` does.
 
-    XLA's CPU code runs `feature_group_count=channels` convolutions through a slow generic path: on CvT's maps
-    (2 cores of an AMD EPYC) it takes 15-50x the time of these fused multiply-adds forward and 3-30x backward
-    (benchmarks/README.md, CvT-13). On GPU and TPU the fused loop is as memory-bound as the convolution, and in
+    XLA's CPU code runs `feature_group_count=channels` convolutions through a slow generic path: on CvT-13's maps
+    (2 cores of an AMD EPYC) it takes 11-59x the time of these fused multiply-adds forward and 13-51x forward and
+    backward (`python -m benchmarks.ops`). On GPU and TPU the fused loop is as memory-bound as the convolution, and in
     float32 it never rounds through TF32. Half-precision inputs accumulate in float32.
     """
     multiplier = kernel.shape[-1] // x.shape[-1]
@@ -640,9 +640,9 @@ def softmax(x, axis: int = -1):
     The derivative is y * t - y (y . t) along `axis`, as jax.nn.softmax's. Written as a three-operand einsum, the
     transposed map contracts the cotangent with y as a batched matrix-vector product, where jax.nn.softmax's form
     becomes a reduction fused into the preceding matmul. On 2 cores of an AMD EPYC an attention's forward and
-    backward take 0.6-0.8x the time that way: 442 -> 221 ms on CvT-13's first stage (3,136 queries, 784 keys), 52
-    -> 31 ms per ViT-B/16 layer, torch's speed or better. A custom JVP, not a VJP, keeps forward-mode
-    differentiation.
+    backward then take 354 -> 208 ms on CvT-13's first stage (3,136 queries, 784 keys; torch 254 ms) and 42 -> 30 ms
+    per ViT-B/16 layer (torch 32 ms); a ViT-S/16 layer's 6 heads gain nothing (`python -m benchmarks.ops`). A custom
+    JVP, not a VJP, keeps forward-mode differentiation.
     """
     return jax.nn.softmax(x, axis=axis)
 
