@@ -1,6 +1,8 @@
 """CvT behaviour beyond the registry configs: stage outputs, train-mode BatchNorm, image sizes, dropout, bad
 configurations and inputs."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,3 +176,32 @@ def test_bad_configs_fail_at_construction(config, message):
 def test_bad_inputs_name_the_shape(shape, message):
     with pytest.raises(ValueError, match=message):
         CvT(**TINY).init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_remat_keeps_the_tree_outputs_gradients_and_statistics():
+    """`remat_policy` (JAX-only) recomputes in the backward pass: the same variables, train-mode logits, gradients
+    and BatchNorm updates."""
+    x = images((2, *SIZE, 3))
+    plain, rematted = CvT(**TINY), CvT(**TINY, remat_policy='dots_saveable')
+    variables = plain.init(jax.random.key(0), x)
+    assert jax.tree.structure(rematted.init(jax.random.key(0), x)) == jax.tree.structure(variables)
+
+    def run(model):
+        def loss(params):
+            logits, updates = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+            return (logits ** 2).sum(), (logits, updates)
+        gradient = jax.grad(loss, has_aux=True)
+        jaxpr = str(jax.make_jaxpr(gradient)(variables['params']))
+        # rematerialised (jax prints the primitive as remat2 or checkpoint, by version), or not
+        assert bool(re.search(r'\b(remat\d*|checkpoint)\[', jaxpr)) == (model.remat_policy is not None)
+        return jax.jit(gradient)(variables['params'])
+
+    (grads, (logits, stats)), (remat_grads, (remat_logits, remat_stats)) = run(plain), run(rematted)
+    np.testing.assert_allclose(remat_logits, logits, rtol=1e-6, atol=1e-6)
+    for expected, got in ((grads, remat_grads), (stats, remat_stats)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), expected, got)
+
+
+def test_unknown_remat_policy_is_named():
+    with pytest.raises(ValueError, match="remat_policy='everything'"):
+        CvT(**TINY, remat_policy='everything')

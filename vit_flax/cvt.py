@@ -17,6 +17,9 @@ What torch exposes is reachable here too:
 - A forward hook on stage `i` (`model.layers[i]`) is Flax's `capture_intermediates`: a stage's output is the
   output of its transformer, `intermediates/layers_{i}_2/__call__`.
 
+JAX-only: `remat_policy` (None, or a `jax.checkpoint_policies` name such as 'dots_saveable') rematerialises each
+attention and feed-forward block in the backward pass; parameters, statistics and results do not change.
+
 BatchNorm statistics live in 'batch_stats' and follow torch's BatchNorm2d: `train=True` normalises with the
 batch's biased variance and, with `mutable=['batch_stats']`, updates the running variance with the unbiased one
 (momentum 0.1).
@@ -52,6 +55,7 @@ from vit_flax.layers import (
     BatchNorm, ChanLayerNorm, Conv, Linear, attention_weights, check_floating_input, check_keywords, gelu,
     group_by_key_prefix_and_remove_prefix,
 )
+from vit_flax.scan import check_remat_policy, remat
 
 # classes
 
@@ -130,13 +134,16 @@ class Transformer(nn.Module):
     dim_head: int = 64
     mlp_mult: int = 4
     dropout: float = 0.0
+    remat_policy: str | None = None  # JAX-only
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        attention = remat(Attention, self.remat_policy, static_argnums=(2,))
+        feed_forward = remat(FeedForward, self.remat_policy, static_argnums=(2,))
         for i in range(self.depth):
-            attn = Attention(self.dim, proj_kernel=self.proj_kernel, kv_proj_stride=self.kv_proj_stride,
+            attn = attention(self.dim, proj_kernel=self.proj_kernel, kv_proj_stride=self.kv_proj_stride,
                              heads=self.heads, dim_head=self.dim_head, dropout=self.dropout, name=f'layers_{i}_0')
-            ff = FeedForward(self.dim, self.mlp_mult, dropout=self.dropout, name=f'layers_{i}_1')
+            ff = feed_forward(self.dim, self.mlp_mult, dropout=self.dropout, name=f'layers_{i}_1')
             x = attn(x, train) + x
             x = ff(x, train) + x
         return x
@@ -173,9 +180,11 @@ class CvT(nn.Module):
     s3_mlp_mult: int = 4
     dropout: float = 0.0
     channels: int = 3
+    remat_policy: str | None = None  # JAX-only
 
     def __post_init__(self):
         check_keywords(self)
+        check_remat_policy(self.remat_policy)
         for prefix, config in zip(STAGES, self.stage_configs()):
             if config['proj_kernel'] % 2 == 0:
                 raise ValueError(
@@ -187,7 +196,7 @@ class CvT(nn.Module):
     def stage_configs(self) -> tuple[dict, ...]:
         """Each stage's keywords without its prefix, split off as vit-pytorch does."""
         kwargs = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
-                  if field.name not in ('parent', 'name')}
+                  if field.name not in ('parent', 'name', 'remat_policy')}
         configs = []
         for prefix in STAGES:
             config, kwargs = group_by_key_prefix_and_remove_prefix(f'{prefix}_', kwargs)
@@ -203,7 +212,8 @@ class CvT(nn.Module):
             setattr(self, f'layers_{i}_1', ChanLayerNorm(config['emb_dim']))
             setattr(self, f'layers_{i}_2', Transformer(
                 dim=config['emb_dim'], proj_kernel=config['proj_kernel'], kv_proj_stride=config['kv_proj_stride'],
-                depth=config['depth'], heads=config['heads'], mlp_mult=config['mlp_mult'], dropout=self.dropout))
+                depth=config['depth'], heads=config['heads'], mlp_mult=config['mlp_mult'], dropout=self.dropout,
+                remat_policy=self.remat_policy))
         self.to_logits_2 = Linear(self.num_classes)
 
     def layers(self, x, train: bool = False):
