@@ -483,8 +483,8 @@ def depthwise_conv(x, kernel, stride, padding, dilation):
 
     XLA's CPU code runs `feature_group_count=channels` convolutions through a slow generic path: on CvT-13's maps
     (2 cores of an AMD EPYC) it takes 11-59x the time of these fused multiply-adds forward and 13-51x forward and
-    backward (`python -m benchmarks.ops`). On GPU and TPU the fused loop is as memory-bound as the convolution, and in
-    float32 it never rounds through TF32. Half-precision inputs accumulate in float32.
+    backward (`python -m benchmarks.ops`). GPUs and TPUs run the same fused loop (not timed there); in float32 it
+    never rounds through TF32. Half-precision inputs accumulate in float32.
     """
     multiplier = kernel.shape[-1] // x.shape[-1]
     if multiplier > 1:

@@ -13,9 +13,9 @@ from typing import MutableMapping
 
 # XLA's concurrency-optimised CPU scheduler (on by default) orders a step's ops to run independent ones side by side,
 # and in doing so keeps more buffers alive at once and moves rematerialised values back into the forward pass. Off,
-# on 2 cores of an AMD EPYC, a training step's temporaries fall from 968 to 823 MiB (ViT-S/16), 1,930 to 1,051 MiB
-# (ViT-B/16 with remat_policy='dots_saveable') and 1,933 to 1,150 MiB (CvT-13) with the step time unchanged or
-# shorter (benchmarks/README.md, Training memory on CPU). GPU and TPU compilers ignore the flag.
+# on 2 cores of an AMD EPYC, a ViT-S/16 training step's temporaries fall from 968 to 823 MiB, and rematerialisation
+# takes effect (with remat_policy='dots_saveable', 522 MiB), with the step time unchanged or shorter
+# (benchmarks/README.md, Training memory on CPU). GPU and TPU compilers ignore the flag.
 TRAINER_XLA_FLAGS = ('--xla_cpu_enable_concurrency_optimized_scheduler=false',)
 
 
