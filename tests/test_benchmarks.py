@@ -88,7 +88,7 @@ def test_side_by_side_options_go_to_the_models_that_take_them():
     args = side_by_side.parse_args(['--scan-layers', '--remat-policy', 'dots_saveable', '--attention-impl', 'cudnn'])
     assert side_by_side.flax_options('vit.ViT', args) == {
         'scan_layers': True, 'remat_policy': 'dots_saveable', 'attention_impl': 'cudnn'}
-    assert side_by_side.flax_options('cvt.CvT', args) == {}
+    assert side_by_side.flax_options('cvt.CvT', args) == {'remat_policy': 'dots_saveable'}  # its one JAX-only option
     assert side_by_side.flax_options('vit.ViT', side_by_side.parse_args([])) == {}
 
 
