@@ -155,6 +155,11 @@ def test_depthwise_and_pointwise_conv_bypass_xla_convolution(features, keywords,
     assert 'conv_general_dilated' not in str(jax.make_jaxpr(step)(variables, x))
     general = Conv(features, **{**keywords, 'kernel_size': 2, 'groups': 1})
     assert 'conv_general_dilated' in str(jax.make_jaxpr(general.apply)(general.init(jax.random.key(0), x), x))
+    # one input channel makes groups=1 equal the channels, but that is an ordinary convolution (a 16 x 16 patch
+    # embedding of a grayscale image would be 256 shifted copies of it)
+    gray = jnp.ones((*shape[:-1], 1))
+    single = Conv(features, 3)
+    assert 'conv_general_dilated' in str(jax.make_jaxpr(single.apply)(single.init(jax.random.key(0), gray), gray))
 
 
 def test_depthwise_conv_accumulates_half_precision_in_float32(rng):

@@ -404,7 +404,7 @@ class Conv(nn.Module):
     the right), 'valid' pads nothing. Zero padding only, as vit-pytorch uses.
 
     A 1 x 1 convolution (stride 1, no padding) is a matmul over the channels and a depth-wise one (`groups` equal
-    to the input channels) is `depthwise_conv`: XLA's CPU convolution is slower for both, 1.5-1.8x forward and
+    to the input channels, more than one) is `depthwise_conv`: XLA's CPU convolution is slower for both, 1.5-1.8x forward and
     backward for 1 x 1 on CvT-13's maps (`python -m benchmarks.ops`). The rest go to `lax.conv_general_dilated`.
     """
 
@@ -448,9 +448,11 @@ class Conv(nn.Module):
         kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), kernel_shape).astype(x.dtype)
         pointwise = self.groups == 1 and math.prod(kernel_size) == 1 and set(stride) == {1} and not any(
             lo or hi for lo, hi in padding)
+        depthwise = 1 < self.groups == in_features and _conv_output_sizes(
+            x.shape[1:-1], kernel_size, stride, padding, dilation) is not None
         if pointwise:
             y = jnp.matmul(x, kernel.reshape(in_features, self.features))
-        elif self.groups == in_features and _conv_output_sizes(x.shape[1:-1], kernel_size, stride, padding, dilation):
+        elif depthwise:
             y = depthwise_conv(x, kernel, stride, padding, dilation)
         else:
             spatial = 'DHW'[-n:] if n > 1 else 'W'
