@@ -72,6 +72,20 @@ def torch_timings(function, inputs, repeats: int) -> tuple[float, float]:
     return median_ms(forward, repeats), median_ms(backward, repeats)
 
 
+def case_rows(op: str, shape: str, jax_forms, inputs, torch_form, torch_inputs, repeats: int, rtol: float,
+              atol: float) -> list[dict]:
+    """One case's rows: each JAX form (variant, function) of `inputs`, checked against the first form's output, then
+    torch's function of `torch_inputs`."""
+    rows, reference = [], None
+    for variant, function in jax_forms:
+        forward, both, output = jax_timings(function, inputs, repeats)
+        reference = np.asarray(output) if reference is None else reference
+        np.testing.assert_allclose(np.asarray(output), reference, rtol=rtol, atol=atol)
+        rows.append({'op': op, 'shape': shape, 'variant': variant, 'forward_ms': forward, 'both_ms': both})
+    forward, both = torch_timings(torch_form, torch_inputs, repeats)
+    return rows + [{'op': op, 'shape': shape, 'variant': 'torch', 'forward_ms': forward, 'both_ms': both}]
+
+
 def conv_cases(quick: bool):
     # (height = width, channels in, channels out, stride) of CvT-13's query / key-value projections and FFN
     depthwise = [(8, 8, 8, 1)] if quick else [
@@ -101,22 +115,12 @@ def convolutions(quick: bool, repeats: int, batch: int) -> list[dict]:
                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
             ours = (partial(depthwise_conv, stride=(stride, stride), padding=padding, dilation=(1, 1))
                     if groups > 1 else lambda x, kernel: jnp.matmul(x, kernel.reshape(cin, cout)))
-            shape = f'{batch}x{size}x{size}x{cin} -> {cout}, stride {stride}'
-            reference = None
-            for variant, function in (('lax.conv_general_dilated', lax_conv), ('vit-flax', ours)):
-                forward, both, output = jax_timings(function, (x, kernel), repeats)
-                if reference is None:
-                    reference = np.asarray(output)
-                else:
-                    np.testing.assert_allclose(np.asarray(output), reference, rtol=1e-4, atol=1e-4)
-                rows.append({'op': f'{kind} convolution', 'shape': shape, 'variant': variant, 'forward_ms': forward,
-                             'both_ms': both})
-            weight = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
-            forward, both = torch_timings(
-                lambda x, w: torch.nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=groups),
-                (x.transpose(0, 3, 1, 2).copy(), weight), repeats)
-            rows.append({'op': f'{kind} convolution', 'shape': shape, 'variant': 'torch', 'forward_ms': forward,
-                         'both_ms': both})
+            torch_conv = partial(torch.nn.functional.conv2d, stride=stride, padding=k // 2, groups=groups)
+            rows += case_rows(
+                f'{kind} convolution', f'{batch}x{size}x{size}x{cin} -> {cout}, stride {stride}',
+                (('lax.conv_general_dilated', lax_conv), ('vit-flax', ours)), (x, kernel),
+                torch_conv, (x.transpose(0, 3, 1, 2).copy(), np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))),
+                repeats, rtol=1e-4, atol=1e-4)
     return rows
 
 
@@ -133,23 +137,16 @@ def attention(quick: bool, repeats: int, batch: int) -> list[dict]:
     dim_head = 64
     for heads, n, m in cases:
         q, k, v = (rng.standard_normal((batch, heads, length, dim_head)).astype(np.float32) for length in (n, m, m))
-        shape = f'{batch}x{heads} heads, {n} queries x {m} keys'
 
         def attend(q, k, v, normalise):
             return jnp.einsum('bhij,bhjd->bhid', normalise(jnp.einsum('bhid,bhjd->bhij', q, k) * dim_head**-0.5), v)
 
-        reference = None
-        for variant, normalise in (('jax.nn.softmax', partial(jax.nn.softmax, axis=-1)),
-                                   ('vit-flax (layers.softmax)', partial(softmax, axis=-1))):
-            forward, both, output = jax_timings(partial(attend, normalise=normalise), (q, k, v), repeats)
-            if reference is None:
-                reference = np.asarray(output)
-            else:
-                np.testing.assert_allclose(np.asarray(output), reference, rtol=1e-5, atol=1e-6)
-            rows.append({'op': 'attention', 'shape': shape, 'variant': variant, 'forward_ms': forward, 'both_ms': both})
-        forward, both = torch_timings(
-            lambda q, k, v: ((q @ k.transpose(-1, -2)) * dim_head**-0.5).softmax(-1) @ v, (q, k, v), repeats)
-        rows.append({'op': 'attention', 'shape': shape, 'variant': 'torch', 'forward_ms': forward, 'both_ms': both})
+        rows += case_rows(
+            'attention', f'{batch}x{heads} heads, {n} queries x {m} keys',
+            (('jax.nn.softmax', partial(attend, normalise=partial(jax.nn.softmax, axis=-1))),
+             ('vit-flax (layers.softmax)', partial(attend, normalise=partial(softmax, axis=-1)))), (q, k, v),
+            lambda q, k, v: ((q @ k.transpose(-1, -2)) * dim_head**-0.5).softmax(-1) @ v, (q, k, v),
+            repeats, rtol=1e-5, atol=1e-6)
     return rows
 
 
