@@ -3,9 +3,9 @@
     .venv/bin/python -m benchmarks.input_pipeline [--images N] [--workers 0 1 2] [--batches B] ... [--json PATH]
 
 The files: `--images` JPEGs (quality 90) of `--file-size` pixels square, smooth random RGB images in 10 class
-folders of a temporary image folder. Each pipeline decodes every JPEG with PIL, resizes it to `--image-size`
-(bilinear), pads it by 16 pixels and crops it back at random, flips it, applies two RandAugment ops at magnitude 0.5
-(`AUGMENT`: vit_flax.data.augment switches them all off by default), normalises it and batches `--batch` images:
+folders of a temporary image folder. Each pipeline decodes every JPEG with PIL, takes a random resized crop of it
+at `--image-size` (bilinear), flips it, applies two RandAugment ops at magnitude 0.5 (`AUGMENT`:
+vit_flax.data.augment switches them all off by default), normalises it and batches `--batch` images:
 
 - grain: `vit_flax.data.train_loader`, the trainer's own pipeline, with `data_workers` worker processes (0 reads in
   the calling process);
@@ -54,9 +54,9 @@ def write_jpegs(root: Path, images: int, file_size: int, seed: int = 0) -> Path:
     return root
 
 
-# every augmentation of vit_flax.data.augment on (its defaults switch them all off): a crop of the image padded by
-# 16 pixels, a flip, two RandAugment ops at half their largest change
-AUGMENT = {'random_crop_padding': 16, 'flip': True, 'randaugment_ops': 2, 'randaugment_magnitude': 0.5}
+# an ImageNet-style training augmentation (vit_flax.data.augment's defaults switch them all off): a random resized
+# crop of the file, a flip, two RandAugment ops at half their largest change
+AUGMENT = {'random_resized_crop': True, 'flip': True, 'randaugment_ops': 2, 'randaugment_magnitude': 0.5}
 
 
 def pipeline_config(root: Path, image_size: int, workers: int) -> ml_collections.ConfigDict:
@@ -68,16 +68,17 @@ def pipeline_config(root: Path, image_size: int, workers: int) -> ml_collections
 
 
 class SameWorkDataset:
-    """A torch map-style Dataset of the same records and transforms as the grain pipeline: the image folder's
-    decode and resize, `augment.train_transforms` with a generator per draw, then `Normalize`."""
+    """A torch map-style Dataset of the same records and operations as the grain pipeline
+    (`vit_flax.data.train_records`: the image folder's decode, the augmentations with a generator per draw, then
+    `Normalize`)."""
 
     def __init__(self, config):
-        from vit_flax import data
-        from vit_flax.data import augment
+        import grain
 
-        self.source, _, info = data._load(config)
-        self.transforms = augment.train_transforms(config.augment)
-        self.normalize = data.Normalize(info.mean, info.std)
+        from vit_flax import data
+
+        self.source, self.operations = data.train_records(config)
+        self.random = [isinstance(operation, grain.transforms.RandomMap) for operation in self.operations]
         self.draws = 0
 
     def __len__(self):
@@ -89,9 +90,9 @@ class SameWorkDataset:
         self.draws += 1  # a fresh generator per draw: in a worker, torch seeds each worker apart
         rng = np.random.default_rng([torch.initial_seed() % 2**32, index, self.draws])
         element = self.source[index]
-        for transform in self.transforms:
-            element = transform.random_map(element, rng)
-        return self.normalize.map(element)
+        for operation, random in zip(self.operations, self.random):
+            element = operation.random_map(element, rng) if random else operation.map(element)
+        return element
 
 
 def grain_batches(config, batch: int):

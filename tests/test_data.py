@@ -334,6 +334,111 @@ def test_random_maps_are_reproducible_and_do_what_they_say():
     assert len(crops) > 10 and flipped == flips
 
 
+def sample_bilinear(image, rows, cols):
+    """image (H, W, C) at fractional (row, column) index coordinates, bilinearly, every point inside the image."""
+    top, left = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    bottom, right = np.minimum(top + 1, image.shape[0] - 1), np.minimum(left + 1, image.shape[1] - 1)
+    dy, dx = (rows - top)[..., None], (cols - left)[..., None]
+    return ((1 - dy) * ((1 - dx) * image[top, left] + dx * image[top, right])
+            + dy * ((1 - dx) * image[bottom, left] + dx * image[bottom, right]))
+
+
+@pytest.mark.parametrize('name', ['rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y'])
+def test_geometric_ops_move_pixels_by_their_matrix(name):
+    """Output pixel p (index coordinates relative to the centre) holds the input at matrix @ p, bilinearly; what
+    falls outside the image is zero. The matrix is found from the op's one random draw (its sign)."""
+    height, width = 33, 40
+    image = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    out = augment.OPS[name](image, 0.8, np.random.default_rng(3))
+    sign = 1 if np.random.default_rng(3).random() < 0.5 else -1
+    angle = np.radians(sign * augment.MAX_ROTATE_DEGREES * 0.8)
+    shear, shift = sign * augment.MAX_SHEAR * 0.8, sign * augment.MAX_TRANSLATE * 0.8
+    matrix = {
+        'rotate': [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0]],
+        'shear_x': [[1, shear, 0], [0, 1, 0]], 'shear_y': [[1, 0, 0], [shear, 1, 0]],
+        'translate_x': [[1, 0, shift * width], [0, 1, 0]], 'translate_y': [[1, 0, 0], [0, 1, shift * height]],
+    }[name]
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
+    (a, b, c), (d, e, f) = matrix
+    x = centre_x + a * (cols - centre_x) + b * (rows - centre_y) + c
+    y = centre_y + d * (cols - centre_x) + e * (rows - centre_y) + f
+    inside = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+    outside = (x < -1) | (x > width) | (y < -1) | (y > height)
+    assert inside.sum() > 300 and outside.sum() > 30, 'the test should see both kinds of pixels'
+    np.testing.assert_allclose(out[inside], sample_bilinear(image, y[inside], x[inside]), atol=1e-5)
+    assert np.all(out[outside] == 0)
+
+
+def test_resized_crop_boxes_follow_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    boxes = [augment.resized_crop_box(60, 80, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(400)]
+    for top, left, box_height, box_width in boxes:
+        assert 0 <= top <= 60 - box_height and 0 <= left <= 80 - box_width
+        # rounding each side moves the area and the aspect by a little
+        assert 0.08 * 4800 - 80 <= box_height * box_width <= 4800
+        assert 3 / 4 - 0.1 <= box_width / box_height <= 4 / 3 + 0.1
+    areas = np.array([h * w for _, _, h, w in boxes]) / 4800
+    assert areas.min() < 0.2 and areas.max() > 0.8
+    assert len({(top, left) for top, left, _, _ in boxes}) > 300
+    # no box of the ratio fits a 4 x 100 image: the central crop of the widest allowed aspect
+    assert augment.resized_crop_box(4, 100, (0.5, 1.0), (3 / 4, 4 / 3), rng) == (0, 47, 4, 5)
+    assert augment.resized_crop_box(100, 4, (0.5, 1.0), (3 / 4, 4 / 3), rng) == (47, 0, 5, 4)
+    assert augment.resized_crop_box(10, 10, (2.0, 2.0), (1.0, 1.0), rng) == (0, 0, 10, 10)
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
+@pytest.mark.parametrize('channels', [1, 3, 2])
+def test_random_resized_crop_resizes_its_box(dtype, channels):
+    """A box of the output's size comes through unchanged (as float32 in [0, 1]); the whole image, resized,
+    matches PIL's bilinear resize."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, 20, channels), dtype=np.uint8)
+    image = pixels if dtype == np.uint8 else pixels.astype(np.float32) / 255
+    element = {'image': image, 'label': np.int32(1)}
+    crop = augment.RandomResizedCrop((8, 8), scale=(0.2, 0.2), ratio=(1.0, 1.0))  # 0.2 * 320 = 64: 8 x 8 boxes
+    windows = {}
+    for seed in range(30):
+        out = crop.random_map(element, np.random.default_rng(seed))
+        assert out['image'].dtype == np.float32 and out['image'].shape == (8, 8, channels) and out['label'] == 1
+        top, left, _, _ = augment.resized_crop_box(16, 20, (0.2, 0.2), (1.0, 1.0), np.random.default_rng(seed))
+        np.testing.assert_allclose(out['image'], pixels[top:top + 8, left:left + 8] / 255, atol=1e-6)
+        windows[top, left] = True
+    assert len(windows) > 10
+
+    whole = augment.RandomResizedCrop((10, 5), scale=(1.0, 1.0), ratio=(1.25, 1.25)).random_map(
+        element, np.random.default_rng(0))['image']
+    expected = np.stack([np.asarray(Image.fromarray(pixels[..., c]).resize((5, 10), Image.Resampling.BILINEAR))
+                         for c in range(channels)], axis=-1) / 255
+    np.testing.assert_allclose(whole, expected, atol=1 / 255 + 1e-6)  # 8-bit rounding in PIL's uint8 modes
+
+
+def test_image_folder_random_resized_crops_come_from_the_files(tmp_path):
+    """With a random resized crop the train records keep each file's size (uint8) and the loader's batches are
+    crops at image_size of the solid-colour files, normalised; eval records are unchanged."""
+    augmented = folder_config(write_image_folder(tmp_path), augment={'random_resized_crop': True, 'flip': True})
+    source, operations = data.train_records(augmented)
+    assert source.keep_file_size and 'file size, uint8' in repr(source)
+    assert isinstance(operations[0], augment.RandomResizedCrop) and operations[0].size == (6, 10)
+    assert isinstance(operations[-1], data.Normalize)
+    sizes = {source[i]['image'].shape for i in range(len(source))}
+    assert sizes == {(10, 20, 3), (9, 7, 3), (16, 16, 3), (12, 30, 3), (5, 5, 3)}
+    assert {source[i]['image'].dtype for i in range(len(source))} == {np.dtype(np.uint8)}
+
+    plain_source, _ = data.train_records(folder_config(tmp_path))
+    assert not plain_source.keep_file_size and plain_source[0]['image'].shape == (6, 10, 3)
+
+    batch = next(iter(data.train_loader(augmented, batch_size=5, seed=0)))
+    assert batch['image'].shape == (5, 6, 10, 3) and batch['image'].dtype == np.float32
+    info = data.dataset_info(augmented)
+    for image, label in zip(batch['image'], batch['label']):
+        colour = np.float32(COLOURS[info.class_names[label]]) / 255
+        # JPEG's colour rounding aside, every pixel of a crop of a solid image is that colour
+        np.testing.assert_allclose(image * np.float32(info.std) + np.float32(info.mean),
+                                   np.broadcast_to(colour, image.shape), atol=3 / 255)
+    np.testing.assert_array_equal(data.raw_eval_split(augmented)[0], data.raw_eval_split(folder_config(tmp_path))[0])
+
+
 def test_augment_config():
     assert augment.train_transforms(None) == []
     assert augment.train_transforms(ml_collections.ConfigDict({'mixup_alpha': 0.2})) == []  # the trainer's key
@@ -342,6 +447,23 @@ def test_augment_config():
     for key, value in (('random_crop_padding', -1), ('randaugment_ops', -1), ('randaugment_magnitude', 1.5)):
         with pytest.raises(ValueError, match=f'{key}={value}'):
             augment.train_transforms({key: value})
+
+    inception = {'random_resized_crop': True, 'flip': True, 'randaugment_ops': 2}
+    assert augment.train_transforms(inception, (32, 24)) == [
+        augment.RandomResizedCrop((32, 24), (0.08, 1.0), (3 / 4, 4 / 3)), augment.RandomFlip(),
+        augment.RandAugment(2, 0.5)]
+    assert augment.train_transforms({**inception, 'random_resized_crop_scale': [0.5, 1], 'random_resized_crop_ratio': (
+        1, 2)}, (8, 8))[0] == augment.RandomResizedCrop((8, 8), (0.5, 1.0), (1.0, 2.0))
+    with pytest.raises(ValueError, match='needs the image size'):
+        augment.train_transforms(inception)
+    with pytest.raises(ValueError, match='random_crop_padding=2 with random_resized_crop=True: choose one'):
+        augment.train_transforms({**inception, 'random_crop_padding': 2}, (8, 8))
+    for key, value, why in (('random_resized_crop_scale', (0.5, 1.5), '<= 1'),
+                            ('random_resized_crop_scale', (0.0, 1.0), '0 < low'),
+                            ('random_resized_crop_ratio', (2.0, 1.0), 'low <= high'),
+                            ('random_resized_crop_ratio', 0.5, 'two numbers')):
+        with pytest.raises(ValueError, match=rf'config\.augment\.{key}=.*{why}'):
+            augment.train_transforms({**inception, key: value}, (8, 8))
 
 
 def test_digits_written_as_an_image_folder_keep_their_classes_and_pixels(tmp_path):

@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = 'digits'
     config.data_dir = ''
     config.image_size = 8
+    # every key of vit_flax/data/augment.py, so that the command line can set any of them; for photographs at 224,
+    # say: --config.augment.random_crop_padding=0 --config.augment.random_resized_crop=True --config.augment.flip=True
     config.augment = ml_collections.ConfigDict(dict(
+        random_resized_crop=False, random_resized_crop_scale=(0.08, 1.0), random_resized_crop_ratio=(3 / 4, 4 / 3),
         random_crop_padding=1, flip=False, randaugment_ops=0, randaugment_magnitude=0.0,
     ))
     config.mixup_alpha = 0.0  # 0: off; applied on device in the train step

@@ -9,7 +9,8 @@
 
 Every dataset is two grain RandomAccessDataSources, train and eval, whose records are
 {'image': float32 (H, W, C) in [0, 1], 'label': int32}. Augmentations (vit_flax/data/augment.py) work on
-those [0, 1] images; normalisation with the dataset's mean and std comes last. Mixup, which mixes examples
+those [0, 1] images; normalisation with the dataset's mean and std comes last. A random resized crop comes first
+and gives such images: an image folder's train records reach it at the file's own size, as uint8. Mixup, which mixes examples
 across the batch, is the trainer's job, on device.
 
 Multi-host: each JAX process reads its own share (grain's ShardByJaxProcess) and yields per-process batches;
@@ -119,18 +120,26 @@ def train_loader(config, *, batch_size: int, seed: int) -> grain.DataLoader:
     """
     if batch_size <= 0:
         raise ValueError(f'batch_size={batch_size}: must be positive')
-    source, _, info = _load(config)
+    source, operations = train_records(config)
     shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=shard_options, shuffle=True, num_epochs=None, seed=seed)
-    operations = [
-        *augment.train_transforms(config.get('augment')),
-        Normalize(info.mean, info.std),
-        grain.transforms.Batch(batch_size, drop_remainder=True),
-    ]
+    operations = [*operations, grain.transforms.Batch(batch_size, drop_remainder=True)]
     return grain.DataLoader(
         data_source=source, sampler=sampler, operations=operations, shard_options=shard_options,
         worker_count=config.get('data_workers', 0), read_options=_read_options(config))
+
+
+def train_records(config) -> tuple[grain.sources.RandomAccessDataSource, list[grain.transforms.Map]]:
+    """The train split's source and what `train_loader` does to each of its records, in order: the augmentations
+    config.augment switches on, then Normalize. A random resized crop reads an image folder at the files' own
+    sizes, to crop from the full-resolution images."""
+    source, _, info = _load(config)
+    transforms = augment.train_transforms(config.get('augment'), info.image_size)
+    if transforms and isinstance(transforms[0], augment.RandomResizedCrop) and isinstance(
+            source, image_folder.ImageFolderSource):
+        source = dataclasses.replace(source, keep_file_size=True)
+    return source, [*transforms, Normalize(info.mean, info.std)]
 
 
 def eval_batches(config, *, batch_size: int) -> Iterator[dict]:

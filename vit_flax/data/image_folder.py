@@ -19,7 +19,9 @@ longer), in threads; a progress bar shows when it takes over a second (config.pr
 to decode when its record is read is an error naming it.
 
 Images are decoded with PIL when a record is read, converted to RGB (or to grey-scale 'L' with config.channels =
-1), and resized to config.image_size with bilinear interpolation, aspect ratio not kept. Normalisation defaults
+1), and resized to config.image_size with bilinear interpolation, aspect ratio not kept. With a random resized
+crop (config.augment.random_resized_crop) the train records keep the file's own size, as uint8, and the crop
+resizes them (vit_flax.data.train_loader): crops then come from the full-resolution image. Normalisation defaults
 to the ImageNet statistics; config.mean / config.std replace them.
 
 A split's repr names its file list by a hash (grain compares it when a checkpoint's data position is restored),
@@ -74,6 +76,9 @@ class ImageFolderSource:
     labels: tuple[int, ...]
     image_size: tuple[int, int]  # (height, width)
     mode: str  # PIL mode, 'RGB' or 'L'
+    # records at the file's own size, uint8 in [0, 255], for an augmentation that resizes them (a random resized
+    # crop); else float32 in [0, 1] at image_size
+    keep_file_size: bool = False
 
     def __len__(self):
         return len(self.paths)
@@ -83,11 +88,16 @@ class ImageFolderSource:
         height, width = self.image_size
         try:
             with Image.open(path) as opened:
-                image = opened.convert(self.mode).resize((width, height), Image.Resampling.BILINEAR)
+                image = opened.convert(self.mode)
+                if not self.keep_file_size:
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
         except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f'cannot read image file {path}: {error}') from error
+        label = np.int32(self.labels[index])
+        if self.keep_file_size:
+            return {'image': np.asarray(image).reshape(image.height, image.width, -1), 'label': label}
         pixels = np.asarray(image, np.float32) / 255
-        return {'image': pixels.reshape(height, width, -1), 'label': np.int32(self.labels[index])}
+        return {'image': pixels.reshape(height, width, -1), 'label': label}
 
     @functools.cached_property
     def file_list_hash(self) -> str:
@@ -96,8 +106,9 @@ class ImageFolderSource:
 
     def __repr__(self):
         # grain compares the source's repr when restoring an iterator: it names what the records are.
+        size = 'file size, uint8' if self.keep_file_size else f'{self.image_size[0]}x{self.image_size[1]}'
         return (f'ImageFolderSource({self.split_dir!r}, {len(self)} images, file list {self.file_list_hash}, '
-                f'{self.image_size[0]}x{self.image_size[1]} {self.mode})')
+                f'{size} {self.mode})')
 
 
 def _hash(strings) -> str:
