@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def cpu_count() -> int:
@@ -42,3 +43,20 @@ def kernel_settings(environ=None) -> dict[str, str]:
     """Those of KERNEL_SETTINGS that are set, as the benchmark's processes see them."""
     environ = os.environ if environ is None else environ
     return {name: environ[name] for name in KERNEL_SETTINGS if environ.get(name)}
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by process `pid`'s threads and those of its living descendants (torch.compile's compile
+    workers, say), to the nanosecond, from Linux's /proc/<pid>/task/<tid>/schedstat; None where /proc does not say.
+    Threads that have exited are not counted: this is for processes whose thread pools live on."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for task in Path(f'/proc/{current}/task').iterdir():
+                total += int((task / 'schedstat').read_text().split()[0])  # nanoseconds on a CPU
+                pending += [int(child) for child in (task / 'children').read_text().split()]
+        except (OSError, IndexError, ValueError):  # no /proc, or a process or thread that just exited
+            if current == pid:
+                return None
+    return total / 1e9

@@ -72,7 +72,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import cpu_count, cpu_model, kernel_settings
+from benchmarks.machine import cpu_count, cpu_model, kernel_settings, process_cpu_seconds
 
 PROGRAM = 'python -m benchmarks.side_by_side'
 README_MARKERS = ('<!-- side-by-side:start -->', '<!-- side-by-side:end -->')
@@ -440,7 +440,7 @@ def run_model(name: str, args, directory: str) -> dict:
     options = flax_options(model.registry_name, args)
     data = Path(directory) / f'{name}.npz'
     prepare(model, config, args, data)
-    variants = [v for v in VARIANTS if not (args.no_compile and v == 'torch.compile')]
+    variants = chosen_variants(args)
     base = {'registry_name': model.registry_name, 'config': config, 'flax_options': options, 'data': str(data),
             'device': args.device, 'dtype': args.dtype, 'threads': args.threads,
             'flax_xla_flags': flax_xla_flags(args)}
@@ -474,9 +474,14 @@ def run_model(name: str, args, directory: str) -> dict:
             for _ in range(args.steps):
                 for variant in variants:
                     if 'error' not in results[variant][phase]:
+                        results[variant][phase].setdefault('settle_s', []).append(
+                            settle([worker_.process.pid for worker_ in workers.values()]))
+                        idle = {other: process_cpu_seconds(workers[other].process.pid)
+                                for other in variants if other != variant}
                         reply = ask(variant, phase, 'step')
                         if 'seconds' in reply:
                             results[variant][phase]['times'].append(reply['seconds'])
+                            count_idle_cpu(results, phase, idle, workers, reply['seconds'])
             for variant in variants:
                 if 'error' not in results[variant][phase]:
                     results[variant]['memory'][phase] = ask(variant, phase, 'memory').get('peak_bytes')
@@ -491,10 +496,10 @@ def run_model(name: str, args, directory: str) -> dict:
                 r['median_s'], r['min_s'] = float(np.median(r['times'])), min(r['times'])
                 if 'first_call_s' in r and variant == 'torch.compile':
                     r['compile_s'] = r['first_call_s'] - r['median_s']
-    flax = results['flax']
-    for variant in variants[1:]:
+    flax = results.get('flax', {phase: {} for phase in PHASES})
+    for variant in variants:
         for phase in PHASES:
-            if 'median_s' in results[variant][phase] and 'median_s' in flax[phase]:
+            if variant != 'flax' and 'median_s' in results[variant][phase] and 'median_s' in flax[phase]:
                 results[variant][phase]['ratio'] = results[variant][phase]['median_s'] / flax[phase]['median_s']
 
     # model FLOPs per step, for MFU: analytic for ViT, else what XLA counts in the compiled Flax programs
@@ -505,6 +510,39 @@ def run_model(name: str, args, directory: str) -> dict:
         flops = {phase: flax[phase].get('xla_flops') for phase in PHASES} | {'source': 'XLA cost_analysis'}
     return {'name': name, 'title': model.title, 'registry_name': model.registry_name, 'config': config,
             'flax_options': options, 'flops': flops, 'variants': results}
+
+
+def chosen_variants(args) -> list[str]:
+    return [v for v in VARIANTS if v in args.variants and not (args.no_compile and v == 'torch.compile')]
+
+
+def settle(pids: list[int], *, window: float = 0.02, busy: float = 0.05, timeout: float = 2.0) -> float:
+    """Wait until the processes `pids` together use under `busy` of a core over `window` seconds (at most
+    `timeout`), and return the seconds waited. After a call, a worker's threads may spin on for a while (GNU
+    OpenMP's OMP_WAIT_POLICY / GOMP_SPINCOUNT, Intel OpenMP's KMP_BLOCKTIME: 200 ms by default) and would take
+    cores from the next variant's timed call."""
+    start = time.perf_counter()
+    before = [process_cpu_seconds(pid) for pid in pids]
+    while time.perf_counter() - start < timeout:
+        time.sleep(window)
+        after = [process_cpu_seconds(pid) for pid in pids]
+        used = sum(b - a for a, b in zip(before, after) if a is not None and b is not None)
+        if used < busy * window:
+            break
+        before = after
+    return time.perf_counter() - start
+
+
+def count_idle_cpu(results: dict, phase: str, before: dict, workers: dict, seconds: float):
+    """Add to each idle worker's account the CPU time it used while another variant's timed call ran, and that
+    call's seconds: idle threads that spin (OpenMP's wait policy) or compile in the background take cores from
+    the variant being timed."""
+    for other, start in before.items():
+        end = process_cpu_seconds(workers[other].process.pid)
+        if start is not None and end is not None:
+            account = results[other][phase]
+            account['idle_cpu_s'] = account.get('idle_cpu_s', 0.0) + end - start
+            account['idle_wall_s'] = account.get('idle_wall_s', 0.0) + seconds
 
 
 # the report
@@ -587,15 +625,32 @@ def notes(results: dict) -> list[str]:
            '(weights, optimiser state, activations, compiler; each variant in its own process); inference runs '
            'first, so the training figure is the whole run\'s peak') + '.',
     ]
+    idle = []
     for model in results['models']:
-        flax_loss = model['variants']['flax']['train'].get('first_loss')
+        shares = [f"{variant} {phase} {r[phase]['idle_cpu_s'] / r[phase]['idle_wall_s']:.1%}"
+                  for variant, r in model['variants'].items() for phase in PHASES[::-1]
+                  if r[phase].get('idle_wall_s')]
+        if shares:
+            idle.append(f"{model['title']}: {', '.join(shares)}")
+    waits = [wait for model in results['models'] for r in model['variants'].values() for phase in PHASES
+             for wait in r[phase].get('settle_s', [])]
+    if waits:
+        lines.append(f"Before each timed call the harness waited for every worker to go idle (under 5% of a core "
+                     f"over 20 ms): median {np.median(waits) * 1e3:.0f} ms, longest {max(waits) * 1e3:.0f} ms.")
+    if idle:
+        lines.append("CPU time the idle workers used while another variant's timed call ran, as a share of one "
+                     "core over those calls (spinning threads or background work would show here and slow the "
+                     f"variant being timed): {'; '.join(idle)}.")
+    for model in results['models']:
+        flax_variant = model['variants'].get('flax', {phase: {} for phase in PHASES})
+        flax_loss = flax_variant['train'].get('first_loss')
         others = [f"{v} {r['train']['first_loss'] - flax_loss:+.1e}" for v, r in model['variants'].items()
                   if v != 'flax' and 'first_loss' in r['train'] and flax_loss is not None]
         flops = ', '.join(f"{phase} {model['flops'][phase] / 1e9:,.2f}" for phase in PHASES[::-1]
                           if model['flops'].get(phase))
         options = ', '.join(f'{k}={v!r}' for k, v in model['flax_options'].items())
-        temp = ', '.join(f"{phase} {model['variants']['flax'][phase]['xla_temp_bytes'] / 2**20:,.0f}"
-                         for phase in PHASES[::-1] if model['variants']['flax'][phase].get('xla_temp_bytes'))
+        temp = ', '.join(f"{phase} {flax_variant[phase]['xla_temp_bytes'] / 2**20:,.0f}"
+                         for phase in PHASES[::-1] if flax_variant[phase].get('xla_temp_bytes'))
         lines.append(f"{model['title']} (`{model['registry_name']}` {json.dumps(model['config'])}"
                      f"{'; vit-flax with ' + options if options else ''}): GFLOPs per "
                      f"step {flops or 'unknown'} ({model['flops']['source']}); XLA's temporary buffers, MiB: "
@@ -629,6 +684,9 @@ def parse_args(argv=None):
     parser.add_argument('--steps', type=int, default=5, help='timed repeats per variant and phase')
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls after the first (compiling) one')
     parser.add_argument('--no-compile', action='store_true', help='skip torch.compile')
+    parser.add_argument('--variants', nargs='+', choices=VARIANTS, default=list(VARIANTS),
+                        help='the variants to run, e.g. one alone to time it without the others alive; ratios need '
+                             'flax')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
     parser.add_argument('--threads', type=int,
@@ -679,7 +737,7 @@ def main(argv=None) -> dict | None:
     with tempfile.TemporaryDirectory(prefix='side_by_side-') as directory:
         models = []
         for name in args.models:
-            print(f'{name}: running {", ".join(VARIANTS[:2 if args.no_compile else 3])} ...', file=sys.stderr)
+            print(f'{name}: running {", ".join(chosen_variants(args))} ...', file=sys.stderr)
             models.append(run_model(name, args, directory))
     results = {
         'models': models,

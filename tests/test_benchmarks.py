@@ -82,6 +82,48 @@ def test_side_by_side_quick(tmp_path):
         assert max(abs(a - b) for a, b in zip(numbers(loss), flax_loss)) < 1e-4, (title, loss, flax_loss)
     assert f"Command: `python -m benchmarks.side_by_side {' '.join(command)} --json " in result.stdout
     assert "vit-flax with scan_layers=True, attention_impl='xla'" in result.stdout
+    # the harness waited for the idle workers before every timed call, and says how much CPU they used meanwhile
+    assert re.search(r'waited for every worker to go idle .*: median \d+ ms, longest \d+ ms', result.stdout)
+    assert re.search(r'CPU time the idle workers used .*ViT-S/16: flax train \d+\.\d%', result.stdout)
+
+
+@pytest.mark.slow  # 15 s
+def test_side_by_side_times_a_variant_alone(tmp_path):
+    """--variants flax: one worker, nothing alive beside it; its row has no ratios and the idle account is empty."""
+    results = side_by_side.main(['--quick', '--models', 'vit_s16', '--variants', 'flax', '--markdown'])
+    (model,) = results['models']
+    assert list(model['variants']) == ['flax']
+    assert all(model['variants']['flax'][phase]['median_s'] > 0 for phase in ('train', 'infer'))
+    assert 'ratio' not in model['variants']['flax']['train']
+
+
+BUSY_THEN_IDLE = """
+import subprocess, sys, time
+if sys.argv[1] == 'parent':  # the work happens in a child, as in torch.compile's compile workers
+    subprocess.run([sys.executable, '-c', sys.argv[2], 'child', sys.argv[2]])
+else:
+    end = time.perf_counter() + 0.4
+    while time.perf_counter() < end:
+        pass
+    time.sleep(30)
+"""
+
+
+def test_settle_waits_while_a_worker_or_its_children_compute():
+    from benchmarks.machine import process_cpu_seconds
+
+    process = subprocess.Popen([sys.executable, '-c', BUSY_THEN_IDLE, 'parent', BUSY_THEN_IDLE])
+    try:
+        waited = side_by_side.settle([process.pid], timeout=5.0)
+        assert 0.2 < waited < 4.0  # the child's 0.4 s busy loop, less its start-up
+        used = process_cpu_seconds(process.pid)
+        assert used > 0.2  # the child's CPU time is counted with its parent's
+        assert side_by_side.settle([process.pid]) < 0.2  # idle now: one 20 ms window or two
+        assert process_cpu_seconds(process.pid) - used < 0.05
+    finally:
+        process.kill()
+        process.wait()
+    assert process_cpu_seconds(process.pid) is None
 
 
 def test_side_by_side_options_go_to_the_models_that_take_them():
@@ -202,10 +244,11 @@ def test_the_torch_side_of_the_input_benchmark_does_the_grain_pipelines_work(tmp
     the random augmentations off, so both are deterministic), and with them on gives records of the same shape."""
     from benchmarks import input_pipeline
     from vit_flax import data
+    from vit_flax.data import augment
 
     root = input_pipeline.write_jpegs(tmp_path, 12, 40)
     config = input_pipeline.pipeline_config(root, 16, 0)
-    config.augment = {'random_crop_padding': 0, 'flip': False, 'randaugment_ops': 0}
+    config.augment = {'random_resized_crop': False, 'flip': False, 'randaugment_ops': 0}
     dataset = input_pipeline.SameWorkDataset(config)
     source, _, info = data._load(config)
     for index in (0, 5, 11):
@@ -213,6 +256,7 @@ def test_the_torch_side_of_the_input_benchmark_does_the_grain_pipelines_work(tmp
         np.testing.assert_array_equal(dataset[index]['image'], expected['image'])
         assert dataset[index]['label'] == expected['label']
     augmented = input_pipeline.SameWorkDataset(input_pipeline.pipeline_config(root, 16, 0))
-    assert augmented.transforms and augmented[3]['image'].shape == (16, 16, 3)
+    assert isinstance(augmented.operations[0], augment.RandomResizedCrop) and augmented.source.keep_file_size
+    assert augmented[3]['image'].shape == (16, 16, 3)
     batch = next(input_pipeline.grain_batches(input_pipeline.pipeline_config(root, 16, 0), 4))
     assert batch['image'].shape == (4, 16, 16, 3)
