@@ -7,6 +7,7 @@ max|flax - torch| <= 2e-5 * max(1, max|torch|), the project's float32 rule, wher
 float64 (conftest.float64_reference): the exact answer every float32 implementation rounds.
 """
 
+import re
 import sys
 
 import flax.linen as nn
@@ -19,7 +20,7 @@ import torch
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, float64_default, float64_reference, nchw
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, posemb_sincos_2d, residual_boundary,
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, matmul, posemb_sincos_2d, residual_boundary,
 )
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -177,6 +178,54 @@ def test_depthwise_conv_accumulates_half_precision_in_float32(rng):
     np.testing.assert_array_equal(np.asarray(half, np.float32), np.asarray(
         jnp.asarray(inputs_rounded).astype(jnp.bfloat16), np.float32))
     assert np.abs(np.asarray(half, np.float32) - exact).max() < 0.05 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_half_precision_matmul_accumulates_in_float32_forward_and_backward(dtype, rng):
+    """Each of the three products (the output, the input's and the kernel's gradients) is the float64 product of
+    the half-precision operands rounded once to half precision, within a half unit of it and float32's summation
+    error; all three are half x half -> float32 products in the compiled program."""
+    x = jnp.asarray(rng.standard_normal((3, 5, 40)), dtype)
+    kernel = jnp.asarray(rng.standard_normal((40, 24)) * 0.2, dtype)
+    cotangent = jnp.asarray(rng.standard_normal((3, 5, 24)), dtype)
+    out, pullback = jax.vjp(matmul, x, kernel)
+    x_grad, kernel_grad = pullback(cotangent)
+    assert out.dtype == x_grad.dtype == kernel_grad.dtype == dtype
+
+    def wide(a):
+        return np.asarray(a, np.float64)
+
+    unit = 2.0 ** -(jnp.finfo(dtype).nmant + 1)  # half a unit in the last place, relative
+    expected = {
+        'output': (out, np.einsum('bni,io->bno', wide(x), wide(kernel)),
+                   np.einsum('bni,io->bno', np.abs(wide(x)), np.abs(wide(kernel)))),
+        'input gradient': (x_grad, np.einsum('bno,io->bni', wide(cotangent), wide(kernel)),
+                           np.einsum('bno,io->bni', np.abs(wide(cotangent)), np.abs(wide(kernel)))),
+        'kernel gradient': (kernel_grad, np.einsum('bni,bno->io', wide(x), wide(cotangent)),
+                            np.einsum('bni,bno->io', np.abs(wide(x)), np.abs(wide(cotangent)))),
+    }
+    for name, (got, exact, magnitude) in expected.items():
+        bound = unit * np.abs(exact) + 2.0 ** -20 * magnitude
+        assert np.all(np.abs(wide(got) - exact) <= bound), name
+
+    text = jax.jit(lambda x, kernel, cotangent: jax.vjp(matmul, x, kernel)[1](cotangent)).lower(
+        x, kernel, cotangent).as_text()
+    half = {jnp.bfloat16: 'bf16', jnp.float16: 'f16'}[dtype]
+    products = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
+                          text)
+    assert products == [(half, half, 'f32')] * 2  # the backward pass's two products (the forward is not needed)
+    forward = jax.jit(matmul).lower(x, kernel).as_text()
+    assert re.findall(r'-> tensor<[0-9x]+x(\w+)>', [line for line in forward.splitlines() if 'dot_general' in line][0]
+                      ) == ['f32']
+
+
+def test_matmul_of_other_dtypes_is_jnp_dot(rng):
+    x = jnp.asarray(rng.standard_normal((4, 6)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((6, 3)), jnp.float32)
+    np.testing.assert_array_equal(matmul(x, kernel), jnp.dot(x, kernel))
+    mixed = matmul(x.astype(jnp.bfloat16), kernel)  # mixed dtypes promote as jnp.dot does
+    assert mixed.dtype == jnp.float32
+    np.testing.assert_array_equal(mixed, jnp.dot(x.astype(jnp.bfloat16), kernel))
 
 
 @pytest.mark.parametrize('keywords, shape, words', [

@@ -346,8 +346,51 @@ class TorchRMSNorm(nn.Module):
         return y.astype(x.dtype)
 
 
+def matmul(x, kernel):
+    """`x @ kernel`: x (..., in), kernel (in, out).
+
+    On CPU, half-precision (bfloat16, float16) products multiply in half precision and accumulate in float32, each
+    rounded once to the input's dtype, forward and in both backward products (the input's and the kernel's
+    gradients). XLA's CPU code runs those 2-3x faster than a product with a half-precision result, which it computes
+    through float32 copies of the operands (benchmarks/README.md, "bfloat16 on CPU"); the backward products need a
+    custom VJP because differentiating the float32-accumulating product would multiply in float32. Forward-mode
+    differentiation (jax.jvp) is therefore not defined through a half-precision product on CPU. Other dtypes, and
+    other platforms (whose half-precision kernels accumulate in float32 anyway), take `jnp.dot`.
+    """
+    if x.dtype not in (jnp.bfloat16, jnp.float16) or kernel.dtype != x.dtype:
+        return jnp.dot(x, kernel)
+    return jax.lax.platform_dependent(x, kernel, cpu=_float32_accumulated_matmul, default=jnp.dot)
+
+
+def _accumulate(a, b, contracting):
+    """dot_general of two half-precision arrays with float32 products summed, rounded to their dtype."""
+    out = jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
+    return out.astype(a.dtype)
+
+
+@jax.custom_vjp
+def _float32_accumulated_matmul(x, kernel):
+    return _accumulate(x, kernel, ((x.ndim - 1,), (0,)))
+
+
+def _float32_accumulated_matmul_forward(x, kernel):
+    return _float32_accumulated_matmul(x, kernel), (x, kernel)
+
+
+def _float32_accumulated_matmul_backward(residuals, cotangent):
+    x, kernel = residuals
+    cotangent = cotangent.astype(x.dtype)
+    x_grad = _accumulate(cotangent, kernel, ((cotangent.ndim - 1,), (1,)))
+    leading = tuple(range(x.ndim - 1))  # every leading axis of x is summed over for the kernel's gradient
+    kernel_grad = _accumulate(x, cotangent, (leading, leading))
+    return x_grad, kernel_grad
+
+
+_float32_accumulated_matmul.defvjp(_float32_accumulated_matmul_forward, _float32_accumulated_matmul_backward)
+
+
 class Linear(nn.Module):
-    """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out).
+    """torch.nn.Linear. `kernel` is torch's `weight` transposed, (in, out); the product is `matmul`'s.
 
     Torch's default init unless a module re-initialises its weights (`kernel_init`, `bias_init`).
     """
@@ -361,7 +404,7 @@ class Linear(nn.Module):
     def __call__(self, x):
         fan_in = x.shape[-1]
         kernel = self.param('kernel', self.kernel_init or torch_uniform(fan_in), (fan_in, self.features))
-        y = jnp.dot(x, kernel.astype(x.dtype))
+        y = matmul(x, kernel.astype(x.dtype))
         if self.use_bias:
             bias = self.param('bias', self.bias_init or torch_uniform(fan_in), (self.features,))
             y = y + bias.astype(y.dtype)
@@ -451,7 +494,7 @@ class Conv(nn.Module):
         depthwise = 1 < self.groups == in_features and _conv_output_sizes(
             x.shape[1:-1], kernel_size, stride, padding, dilation) is not None
         if pointwise:
-            y = jnp.matmul(x, kernel.reshape(in_features, self.features))
+            y = matmul(x, kernel.reshape(in_features, self.features))
         elif depthwise:
             y = depthwise_conv(x, kernel, stride, padding, dilation)
         else:
