@@ -7,6 +7,7 @@ max|flax - torch| <= 2e-5 * max(1, max|torch|), the project's float32 rule, wher
 float64 (conftest.float64_reference): the exact answer every float32 implementation rounds.
 """
 
+import functools
 import re
 import sys
 
@@ -20,7 +21,7 @@ import torch
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, float64_default, float64_reference, nchw
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, LayerNorm, Linear, gelu, matmul, posemb_sincos_2d, residual_boundary,
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, einsum, gelu, matmul, posemb_sincos_2d, residual_boundary,
 )
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -180,43 +181,65 @@ def test_depthwise_conv_accumulates_half_precision_in_float32(rng):
     assert np.abs(np.asarray(half, np.float32) - exact).max() < 0.05 * np.abs(exact).max()
 
 
+HALF_PRODUCTS = [  # (what, its spec for numpy, shapes of the operands)
+    pytest.param(matmul, 'bni,io->bno', ((3, 5, 40), (40, 24)), id='matmul'),
+    pytest.param(functools.partial(einsum, '...id,...jd->...ij'), 'bhid,bhjd->bhij', ((2, 3, 7, 16), (2, 3, 9, 16)),
+                 id='attention-logits'),
+    pytest.param(functools.partial(einsum, 'bhij,bhjd->bhid'), 'bhij,bhjd->bhid', ((2, 3, 7, 9), (2, 3, 9, 16)),
+                 id='attention-values'),
+]
+
+
+@pytest.mark.parametrize('product, spec, shapes', HALF_PRODUCTS)
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
-def test_half_precision_matmul_accumulates_in_float32_forward_and_backward(dtype, rng):
-    """Each of the three products (the output, the input's and the kernel's gradients) is the float64 product of
-    the half-precision operands rounded once to half precision, within a half unit of it and float32's summation
-    error; all three are half x half -> float32 products in the compiled program."""
-    x = jnp.asarray(rng.standard_normal((3, 5, 40)), dtype)
-    kernel = jnp.asarray(rng.standard_normal((40, 24)) * 0.2, dtype)
-    cotangent = jnp.asarray(rng.standard_normal((3, 5, 24)), dtype)
-    out, pullback = jax.vjp(matmul, x, kernel)
-    x_grad, kernel_grad = pullback(cotangent)
-    assert out.dtype == x_grad.dtype == kernel_grad.dtype == dtype
+def test_half_precision_products_accumulate_in_float32_forward_and_backward(product, spec, shapes, dtype, rng):
+    """Each of the three products (the output and the two gradients) is the float64 product of the half-precision
+    operands rounded once to half precision, within a half unit of it and float32's summation error; all three are
+    half x half -> float32 products in the compiled program."""
+    a, b = (jnp.asarray(rng.standard_normal(shape) * 0.5, dtype) for shape in shapes)
+    out, pullback = jax.vjp(product, a, b)
+    cotangent = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    a_grad, b_grad = pullback(cotangent)
+    assert out.dtype == a_grad.dtype == b_grad.dtype == dtype
 
-    def wide(a):
-        return np.asarray(a, np.float64)
+    def wide(x, absolute=False):
+        x = np.asarray(x, np.float64)
+        return np.abs(x) if absolute else x
 
+    spec_a, spec_b, spec_out = spec.replace('->', ',').split(',')
+    products = {'output': (out, f'{spec_a},{spec_b}->{spec_out}', a, b),
+                'first gradient': (a_grad, f'{spec_out},{spec_b}->{spec_a}', cotangent, b),
+                'second gradient': (b_grad, f'{spec_a},{spec_out}->{spec_b}', a, cotangent)}
     unit = 2.0 ** -(jnp.finfo(dtype).nmant + 1)  # half a unit in the last place, relative
-    expected = {
-        'output': (out, np.einsum('bni,io->bno', wide(x), wide(kernel)),
-                   np.einsum('bni,io->bno', np.abs(wide(x)), np.abs(wide(kernel)))),
-        'input gradient': (x_grad, np.einsum('bno,io->bni', wide(cotangent), wide(kernel)),
-                           np.einsum('bno,io->bni', np.abs(wide(cotangent)), np.abs(wide(kernel)))),
-        'kernel gradient': (kernel_grad, np.einsum('bni,bno->io', wide(x), wide(cotangent)),
-                            np.einsum('bni,bno->io', np.abs(wide(x)), np.abs(wide(cotangent)))),
-    }
-    for name, (got, exact, magnitude) in expected.items():
-        bound = unit * np.abs(exact) + 2.0 ** -20 * magnitude
+    for name, (got, numpy_spec, x, y) in products.items():
+        exact = np.einsum(numpy_spec, wide(x), wide(y))
+        bound = unit * np.abs(exact) + 2.0 ** -20 * np.einsum(numpy_spec, wide(x, True), wide(y, True))
         assert np.all(np.abs(wide(got) - exact) <= bound), name
 
-    text = jax.jit(lambda x, kernel, cotangent: jax.vjp(matmul, x, kernel)[1](cotangent)).lower(
-        x, kernel, cotangent).as_text()
     half = {jnp.bfloat16: 'bf16', jnp.float16: 'f16'}[dtype]
-    products = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
-                          text)
-    assert products == [(half, half, 'f32')] * 2  # the backward pass's two products (the forward is not needed)
-    forward = jax.jit(matmul).lower(x, kernel).as_text()
-    assert re.findall(r'-> tensor<[0-9x]+x(\w+)>', [line for line in forward.splitlines() if 'dot_general' in line][0]
-                      ) == ['f32']
+    text = jax.jit(lambda a, b, cotangent: jax.vjp(product, a, b)).lower(a, b, cotangent).as_text()
+    types = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
+                       text)
+    assert types == [(half, half, 'f32')]  # the forward product
+    text = jax.jit(lambda a, b, cotangent: jax.vjp(product, a, b)[1](cotangent)).lower(a, b, cotangent).as_text()
+    types = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
+                       text)
+    assert types == [(half, half, 'f32')] * 2  # the backward products (the forward one is not needed)
+
+
+@pytest.mark.parametrize('spec, shapes', [
+    pytest.param('...id,...jd->...ij', ((1, 3, 7, 16), (2, 3, 9, 16)), id='broadcast-under-ellipsis'),
+    pytest.param('ii,i->i', ((4, 4), (4,)), id='diagonal'),
+    pytest.param('ij,jk', ((4, 5), (5, 6)), id='implicit-output'),
+    pytest.param('ij,kl->ik', ((4, 5), (6, 7)), id='index-summed-within-one-operand'),
+])
+def test_other_half_precision_einsums_are_jnp_einsum(spec, shapes, rng):
+    a, b = (jnp.asarray(rng.standard_normal(shape), jnp.bfloat16) for shape in shapes)
+    np.testing.assert_array_equal(einsum(spec, a, b), jnp.einsum(spec, a, b))
+    gradient = jax.grad(lambda a, b: einsum(spec, a, b).astype(jnp.float32).sum(), argnums=(0, 1))
+    expected = jax.grad(lambda a, b: jnp.einsum(spec, a, b).astype(jnp.float32).sum(), argnums=(0, 1))
+    for got, want in zip(gradient(a, b), expected(a, b)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_matmul_of_other_dtypes_is_jnp_dot(rng):

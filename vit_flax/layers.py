@@ -347,46 +347,71 @@ class TorchRMSNorm(nn.Module):
 
 
 def matmul(x, kernel):
-    """`x @ kernel`: x (..., in), kernel (in, out).
+    """`x @ kernel`: x (..., in), kernel (in, out); half-precision products as `einsum`'s."""
+    return einsum('...i,io->...o', x, kernel)
+
+
+def einsum(spec: str, a, b):
+    """`jnp.einsum(spec, a, b)` of two operands.
 
     On CPU, half-precision (bfloat16, float16) products multiply in half precision and accumulate in float32, each
-    rounded once to the input's dtype, forward and in both backward products (the input's and the kernel's
-    gradients). XLA's CPU code runs those 2-3x faster than a product with a half-precision result, which it computes
-    through float32 copies of the operands (benchmarks/README.md, "bfloat16 on CPU"); the backward products need a
-    custom VJP because differentiating the float32-accumulating product would multiply in float32. Forward-mode
-    differentiation (jax.jvp) is therefore not defined through a half-precision product on CPU. Other dtypes, and
-    other platforms (whose half-precision kernels accumulate in float32 anyway), take `jnp.dot`.
+    rounded once to the input's dtype, forward and in both backward products (one per operand). XLA's CPU code runs
+    those 2-3x faster than products with a half-precision result, which it computes through float32 copies of the
+    operands (benchmarks/README.md, "bfloat16 on CPU"). Differentiating a float32-accumulating product would multiply
+    the backward pass in float32, so they take a custom VJP, and forward-mode differentiation (jax.jvp) is not
+    defined through them. That needs a spec whose output names every index that is not summed over, no index twice
+    in one operand, `...` in the output if in an operand, and the same sizes under `...` where both operands have it;
+    other specs, other dtypes and other platforms
+    (whose half-precision kernels accumulate in float32 anyway) take `jnp.einsum`.
     """
-    if x.dtype not in (jnp.bfloat16, jnp.float16) or kernel.dtype != x.dtype:
-        return jnp.dot(x, kernel)
-    return jax.lax.platform_dependent(x, kernel, cpu=_float32_accumulated_matmul, default=jnp.dot)
+    if a.dtype not in (jnp.bfloat16, jnp.float16) or b.dtype != a.dtype or not _plain_bilinear(spec, a, b):
+        return jnp.einsum(spec, a, b)
+    return jax.lax.platform_dependent(a, b, cpu=functools.partial(_float32_accumulated_einsum, spec),
+                                      default=functools.partial(jnp.einsum, spec))
 
 
-def _accumulate(a, b, contracting):
-    """dot_general of two half-precision arrays with float32 products summed, rounded to their dtype."""
-    out = jax.lax.dot_general(a, b, (contracting, ((), ())), preferred_element_type=jnp.float32)
-    return out.astype(a.dtype)
+def _plain_bilinear(spec: str, a, b) -> bool:
+    """Whether the gradients of `spec` are the einsums of its operands' specs from the output's (see `einsum`)."""
+    inputs, _, output = spec.replace(' ', '').partition('->')
+    operands = inputs.split(',')
+    if not output and '->' not in spec or len(operands) != 2:
+        return False
+    letters = [operand.replace('...', '') for operand in (*operands, output)]
+    if any(len(set(part)) != len(part) for part in letters):
+        return False
+    summed = set(letters[0]) ^ set(letters[1])  # an index in one operand only must reach the output
+    if not summed <= set(letters[2]) or not set(letters[2]) <= set(letters[0]) | set(letters[1]):
+        return False
+    in_a, in_b, in_output = ('...' in part for part in (*operands, output))
+    if in_output != (in_a or in_b):  # `...` is kept, not summed
+        return False
+    # under `...` in both operands, equal sizes: no broadcasting, whose gradient would need a sum
+    return not (in_a and in_b) or a.shape[:a.ndim - len(letters[0])] == b.shape[:b.ndim - len(letters[1])]
 
 
-@jax.custom_vjp
-def _float32_accumulated_matmul(x, kernel):
-    return _accumulate(x, kernel, ((x.ndim - 1,), (0,)))
+def _accumulated(spec: str, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
 
 
-def _float32_accumulated_matmul_forward(x, kernel):
-    return _float32_accumulated_matmul(x, kernel), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _float32_accumulated_einsum(spec, a, b):
+    return _accumulated(spec, a, b)
 
 
-def _float32_accumulated_matmul_backward(residuals, cotangent):
-    x, kernel = residuals
-    cotangent = cotangent.astype(x.dtype)
-    x_grad = _accumulate(cotangent, kernel, ((cotangent.ndim - 1,), (1,)))
-    leading = tuple(range(x.ndim - 1))  # every leading axis of x is summed over for the kernel's gradient
-    kernel_grad = _accumulate(x, cotangent, (leading, leading))
-    return x_grad, kernel_grad
+def _float32_accumulated_einsum_forward(spec, a, b):
+    return _accumulated(spec, a, b), (a, b)
 
 
-_float32_accumulated_matmul.defvjp(_float32_accumulated_matmul_forward, _float32_accumulated_matmul_backward)
+def _float32_accumulated_einsum_backward(spec, residuals, cotangent):
+    a, b = residuals
+    inputs, output = spec.replace(' ', '').split('->')
+    spec_a, spec_b = inputs.split(',')
+    cotangent = cotangent.astype(a.dtype)
+    return (_accumulated(f'{output},{spec_b}->{spec_a}', cotangent, b),
+            _accumulated(f'{spec_a},{output}->{spec_b}', a, cotangent))
+
+
+_float32_accumulated_einsum.defvjp(_float32_accumulated_einsum_forward, _float32_accumulated_einsum_backward)
 
 
 class Linear(nn.Module):
@@ -703,7 +728,7 @@ def _softmax_jvp(axis, primals, tangents):
 
 def attention_weights(q, k, scale: float, mask=None):
     """softmax(q k^T * scale) over the last axis, with q, k as (..., n, d). `mask` is True where allowed."""
-    dots = jnp.einsum('...id,...jd->...ij', q, k) * scale
+    dots = einsum('...id,...jd->...ij', q, k) * scale
     if exists(mask):
         dots = jnp.where(mask, dots, jnp.finfo(dots.dtype).min)
     return softmax(dots, axis=-1)
@@ -861,7 +886,7 @@ def multi_head_attention(module: nn.Module, q, k, v, heads: int, scale: float, a
     attn = attention_weights(q, k, scale=scale, mask=mask)
     record_attention_map(module, attn)
     attn = nn.Dropout(dropout, deterministic=not train)(attn)
-    return rearrange(jnp.einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
+    return rearrange(einsum('bhij,bhjd->bhid', attn, v), 'b h n d -> b n (h d)')
 
 
 def check_sincos_dim(dim: int):
