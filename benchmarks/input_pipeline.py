@@ -145,7 +145,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--images', type=int, default=512, help='JPEG files in the train split')
     parser.add_argument('--file-size', type=int, default=320, help="the files' side in pixels")
-    parser.add_argument('--image-size', type=int, default=224, help='the side images are resized to')
+    parser.add_argument('--image-size', type=int, default=224, help='the side crops are resized to')
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--batches', type=int, default=8, help='timed batches per loader')
     parser.add_argument('--warmup', type=int, default=2, help='untimed batches first')
@@ -179,8 +179,9 @@ def main(argv=None) -> dict:
     print('|---:|---:|---:|---:|')
     for row in rows:
         print(f"| {row['workers']} | {row['grain']:,.0f} | {row['torch']:,.0f} | {row['ratio']:.2f}x |")
-    print(f"\n{args.images} JPEGs of {args.file_size} x {args.file_size} decoded, resized to {args.image_size}, "
-          f"augmented (pad-crop, flip, RandAugment) and normalised, in batches of {args.batch}; medians of "
+    print(f"\n{args.images} JPEGs of {args.file_size} x {args.file_size} decoded, cropped at random and resized to "
+          f"{args.image_size} (random resized crop), flipped, augmented (RandAugment) and normalised, in batches of "
+          f"{args.batch}; medians of "
           f"{args.repeats} loaders, {args.batches} batches each after {args.warmup}. Machine: "
           f"{results['machine']['cpu']}, {results['machine']['cpu_count']} cores; torch {torch.__version__}, "
           f"Python {results['machine']['python']}; {results['date']}.\nCommand: `{results['command']}`")

@@ -10,6 +10,9 @@ one random cotangent), as a jitted JAX function or a torch eager call, and check
   `layers.depthwise_conv` (shifted multiply-adds) and torch's `conv2d(groups=channels)`;
 - 1x1 convolution: `lax.conv_general_dilated` against a matmul over the channels (what `layers.Conv` runs) and torch;
 - attention, softmax(q k^T / sqrt(d)) v: `jax.nn.softmax` against `layers.softmax` and torch;
+- bfloat16 products (a linear layer's and the attention's, from float32 inputs cast inside, as mixed precision
+  does): `jnp.dot` / `jnp.einsum` with a bfloat16 result against `layers.matmul` / `layers.einsum` (float32
+  accumulation) and torch's bfloat16 matmul;
 - matmul: JAX against torch, in GFLOP/s.
 """
 
@@ -47,7 +50,7 @@ def jax_timings(function, inputs, repeats: int) -> tuple[float, float, object]:
 
     forward = jax.jit(function)
     output = forward(*inputs)
-    cotangent = np.random.default_rng(1).standard_normal(output.shape).astype(np.float32)
+    cotangent = np.random.default_rng(1).standard_normal(output.shape).astype(output.dtype)
     backward = jax.jit(lambda *a: jax.vjp(function, *a)[1](cotangent))
     return (median_ms(lambda: jax.block_until_ready(forward(*inputs)), repeats),
             median_ms(lambda: jax.block_until_ready(backward(*inputs)), repeats), output)
@@ -150,6 +153,45 @@ def attention(quick: bool, repeats: int, batch: int) -> list[dict]:
     return rows
 
 
+def bfloat16_products(quick: bool, repeats: int, batch: int) -> list[dict]:
+    import jax.numpy as jnp
+
+    from vit_flax import layers
+
+    def half(*arrays):
+        return [a.astype(jnp.bfloat16) for a in arrays]
+
+    def torch_half(*tensors):
+        return [t.bfloat16() for t in tensors]
+
+    tokens, dim, hidden, heads = (16, 8, 24, 2) if quick else (197, 384, 1536, 6)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, tokens, dim)).astype(np.float32)
+    kernel = (rng.standard_normal((dim, hidden)) * dim**-0.5).astype(np.float32)
+    rows = case_rows(
+        'bfloat16 linear', f'{batch}x{tokens}x{dim} @ {dim}x{hidden}',
+        (('jnp.dot (bfloat16 result)', lambda x, w: jnp.dot(*half(x, w))),
+         ('vit-flax (layers.matmul)', lambda x, w: layers.matmul(*half(x, w)))), (x, kernel),
+        lambda x, w: (lambda x, w: x @ w)(*torch_half(x, w)), (x, kernel), repeats, rtol=2e-2, atol=5e-2)
+    q, k, v = (rng.standard_normal((batch, heads, tokens, 64)).astype(np.float32) for _ in range(3))
+
+    def attend(einsum):
+        def function(q, k, v):
+            q, k, v = half(q, k, v)
+            return einsum('bhij,bhjd->bhid', layers.softmax(einsum('bhid,bhjd->bhij', q, k) * 0.125, axis=-1), v)
+        return function
+
+    def torch_attend(q, k, v):
+        q, k, v = torch_half(q, k, v)
+        return ((q @ k.transpose(-1, -2)) * 0.125).softmax(-1) @ v
+
+    rows += case_rows(
+        'bfloat16 attention', f'{batch}x{heads} heads, {tokens} queries x {tokens} keys',
+        (('jnp.einsum (bfloat16 results)', attend(jnp.einsum)), ('vit-flax (layers.einsum)', attend(layers.einsum))),
+        (q, k, v), torch_attend, (q, k, v), repeats, rtol=2e-2, atol=5e-2)
+    return rows
+
+
 def matmuls(quick: bool, repeats: int) -> list[dict]:
     import jax
     import torch
@@ -196,7 +238,7 @@ def main(argv=None) -> list[dict]:
 
     use_trainer_flags()  # as the trainer runs; before JAX starts its backend
     rows = (convolutions(args.quick, args.repeats, args.batch) + attention(args.quick, args.repeats, args.batch)
-            + matmuls(args.quick, args.repeats))
+            + bfloat16_products(args.quick, args.repeats, args.batch) + matmuls(args.quick, args.repeats))
     settings = ', '.join(f'{k}={v!r}' for k, v in kernel_settings().items()) or 'none'
     print(markdown(rows) if args.markdown else '\n'.join(map(str, rows)))
     command = ' '.join([PROGRAM, *(sys.argv[1:] if argv is None else argv)])

@@ -367,6 +367,11 @@ class Worker:
                    XLA_PYTHON_CLIENT_PREALLOCATE='false')
         if spec['variant'] == 'flax':
             env['XLA_FLAGS'] = spec['flax_xla_flags']
+        if spec['variant'] == 'torch.compile':
+            # a cold compile, as JAX's (whose persistent cache is off by default): inductor would otherwise reuse the
+            # kernels an earlier run left in its cache, and its compile time would fall from ~30 s to ~5 s
+            env['TORCHINDUCTOR_FORCE_DISABLE_CACHES'] = '1'
+
         self.log = Path(log_dir) / f"{spec['variant']}.log"
         with self.log.open('w') as stderr:
             self.process = subprocess.Popen(

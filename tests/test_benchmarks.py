@@ -217,7 +217,11 @@ def test_ops_benchmark_times_every_form(monkeypatch, capsys):
         ('depth-wise 3x3 convolution', 'lax.conv_general_dilated'), ('depth-wise 3x3 convolution', 'vit-flax'),
         ('depth-wise 3x3 convolution', 'torch'), ('1x1 convolution', 'lax.conv_general_dilated'),
         ('1x1 convolution', 'vit-flax'), ('1x1 convolution', 'torch'), ('attention', 'jax.nn.softmax'),
-        ('attention', 'vit-flax (layers.softmax)'), ('attention', 'torch'), ('matmul', 'jax'), ('matmul', 'torch')}
+        ('attention', 'vit-flax (layers.softmax)'), ('attention', 'torch'),
+        ('bfloat16 linear', 'jnp.dot (bfloat16 result)'), ('bfloat16 linear', 'vit-flax (layers.matmul)'),
+        ('bfloat16 linear', 'torch'), ('bfloat16 attention', 'jnp.einsum (bfloat16 results)'),
+        ('bfloat16 attention', 'vit-flax (layers.einsum)'), ('bfloat16 attention', 'torch'),
+        ('matmul', 'jax'), ('matmul', 'torch')}
     assert all(row['forward_ms'] > 0 and row.get('both_ms', 1) > 0 for row in rows)
     out = capsys.readouterr().out
     assert sum(line.startswith('| ') for line in out.splitlines()) == len(rows) + 1 and 'Command: `python -m benchmarks.ops --quick --markdown`' in out
