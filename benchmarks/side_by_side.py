@@ -46,6 +46,11 @@ On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model 
 `--peak-tflops`): for vit.ViT the analytic matmul count (`vit_forward_flops`, x3 for a training step), for other
 models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written
 but have not been run yet.
+Both frameworks run with vit-flax's trainer's malloc setting (vit_flax/training/allocator.py: freed memory stays in
+the process, so a step's large buffers do not fault in fresh pages every step; `--allocator-as-set` leaves the
+environment's), and vit-flax with its trainer's XLA flags (`--xla-flags-as-set` leaves the environment's). Before
+each timed call the parent waits until every worker is idle (threads of the last call may spin on), and it reports
+the CPU time the idle workers used during the others' calls.
 `--dtype bfloat16` is each framework's usual mixed precision, float32 master weights: Flax casts the parameters and
 images to bfloat16 inside the step (as `vit_flax.training.steps` does), torch runs under `torch.autocast`. They
 are not the same arithmetic (autocast keeps norms and softmax in float32), so their losses agree only roughly.
@@ -319,6 +324,12 @@ def worker(spec: dict):
     if spec['threads']:
         # before the imports: XLA sizes its CPU thread pool by the cores this process may use
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:spec['threads']])
+    keeps_freed_memory = False
+    if spec['keep_freed_memory']:
+        # both frameworks, as vit-flax's trainer runs: before their threads ask for malloc arenas
+        from vit_flax.training.allocator import keep_freed_memory
+
+        keeps_freed_memory = keep_freed_memory()
     if spec['variant'] == 'flax':
         import jax
 
@@ -336,7 +347,7 @@ def worker(spec: dict):
 
     data = np.load(spec['data'])
     runner = FlaxRunner(spec, data) if framework == 'flax' else TorchRunner(spec, data, spec['variant'] != 'torch')
-    reply({'ready': True})
+    reply({'ready': True, 'keeps_freed_memory': keeps_freed_memory})
     for line in sys.stdin:
         command = json.loads(line)
         try:
@@ -448,7 +459,7 @@ def run_model(name: str, args, directory: str) -> dict:
     variants = chosen_variants(args)
     base = {'registry_name': model.registry_name, 'config': config, 'flax_options': options, 'data': str(data),
             'device': args.device, 'dtype': args.dtype, 'threads': args.threads,
-            'flax_xla_flags': flax_xla_flags(args)}
+            'flax_xla_flags': flax_xla_flags(args), 'keep_freed_memory': not args.allocator_as_set}
     log_dir = tempfile.mkdtemp(prefix=f'{name}-', dir=directory)
     # started together: importing is not timed, and overlapping it saves a few seconds per worker
     workers = {variant: Worker({**base, 'variant': variant}, log_dir) for variant in variants}
@@ -467,7 +478,7 @@ def run_model(name: str, args, directory: str) -> dict:
     try:
         for variant, worker_ in workers.items():
             try:
-                worker_.receive()  # ready
+                results[variant]['keeps_freed_memory'] = worker_.receive()['keeps_freed_memory']
             except WorkerFailed as error:  # later questions get the same answer
                 for phase in PHASES:
                     results[variant][phase]['error'] = str(error)
@@ -660,6 +671,10 @@ def notes(results: dict) -> list[str]:
                      f"{'; vit-flax with ' + options if options else ''}): GFLOPs per "
                      f"step {flops or 'unknown'} ({model['flops']['source']}); XLA's temporary buffers, MiB: "
                      f"{temp or 'unknown'}; first training loss minus flax's: {', '.join(others) or '—'}.")
+    kept = sorted({f"{v}: {'yes' if r.get('keeps_freed_memory') else 'no'}"
+                   for model in results['models'] for v, r in model['variants'].items()})
+    lines.append("Freed memory kept for reuse (glibc malloc with one arena, no mmap, no trimming, as vit-flax's "
+                 f"trainer sets it; `--allocator-as-set` leaves the environment's): {', '.join(kept)}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
     settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
     flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
@@ -710,6 +725,10 @@ def parse_args(argv=None):
     parser.add_argument('--xla-flags-as-set', action='store_true',
                         help="run vit-flax with the environment's XLA_FLAGS alone; by default the trainer's "
                              '(vit_flax.training.xla_flags) are added where the environment does not name them')
+    parser.add_argument('--allocator-as-set', action='store_true',
+                        help="run both frameworks with glibc malloc's settings as the environment has them; by default "
+                             "both take vit-flax's trainer's (vit_flax.training.allocator: freed memory stays for the "
+                             'next step)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='tiny models for a smoke test (ViTs: image 32, patch 8, dim 32, depth 2), 2 steps')

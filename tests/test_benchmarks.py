@@ -85,6 +85,8 @@ def test_side_by_side_quick(tmp_path):
     # the harness waited for the idle workers before every timed call, and says how much CPU they used meanwhile
     assert re.search(r'waited for every worker to go idle .*: median \d+ ms, longest \d+ ms', result.stdout)
     assert re.search(r'CPU time the idle workers used .*ViT-S/16: flax train \d+\.\d%', result.stdout)
+    # both frameworks under the trainer's malloc setting
+    assert re.search(r"Freed memory kept for reuse .*: flax: yes, torch: yes\.", result.stdout)
 
 
 @pytest.mark.slow  # 15 s

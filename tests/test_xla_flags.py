@@ -1,4 +1,4 @@
-"""The XLA settings the trainer runs with (vit_flax/training/xla_flags.py)."""
+"""The XLA settings the trainer runs with (vit_flax/training/xla_flags.py), set with its allocator's before JAX starts."""
 
 import os
 import subprocess
@@ -27,7 +27,7 @@ def test_the_trainers_flags_are_added_where_the_user_names_none(given, expected)
     assert environ == {'XLA_FLAGS': expected}
 
 
-def test_the_trainer_sets_its_flags_before_its_first_jax_call(monkeypatch):
+def test_the_trainer_sets_its_flags_and_allocator_before_its_first_jax_call(monkeypatch):
     monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_onednn=true')
     seen = []
 
@@ -36,10 +36,12 @@ def test_the_trainer_sets_its_flags_before_its_first_jax_call(monkeypatch):
         raise ValueError('stop here')
 
     monkeypatch.setattr(train.distributed, 'initialize', initialize)
+    # recorded, not applied: this test process keeps glibc's defaults (tests/test_allocator.py applies it)
+    monkeypatch.setattr(train.allocator, 'keep_freed_memory', lambda: seen.append('allocator'))
     monkeypatch.setattr(train, 'FLAGS', type('Flags', (), {'config': {}, 'workdir': 'unused'}))
     with pytest.raises(SystemExit, match='stop here'):
         train.main([])
-    assert seen == [f'--xla_cpu_use_onednn=true {SCHEDULER}=false']
+    assert seen == ['allocator', f'--xla_cpu_use_onednn=true {SCHEDULER}=false']
 
 
 def test_importing_the_trainer_and_every_model_starts_no_backend():

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vit_flax import data, registry
-from vit_flax.training import checkpoint, distributed, finetune, objectives, sharding, steps, xla_flags
+from vit_flax.training import allocator, checkpoint, distributed, finetune, objectives, sharding, steps, xla_flags
 from vit_flax.training import config as training_config
 from vit_flax.training.metrics import MetricsWriter, read_metrics
 from vit_flax.training.optim import make_optimizer
@@ -265,6 +265,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and grain narrate every save at INFO
     config = FLAGS.config
     xla_flags.use_trainer_flags()  # read when JAX starts its backend, below
+    allocator.keep_freed_memory()  # before the backend's threads ask for their malloc arenas
     try:
         distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)
