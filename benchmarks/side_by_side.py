@@ -354,7 +354,9 @@ def worker(spec: dict):
             if command['op'] == 'setup':
                 reply(runner.setup(command['phase'], command['warmup']))
             elif command['op'] == 'step':
-                reply({'seconds': runner.step(command['phase'])})
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                seconds = runner.step(command['phase'])
+                reply({'seconds': seconds, 'page_faults': resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
             elif command['op'] == 'memory':
                 reply({'peak_bytes': memory.peak()})
         except Exception as error:  # a torch.compile that fails: the parent records the reason and goes on
@@ -497,6 +499,7 @@ def run_model(name: str, args, directory: str) -> dict:
                         reply = ask(variant, phase, 'step')
                         if 'seconds' in reply:
                             results[variant][phase]['times'].append(reply['seconds'])
+                            results[variant][phase].setdefault('page_faults', []).append(reply['page_faults'])
                             count_idle_cpu(results, phase, idle, workers, reply['seconds'])
             for variant in variants:
                 if 'error' not in results[variant][phase]:
@@ -653,6 +656,15 @@ def notes(results: dict) -> list[str]:
     if waits:
         lines.append(f"Before each timed call the harness waited for every worker to go idle (under 5% of a core "
                      f"over 20 ms): median {np.median(waits) * 1e3:.0f} ms, longest {max(waits) * 1e3:.0f} ms.")
+    faults = []
+    for model in results['models']:
+        counts = [f"{variant} {phase} {np.median(r[phase]['page_faults']):,.0f}"
+                  for variant, r in model['variants'].items() for phase in PHASES[::-1] if r[phase].get('page_faults')]
+        if counts:
+            faults.append(f"{model['title']}: {', '.join(counts)}")
+    if faults:
+        lines.append('Minor page faults per timed call, median (memory the call touched for the first time, each fault '
+                     f"a fresh page from the kernel): {'; '.join(faults)}.")
     if idle:
         lines.append("CPU time the idle workers used while another variant's timed call ran, as a share of one "
                      "core over those calls (spinning threads or background work would show here and slow the "

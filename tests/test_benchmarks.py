@@ -87,6 +87,7 @@ def test_side_by_side_quick(tmp_path):
     assert re.search(r'CPU time the idle workers used .*ViT-S/16: flax train \d+\.\d%', result.stdout)
     # both frameworks under the trainer's malloc setting
     assert re.search(r"Freed memory kept for reuse .*: flax: yes, torch: yes\.", result.stdout)
+    assert re.search(r'Minor page faults per timed call, median .*ViT-S/16: flax train [\d,]+, flax infer', result.stdout)
 
 
 @pytest.mark.slow  # 15 s
