@@ -46,9 +46,9 @@ On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model 
 `--peak-tflops`): for vit.ViT the analytic matmul count (`vit_forward_flops`, x3 for a training step), for other
 models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written
 but have not been run yet.
-Both frameworks run with vit-flax's trainer's malloc setting (vit_flax/training/allocator.py: freed memory stays in
-the process, so a step's large buffers do not fault in fresh pages every step; `--allocator-as-set` leaves the
-environment's), and vit-flax with its trainer's XLA flags (`--xla-flags-as-set` leaves the environment's). Before
+With `--keep-freed-memory` both frameworks run with vit-flax's trainer's opt-in malloc setting
+(vit_flax/training/allocator.py: freed memory stays in the process, so a step's large buffers do not fault in fresh
+pages every step; the notes give each call's page faults). vit-flax runs with its trainer's XLA flags (`--xla-flags-as-set` leaves the environment's). Before
 each timed call the parent waits until every worker is idle (threads of the last call may spin on), and it reports
 the CPU time the idle workers used during the others' calls.
 `--dtype bfloat16` is each framework's usual mixed precision, float32 master weights: Flax casts the parameters and
@@ -461,7 +461,7 @@ def run_model(name: str, args, directory: str) -> dict:
     variants = chosen_variants(args)
     base = {'registry_name': model.registry_name, 'config': config, 'flax_options': options, 'data': str(data),
             'device': args.device, 'dtype': args.dtype, 'threads': args.threads,
-            'flax_xla_flags': flax_xla_flags(args), 'keep_freed_memory': not args.allocator_as_set}
+            'flax_xla_flags': flax_xla_flags(args), 'keep_freed_memory': args.keep_freed_memory}
     log_dir = tempfile.mkdtemp(prefix=f'{name}-', dir=directory)
     # started together: importing is not timed, and overlapping it saves a few seconds per worker
     workers = {variant: Worker({**base, 'variant': variant}, log_dir) for variant in variants}
@@ -686,7 +686,7 @@ def notes(results: dict) -> list[str]:
     kept = sorted({f"{v}: {'yes' if r.get('keeps_freed_memory') else 'no'}"
                    for model in results['models'] for v, r in model['variants'].items()})
     lines.append("Freed memory kept for reuse (glibc malloc with one arena, no mmap, no trimming, as vit-flax's "
-                 f"trainer sets it; `--allocator-as-set` leaves the environment's): {', '.join(kept)}.")
+                 f"trainer's keep_freed_memory sets it; `--keep-freed-memory`): {', '.join(kept)}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
     settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
     flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
@@ -737,10 +737,9 @@ def parse_args(argv=None):
     parser.add_argument('--xla-flags-as-set', action='store_true',
                         help="run vit-flax with the environment's XLA_FLAGS alone; by default the trainer's "
                              '(vit_flax.training.xla_flags) are added where the environment does not name them')
-    parser.add_argument('--allocator-as-set', action='store_true',
-                        help="run both frameworks with glibc malloc's settings as the environment has them; by default "
-                             "both take vit-flax's trainer's (vit_flax.training.allocator: freed memory stays for the "
-                             'next step)')
+    parser.add_argument('--keep-freed-memory', action='store_true',
+                        help="run both frameworks with vit-flax's trainer's opt-in malloc setting "
+                             '(vit_flax.training.allocator: freed memory stays for the next step)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='tiny models for a smoke test (ViTs: image 32, patch 8, dim 32, depth 2), 2 steps')

@@ -54,7 +54,7 @@ def test_side_by_side_quick(tmp_path):
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
     sense (never how fast anything is). vit-flax runs its ViTs scanned with fused attention, the GPU configuration,
     and still starts from torch's loss, under the trainer's XLA flags."""
-    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla']
+    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla', '--keep-freed-memory']
     result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command, '--json', tmp_path / 'r.json'],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,7 +85,7 @@ def test_side_by_side_quick(tmp_path):
     # the harness waited for the idle workers before every timed call, and says how much CPU they used meanwhile
     assert re.search(r'waited for every worker to go idle .*: median \d+ ms, longest \d+ ms', result.stdout)
     assert re.search(r'CPU time the idle workers used .*ViT-S/16: flax train \d+\.\d%', result.stdout)
-    # both frameworks under the trainer's malloc setting
+    # both frameworks under the trainer's opt-in malloc setting
     assert re.search(r"Freed memory kept for reuse .*: flax: yes, torch: yes\.", result.stdout)
     assert re.search(r'Minor page faults per timed call, median .*ViT-S/16: flax train [\d,]+, flax infer', result.stdout)
 

@@ -38,7 +38,7 @@ def test_the_trainer_sets_its_flags_and_allocator_before_its_first_jax_call(monk
     monkeypatch.setattr(train.distributed, 'initialize', initialize)
     # recorded, not applied: this test process keeps glibc's defaults (tests/test_allocator.py applies it)
     monkeypatch.setattr(train.allocator, 'keep_freed_memory', lambda: seen.append('allocator'))
-    monkeypatch.setattr(train, 'FLAGS', type('Flags', (), {'config': {}, 'workdir': 'unused'}))
+    monkeypatch.setattr(train, 'FLAGS', type('Flags', (), {'config': {'keep_freed_memory': True}, 'workdir': 'unused'}))
     with pytest.raises(SystemExit, match='stop here'):
         train.main([])
     assert seen == ['allocator', f'--xla_cpu_use_onednn=true {SCHEDULER}=false']

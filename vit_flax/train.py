@@ -265,7 +265,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and grain narrate every save at INFO
     config = FLAGS.config
     xla_flags.use_trainer_flags()  # read when JAX starts its backend, below
-    allocator.keep_freed_memory()  # before the backend's threads ask for their malloc arenas
+    if config.get('keep_freed_memory'):
+        allocator.keep_freed_memory()  # before the backend's threads ask for their malloc arenas
     try:
         distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)

@@ -1,12 +1,15 @@
-"""The memory allocator setting the trainer runs with: freed memory stays in the process for the next step.
+"""An opt-in memory allocator setting for the trainer (`config.keep_freed_memory`): freed memory stays in the
+process for the next step.
 
 XLA's CPU runtime gives each run of a compiled step its temporary buffers as one block (739 MiB for a ViT-S/16 AdamW
 step at batch 8) and frees it when the step ends. glibc's malloc serves a block that large from `mmap`, and a thread
 other than the main one always does (its arena cannot grow to hold it), then hands it back to the kernel on `free`:
-each step faults in about 200,000 fresh zeroed 4 KiB pages. On 2 cores of an AMD EPYC that was 1.8 s against 1.4 s
-per ViT-S/16 step (`benchmarks/README.md`, "Page faults"). With one arena, no `mmap` and no trimming, the block
-is reused from the heap and the steps fault in no pages. The price: the process keeps its peak heap until it exits,
-which a training process reaches in its first step anyway, and all threads share one arena's lock.
+each step faults in about 200,000 fresh zeroed 4 KiB pages. With one arena, no `mmap` and no trimming, the block is
+reused from the heap and the steps fault in no pages (`benchmarks/README.md`, "Page faults"). On 2 cores of an AMD
+EPYC that made a float32 ViT-B/16 step 6.6 -> 4.7 s in one run, but only a few percent faster in others, and it can
+raise the peak: a freed block that later small allocations split no longer fits the next step's, and the heap grows
+by another block (ViT-S/16: 1.26 -> 1.85 GiB in some runs, unchanged in others). Hence opt-in. The process keeps its
+peak heap until it exits, and all threads share one arena's lock.
 
 mallopt changes the allocator of the running process, so the trainer calls `keep_freed_memory` before JAX starts its
 backend's threads (an arena limit holds for the threads that ask for an arena later). A user's own malloc settings in
