@@ -492,8 +492,9 @@ def run_model(name: str, args, directory: str) -> dict:
             for _ in range(args.steps):
                 for variant in variants:
                     if 'error' not in results[variant][phase]:
-                        results[variant][phase].setdefault('settle_s', []).append(
-                            settle([worker_.process.pid for worker_ in workers.values()]))
+                        if not args.no_idle_wait:
+                            results[variant][phase].setdefault('settle_s', []).append(
+                                settle([worker_.process.pid for worker_ in workers.values()]))
                         idle = {other: process_cpu_seconds(workers[other].process.pid)
                                 for other in variants if other != variant}
                         reply = ask(variant, phase, 'step')
@@ -737,6 +738,9 @@ def parse_args(argv=None):
     parser.add_argument('--xla-flags-as-set', action='store_true',
                         help="run vit-flax with the environment's XLA_FLAGS alone; by default the trainer's "
                              '(vit_flax.training.xla_flags) are added where the environment does not name them')
+    parser.add_argument('--no-idle-wait', action='store_true',
+                        help='time each call without first waiting for every worker to go idle (what the harness did '
+                             'before; the notes then show what the idle workers took)')
     parser.add_argument('--keep-freed-memory', action='store_true',
                         help="run both frameworks with vit-flax's trainer's opt-in malloc setting "
                              '(vit_flax.training.allocator: freed memory stays for the next step)')
