@@ -374,7 +374,7 @@ def _plain_bilinear(spec: str, a, b) -> bool:
     """Whether the gradients of `spec` are the einsums of its operands' specs from the output's (see `einsum`)."""
     inputs, _, output = spec.replace(' ', '').partition('->')
     operands = inputs.split(',')
-    if not output and '->' not in spec or len(operands) != 2:
+    if '->' not in spec or len(operands) != 2:
         return False
     letters = [operand.replace('...', '') for operand in (*operands, output)]
     if any(len(set(part)) != len(part) for part in letters):
