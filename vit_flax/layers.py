@@ -361,8 +361,8 @@ def einsum(spec: str, a, b):
     the backward pass in float32, so they take a custom VJP, and forward-mode differentiation (jax.jvp) is not
     defined through them. That needs a spec whose output names every index that is not summed over, no index twice
     in one operand, `...` in the output if in an operand, and the same sizes under `...` where both operands have it;
-    other specs, other dtypes and other platforms
-    (whose half-precision kernels accumulate in float32 anyway) take `jnp.einsum`.
+    other specs, other dtypes and other platforms (whose half-precision kernels accumulate in float32 anyway) take
+    `jnp.einsum`.
     """
     if a.dtype not in (jnp.bfloat16, jnp.float16) or b.dtype != a.dtype or not _plain_bilinear(spec, a, b):
         return jnp.einsum(spec, a, b)

@@ -10,8 +10,8 @@
 Every dataset is two grain RandomAccessDataSources, train and eval, whose records are
 {'image': float32 (H, W, C) in [0, 1], 'label': int32}. Augmentations (vit_flax/data/augment.py) work on
 those [0, 1] images; normalisation with the dataset's mean and std comes last. A random resized crop comes first
-and gives such images: an image folder's train records reach it at the file's own size, as uint8. Mixup, which mixes examples
-across the batch, is the trainer's job, on device.
+and gives such images: an image folder's train records reach it at the file's own size, as uint8. Mixup, which
+mixes examples across the batch, is the trainer's job, on device.
 
 Multi-host: each JAX process reads its own share (grain's ShardByJaxProcess) and yields per-process batches;
 the trainer assembles the global batch with `jax.make_array_from_process_local_data`.
