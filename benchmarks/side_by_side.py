@@ -632,6 +632,17 @@ def text_table(results: dict) -> str:
                      for row in [header, *rows])
 
 
+def per_variant_and_phase(results: dict, key: str, value: Callable[[dict], str]) -> str:
+    """'<model>: <variant> <phase> <value>, ...; ...' over the phase results that hold `key`, '' if none does."""
+    parts = []
+    for model in results['models']:
+        cells = [f'{variant} {phase} {value(r[phase])}' for variant, r in model['variants'].items()
+                 for phase in PHASES[::-1] if r[phase].get(key)]
+        if cells:
+            parts.append(f"{model['title']}: {', '.join(cells)}")
+    return '; '.join(parts)
+
+
 def notes(results: dict) -> list[str]:
     a, m = results['args'], results['machine']
     device = m['gpu'] or f"CPU ({m['cpu']}, {m['cpu_count']} cores)"
@@ -646,31 +657,20 @@ def notes(results: dict) -> list[str]:
            '(weights, optimiser state, activations, compiler; each variant in its own process); inference runs '
            'first, so the training figure is the whole run\'s peak') + '.',
     ]
-    idle = []
-    for model in results['models']:
-        shares = [f"{variant} {phase} {r[phase]['idle_cpu_s'] / r[phase]['idle_wall_s']:.1%}"
-                  for variant, r in model['variants'].items() for phase in PHASES[::-1]
-                  if r[phase].get('idle_wall_s')]
-        if shares:
-            idle.append(f"{model['title']}: {', '.join(shares)}")
+    idle = per_variant_and_phase(results, 'idle_wall_s', lambda r: f"{r['idle_cpu_s'] / r['idle_wall_s']:.1%}")
+    faults = per_variant_and_phase(results, 'page_faults', lambda r: f"{np.median(r['page_faults']):,.0f}")
     waits = [wait for model in results['models'] for r in model['variants'].values() for phase in PHASES
              for wait in r[phase].get('settle_s', [])]
     if waits:
         lines.append(f"Before each timed call the harness waited for every worker to go idle (under 5% of a core "
                      f"over 20 ms): median {np.median(waits) * 1e3:.0f} ms, longest {max(waits) * 1e3:.0f} ms.")
-    faults = []
-    for model in results['models']:
-        counts = [f"{variant} {phase} {np.median(r[phase]['page_faults']):,.0f}"
-                  for variant, r in model['variants'].items() for phase in PHASES[::-1] if r[phase].get('page_faults')]
-        if counts:
-            faults.append(f"{model['title']}: {', '.join(counts)}")
     if faults:
         lines.append('Minor page faults per timed call, median (memory the call touched for the first time, each fault '
-                     f"a fresh page from the kernel): {'; '.join(faults)}.")
+                     f"a fresh page from the kernel): {faults}.")
     if idle:
         lines.append("CPU time the idle workers used while another variant's timed call ran, as a share of one "
                      "core over those calls (spinning threads or background work would show here and slow the "
-                     f"variant being timed): {'; '.join(idle)}.")
+                     f"variant being timed): {idle}.")
     for model in results['models']:
         flax_variant = model['variants'].get('flax', {phase: {} for phase in PHASES})
         flax_loss = flax_variant['train'].get('first_loss')
