@@ -33,16 +33,31 @@ def cpu_model(cpuinfo: str = '/proc/cpuinfo') -> str:
             f"{', '.join(units) or 'no AVX2'})")
 
 
-# environment variables that change which kernels run, how many threads run them and how idle threads wait: a
-# benchmark's numbers hold only with the same settings
+# environment variables that change which kernels run, how many threads run them, how idle threads wait and how
+# memory is allocated (glibc malloc's tunables, a preloaded allocator): a benchmark's numbers hold only with the same
+# settings
 KERNEL_SETTINGS = ('XLA_FLAGS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'KMP_BLOCKTIME',
-                   'KMP_AFFINITY', 'MKL_NUM_THREADS', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA', 'ATEN_CPU_CAPABILITY')
+                   'KMP_AFFINITY', 'MKL_NUM_THREADS', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA', 'ATEN_CPU_CAPABILITY',
+                   'GLIBC_TUNABLES', 'MALLOC_ARENA_MAX', 'MALLOC_MMAP_MAX_', 'MALLOC_MMAP_THRESHOLD_',
+                   'MALLOC_TRIM_THRESHOLD_', 'LD_PRELOAD')
 
 
 def kernel_settings(environ=None) -> dict[str, str]:
     """Those of KERNEL_SETTINGS that are set, as the benchmark's processes see them."""
     environ = os.environ if environ is None else environ
     return {name: environ[name] for name in KERNEL_SETTINGS if environ.get(name)}
+
+
+def transparent_huge_pages(setting: str = '/sys/kernel/mm/transparent_hugepage/enabled') -> str | None:
+    """Linux's transparent huge page mode ('always', 'madvise' or 'never'); None where the kernel does not say. With
+    'madvise', memory is faulted in 4 KiB pages unless the allocator asks for huge ones (glibc:
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1), which changes what a step's fresh temporaries cost."""
+    try:
+        modes = Path(setting).read_text().split()
+    except OSError:
+        return None
+    chosen = [mode[1:-1] for mode in modes if mode.startswith('[') and mode.endswith(']')]
+    return chosen[0] if chosen else None
 
 
 def process_cpu_seconds(pid: int) -> float | None:

@@ -244,8 +244,9 @@ def main(argv=None) -> list[dict]:
     command = ' '.join([PROGRAM, *(sys.argv[1:] if argv is None else argv)])
     load = ', '.join(f'{x:.2f}' for x in os.getloadavg())
     print(f"\nCPU ({cpu_model()}, {cpu_count()} cores); jax {importlib.metadata.version('jax')}, torch "
-          f"{importlib.metadata.version('torch')}, Python {platform.python_version()}; kernel and thread settings "
-          f"{settings}; load average at the end {load}; {datetime.date.today().isoformat()}.\nCommand: `{command}`")
+          f"{importlib.metadata.version('torch')}, Python {platform.python_version()}; kernel, thread and allocator "
+          f"settings {settings}; load average at the end {load}; {datetime.date.today().isoformat()}.\n"
+          f"Command: `{command}`")
     return rows
 
 

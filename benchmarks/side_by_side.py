@@ -78,7 +78,7 @@ from typing import Callable
 
 import numpy as np
 
-from benchmarks.machine import cpu_count, cpu_model, kernel_settings, process_cpu_seconds
+from benchmarks.machine import cpu_count, cpu_model, kernel_settings, process_cpu_seconds, transparent_huge_pages
 
 PROGRAM = 'python -m benchmarks.side_by_side'
 README_MARKERS = ('<!-- side-by-side:start -->', '<!-- side-by-side:end -->')
@@ -694,8 +694,9 @@ def notes(results: dict) -> list[str]:
     flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
         '(as set)' if a.get('xla_flags_as_set') else "(the trainer's)")
     lines += [f"Machine: {device}; jax {m['jax']}, torch {m['torch']}, vit-pytorch {m['vit_pytorch']}, Python "
-              f"{m['python']}; kernel and thread settings {settings}{flax_flags}; load average (1, 5, 15 min) at the "
-              f"end {load}; {results['date']}.",
+              f"{m['python']}; kernel, thread and allocator settings {settings}{flax_flags}; transparent huge pages "
+              f"{m.get('transparent_huge_pages') or 'unknown'}; load average (1, 5, 15 min) at the end {load}; "
+              f"{results['date']}.",
               f"Command: `{results['command']}`"]
     return lines
 
@@ -785,6 +786,7 @@ def main(argv=None) -> dict | None:
         'machine': {'cpu': cpu_model(), 'cpu_count': cpu_count(), 'gpu': gpu_model(args.device),
                     'load_average': os.getloadavg(), 'python': platform.python_version(),
                     'settings': kernel_settings(), 'flax_xla_flags': flax_xla_flags(args),
+                    'transparent_huge_pages': transparent_huge_pages(),
                     **{name.replace('-', '_'): importlib.metadata.version(name)
                        for name in ('jax', 'torch', 'vit-pytorch')}},
         'date': datetime.date.today().isoformat(),

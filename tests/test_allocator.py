@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.machine import transparent_huge_pages
 from vit_flax.training import allocator
 
 # A 256 MiB block allocated, touched and freed by one new thread, then by another, as XLA's threads run consecutive
@@ -46,16 +47,10 @@ def test_a_freed_block_is_reused_without_page_faults():
         return int(result.stdout.split()[-1])
 
     pages = 2**28 // 4096
-    if not huge_pages_always():  # else the kernel backs a fresh mapping with 2 MiB pages: few faults either way
+    # where huge pages are always on, the kernel backs a fresh mapping with 2 MiB pages: few faults either way
+    if transparent_huge_pages() != 'always':
         assert faults('default') > pages // 2  # glibc maps the block afresh: the test can see the difference
     assert faults('keep') < pages // 100
-
-
-def huge_pages_always() -> bool:
-    try:
-        return '[always]' in Path('/sys/kernel/mm/transparent_hugepage/enabled').read_text()
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize('environ', [

@@ -179,7 +179,8 @@ def test_side_by_side_readme_markers():
 
 
 def test_the_report_names_the_kernel_and_thread_settings():
-    """XLA flags and OpenMP waiting change the numbers: the machine line says which were set (and 'none')."""
+    """XLA flags and OpenMP waiting change the numbers: the machine line says which were set (and 'none'), and the
+    huge page mode ('unknown' in results from before it was recorded)."""
     from benchmarks import machine
 
     environ = {'XLA_FLAGS': '--xla_cpu_enable_concurrency_optimized_scheduler=false', 'OMP_WAIT_POLICY': 'PASSIVE',
@@ -190,12 +191,29 @@ def test_the_report_names_the_kernel_and_thread_settings():
                            'python': '3.11.7', 'jax': '0.10.2', 'torch': '2.13.0', 'vit_pytorch': '1.26.11',
                            'settings': machine.kernel_settings(environ), 'flax_xla_flags': '--a=1 --b=2'}}
     line = side_by_side.notes(results)[-2]
-    assert ("kernel and thread settings XLA_FLAGS='--xla_cpu_enable_concurrency_optimized_scheduler=false', "
-            "OMP_WAIT_POLICY='PASSIVE'; vit-flax's XLA_FLAGS '--a=1 --b=2' (the trainer's);") in line
+    assert ("kernel, thread and allocator settings "
+            "XLA_FLAGS='--xla_cpu_enable_concurrency_optimized_scheduler=false', OMP_WAIT_POLICY='PASSIVE'; "
+            "vit-flax's XLA_FLAGS '--a=1 --b=2' (the trainer's); transparent huge pages unknown;") in line
     results['machine']['settings'] = {}
     results['args']['xla_flags_as_set'] = True
-    assert "kernel and thread settings none; vit-flax's XLA_FLAGS '--a=1 --b=2' (as set);" in side_by_side.notes(
-        results)[-2]
+    results['machine']['transparent_huge_pages'] = 'madvise'
+    assert ("kernel, thread and allocator settings none; vit-flax's XLA_FLAGS '--a=1 --b=2' (as set); transparent "
+            "huge pages madvise;") in side_by_side.notes(results)[-2]
+
+
+def test_the_report_names_allocator_settings_and_the_huge_page_mode(tmp_path):
+    """glibc's malloc tunables and the kernel's transparent huge pages change what a step's fresh temporaries cost
+    (benchmarks/README.md, Page faults): the machine line records them."""
+    from benchmarks import machine
+
+    environ = {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1', 'MALLOC_ARENA_MAX': '1', 'LD_PRELOAD': 'libtcmalloc.so'}
+    assert machine.kernel_settings(environ) == environ
+    setting = tmp_path / 'enabled'
+    for text, mode in (('always [madvise] never\n', 'madvise'), ('[always] madvise never\n', 'always'),
+                       ('always madvise [never]\n', 'never'), ('always madvise never\n', None)):
+        setting.write_text(text)
+        assert machine.transparent_huge_pages(str(setting)) == mode
+    assert machine.transparent_huge_pages(str(tmp_path / 'missing')) is None
 
 
 @pytest.mark.parametrize('as_set', [False, True])
