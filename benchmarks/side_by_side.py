@@ -46,7 +46,7 @@ On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model 
 `--peak-tflops`): for vit.ViT the analytic matmul count (`vit_forward_flops`, x3 for a training step), for other
 models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written
 but have not been run yet.
-With `--keep-freed-memory` both frameworks run with vit-flax's trainer's opt-in malloc setting
+With `--keep-freed-memory` both frameworks run with vit-flax's trainer's opt-in memory setting
 (vit_flax/training/allocator.py: freed memory stays in the process, so a step's large buffers do not fault in fresh
 pages every step; the notes give each call's page faults). vit-flax runs with its trainer's XLA flags
 (`--xla-flags-as-set` leaves the environment's). Before each timed call the parent waits until every worker is idle
@@ -687,8 +687,9 @@ def notes(results: dict) -> list[str]:
                      f"{temp or 'unknown'}; first training loss minus flax's: {', '.join(others) or '—'}.")
     kept = sorted({f"{v}: {'yes' if r.get('keeps_freed_memory') else 'no'}"
                    for model in results['models'] for v, r in model['variants'].items()})
-    lines.append("Freed memory kept for reuse (glibc malloc with one arena, no mmap, no trimming, as vit-flax's "
-                 f"trainer's keep_freed_memory sets it; `--keep-freed-memory`): {', '.join(kept)}.")
+    lines.append("Freed memory kept for reuse (JAX's CPU computations in the calling thread, glibc malloc with no "
+                 "mmap and no trimming, as vit-flax's trainer's keep_freed_memory sets it; `--keep-freed-memory`): "
+                 f"{', '.join(kept)}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
     settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
     flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
@@ -744,7 +745,7 @@ def parse_args(argv=None):
                         help='time each call without first waiting for every worker to go idle (what the harness did '
                              'before; the notes then show what the idle workers took)')
     parser.add_argument('--keep-freed-memory', action='store_true',
-                        help="run both frameworks with vit-flax's trainer's opt-in malloc setting "
+                        help="run both frameworks with vit-flax's trainer's opt-in memory setting "
                              '(vit_flax.training.allocator: freed memory stays for the next step)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',

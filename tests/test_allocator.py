@@ -1,5 +1,5 @@
-"""The trainer's malloc setting (vit_flax/training/allocator.py): a large block freed by one thread is reused by the
-next, with no fresh pages faulted in."""
+"""The trainer's memory setting (vit_flax/training/allocator.py): a step's temporaries reuse the memory of the step
+before, with no fresh pages faulted in."""
 
 import subprocess
 import sys
@@ -10,47 +10,56 @@ import pytest
 from benchmarks.machine import transparent_huge_pages
 from vit_flax.training import allocator
 
-# A 256 MiB block allocated, touched and freed by one new thread, then by another, as XLA's threads run consecutive
-# steps; prints the minor page faults of the second allocation.
-SECOND_BLOCK_FAULTS = """
-import ctypes, resource, sys, threading
+# A jitted computation with 128 MiB of XLA temporaries (the sine, read by the product) and a small result, run
+# three times; prints whether the setting took and the minor page faults of the last two runs.
+STEP_FAULTS = """
+import resource, sys
 from vit_flax.training import allocator
-if sys.argv[1] == 'keep':
-    assert allocator.keep_freed_memory({})
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-
-def step():
-    # malloc and free as XLA's runtime calls them (numpy would ask the kernel for huge pages, fewer faults)
-    block = libc.malloc(2**28)
-    ctypes.memset(block, 1, 2**28)  # every page written
-    libc.free(block)
-
-threading.Thread(target=step).start() or None
-for thread in threading.enumerate()[1:]:
-    thread.join()
+kept = allocator.keep_freed_memory({}) if sys.argv[1] == 'keep' else False
+import jax, jax.numpy as jnp
+x = jnp.arange(2**25, dtype=jnp.float32)
+step = jax.jit(lambda x: jnp.sin(x).reshape(8192, 4096) @ jnp.cos(x[:4096])).lower(x).compile()
+assert step.memory_analysis().temp_size_in_bytes >= 2**27
+step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-second = threading.Thread(target=step)
-second.start()
-second.join()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+for _ in range(2):
+    step(x).block_until_ready()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(kept, jax.config.values['jax_cpu_enable_async_dispatch'], faults)
 """
 
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="glibc's malloc")
-def test_a_freed_block_is_reused_without_page_faults():
-    def faults(mode):
-        result = subprocess.run([sys.executable, '-c', SECOND_BLOCK_FAULTS, mode], capture_output=True, text=True,
-                                timeout=120, cwd=Path(__file__).resolve().parents[1], env={'PATH': ''})
+def test_a_steps_temporaries_reuse_the_last_steps_memory():
+    """The setting's whole point, end to end: XLA's temporary block of one run is the memory of the run before, with
+    no fresh pages faulted in; without it, every run faults its block in anew."""
+    def run(mode):
+        result = subprocess.run([sys.executable, '-c', STEP_FAULTS, mode], capture_output=True, text=True,
+                                timeout=300, cwd=Path(__file__).resolve().parents[1], env={'PATH': ''})
         assert result.returncode == 0, result.stderr[-2000:]
-        return int(result.stdout.split()[-1])
+        kept, async_dispatch, faults = result.stdout.split()
+        return kept, async_dispatch, int(faults)
 
-    pages = 2**28 // 4096
+    pages = 2 * 2**27 // 4096  # two runs' temporaries
+    kept, async_dispatch, faults = run('keep')
+    assert (kept, async_dispatch) == ('True', 'False') and faults < pages // 100
+    kept, async_dispatch, faults = run('default')
+    assert (kept, async_dispatch) == ('False', 'True')
     # where huge pages are always on, the kernel backs a fresh mapping with 2 MiB pages: few faults either way
     if transparent_huge_pages() != 'always':
-        assert faults('default') > pages // 2  # glibc maps the block afresh: the test can see the difference
-    assert faults('keep') < pages // 100
+        assert faults > pages // 2  # glibc maps the block afresh: the test can see the difference
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason="glibc's malloc")
+def test_nothing_changes_once_jax_has_started():
+    """The client reads the dispatch setting when it is created: after that, the setting would only half take, so
+    it is refused whole."""
+    script = ('import jax; jax.devices()\nfrom vit_flax.training import allocator\n'
+              'print(allocator.keep_freed_memory({}), jax.config.values["jax_cpu_enable_async_dispatch"])')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], env={'PATH': ''})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['False', 'True']
 
 
 @pytest.mark.parametrize('environ', [

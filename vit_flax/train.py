@@ -266,7 +266,7 @@ def main(argv):
     config = FLAGS.config
     xla_flags.use_trainer_flags()  # read when JAX starts its backend, below
     if config.get('keep_freed_memory'):
-        allocator.keep_freed_memory()  # before the backend's threads ask for their malloc arenas
+        allocator.keep_freed_memory()  # before JAX creates its CPU backend, which reads the dispatch setting
     try:
         distributed.initialize(config)  # config.distributed: join the other processes, before any JAX call
         metrics = train_and_evaluate(config, FLAGS.workdir)

@@ -1,19 +1,28 @@
-"""An opt-in memory allocator setting for the trainer (`config.keep_freed_memory`): freed memory stays in the
-process for the next step.
+"""An opt-in memory setting for the trainer (`config.keep_freed_memory`): a step's temporaries reuse the memory of the
+step before instead of fresh pages from the kernel.
 
 XLA's CPU runtime gives each run of a compiled step its temporary buffers as one block (739 MiB for a ViT-S/16 AdamW
-step at batch 8) and frees it when the step ends. glibc's malloc serves a block that large from `mmap`, and a thread
-other than the main one always does (its arena cannot grow to hold it), then hands it back to the kernel on `free`:
-each step faults in about 200,000 fresh zeroed 4 KiB pages. With one arena, no `mmap` and no trimming, the block is
-reused from the heap and the steps fault in no pages (`benchmarks/README.md`, "Page faults"). On 2 cores of an AMD
-EPYC that made a float32 ViT-B/16 step 6.6 -> 4.7 s in one run, but only a few percent faster in others, and it can
-raise the peak: a freed block that later small allocations split no longer fits the next step's, and the heap grows
-by another block (ViT-S/16: 1.26 -> 1.85 GiB in some runs, unchanged in others). Hence opt-in. The process keeps its
-peak heap until it exits, and all threads share one arena's lock.
+step at batch 8) and frees it when the step ends. glibc's malloc serves a block that large from `mmap` and hands it
+back to the kernel on `free`: each step faults in about 200,000 fresh zeroed 4 KiB pages (`benchmarks/README.md`,
+"Page faults"). Three settings make the block stay:
 
-mallopt changes the allocator of the running process, so the trainer calls `keep_freed_memory` before JAX starts its
-backend's threads (an arena limit holds for the threads that ask for an arena later). A user's own malloc settings in
-the environment (`GLIBC_TUNABLES` naming `glibc.malloc.`, or `MALLOC_*` variables) win: then nothing changes.
+- JAX's CPU client runs each computation in the thread that calls it (`jax_cpu_enable_async_dispatch` off), so the
+  block comes from the main thread's malloc arena. A block allocated by one of XLA's threads comes from that thread's
+  arena, whose heap cannot grow so large, and glibc then maps it whatever the settings below say.
+- No `mmap` for large blocks: the main arena grows its heap instead.
+- No trimming: freed memory at the top of the heap stays in the process for the next step.
+
+Other threads keep their own arenas. In four runs of the side-by-side harness (ViT-S/16, 2 cores of an AMD EPYC) the
+steps faulted in no pages, took 1,383-1,468 ms (median) against 1,557-1,804 ms in eight runs without the setting
+within the same two hours, and peaked at 1,155-1,201 MiB, below the 1,216-1,276 MiB without it.
+Still opt-in: the process keeps its peak heap until it exits, Python no longer runs ahead of a step (the host work
+between steps is not overlapped with them), and a buffer that outlives a step and lands above its block in the heap
+would make the next block take fresh memory: one block more at most. (Sharing one arena among all threads instead,
+the first form of this setting, let that happen in three of four runs, to 1.85 GiB.)
+
+Call `keep_freed_memory` before JAX creates its CPU backend (the trainer does it before its first JAX call): the
+client reads the dispatch setting then, and once it exists nothing is changed. A user's own malloc settings in the
+environment (`GLIBC_TUNABLES` naming `glibc.malloc.`, or `MALLOC_*` variables) win: then nothing changes either.
 Elsewhere than Linux with glibc it does nothing.
 """
 
@@ -24,9 +33,12 @@ import os
 import platform
 from typing import Mapping
 
+import jax
+from jax._src import xla_bridge
+
 # mallopt's parameters (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: SIZE_MAX, never trim
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: SIZE_MAX, never trim
 
 
 def user_malloc_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -36,9 +48,13 @@ def user_malloc_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
-    """Set glibc's malloc to one arena, no mmap and no trimming (see the module docstring). Returns whether it did:
-    False elsewhere than glibc, or where the environment sets malloc's tunables."""
+    """Run JAX's CPU computations in the calling thread and set glibc's malloc to no mmap and no trimming (see the
+    module docstring). Returns whether it did: False elsewhere than glibc, where the environment sets malloc's
+    tunables, or once JAX's backends exist (jax has no public test for that; its bridge's is used)."""
     if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or user_malloc_settings(environ):
         return False
+    if xla_bridge.backends_are_initialized():
+        return False
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
     libc = ctypes.CDLL(None)  # the process's own C library
     return all(libc.mallopt(parameter, value) == 1 for parameter, value in SETTINGS)
