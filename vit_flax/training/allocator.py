@@ -15,11 +15,13 @@ back to the kernel on `free`: each step faults in about 200,000 fresh zeroed 4 K
 Other threads keep their own arenas. In four runs of the side-by-side harness (ViT-S/16, 2 cores of an AMD EPYC) the
 steps faulted in no pages, took 1,383-1,468 ms (median) against 1,557-1,791 ms in four runs without the setting
 within the same two hours, and peaked at 1,155-1,201 MiB, below the 1,217-1,254 MiB without it.
+
 Still opt-in, because Python no longer runs ahead of a step: the host work between steps (the next batch, logging)
 is not overlapped with them, which costs little against steps of a second but much against small ones (the digits
 demo, 3,000 steps of about 15 ms: 47 -> 71 s). The process also keeps its peak heap until it exits, and a buffer that
-outlived a step above its block in the heap would make the next block take fresh memory: one block more at most. (Sharing one arena among all threads instead,
-the first form of this setting, let that happen in three of four runs, to 1.85 GiB.)
+outlived a step above its block in the heap would make the next block take fresh memory: one block more at most.
+(The first form of this setting shared one arena among all threads instead; that happened in three of four runs,
+to 1.85 GiB.)
 
 Call `keep_freed_memory` before JAX creates its CPU backend (the trainer does it before its first JAX call): the
 client reads the dispatch setting then, and once it exists nothing is changed. A user's own malloc settings in the
