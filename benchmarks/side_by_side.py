@@ -327,7 +327,7 @@ def worker(spec: dict):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:spec['threads']])
     keeps_freed_memory = False
     if spec['keep_freed_memory']:
-        # both frameworks, as vit-flax's trainer runs: before their threads ask for malloc arenas
+        # both frameworks, as vit-flax's trainer runs: before JAX creates its backend, which reads the dispatch setting
         from vit_flax.training.allocator import keep_freed_memory
 
         keeps_freed_memory = keep_freed_memory()

@@ -10,8 +10,10 @@ import pytest
 from benchmarks.machine import transparent_huge_pages
 from vit_flax.training import allocator
 
-# A jitted computation with 128 MiB of XLA temporaries (the sine, read by the product) and a small result, run
-# three times; prints whether the setting took and the minor page faults of the last two runs.
+# A jitted computation with 128 MiB of XLA temporaries (the sine, read by the product) and a small result, run ten
+# times; prints whether the setting took and the minor page faults of the last two runs. The first runs may still
+# take fresh blocks with the setting: on a loaded machine other threads' allocations can land above a block (24 runs
+# four at a time on 2 cores: up to four more blocks, the last by the fifth run, none after).
 STEP_FAULTS = """
 import resource, sys
 from vit_flax.training import allocator
@@ -20,7 +22,8 @@ import jax, jax.numpy as jnp
 x = jnp.arange(2**25, dtype=jnp.float32)
 step = jax.jit(lambda x: jnp.sin(x).reshape(8192, 4096) @ jnp.cos(x[:4096])).lower(x).compile()
 assert step.memory_analysis().temp_size_in_bytes >= 2**27
-step(x).block_until_ready()
+for _ in range(8):
+    step(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(2):
     step(x).block_until_ready()
@@ -31,8 +34,8 @@ print(kept, jax.config.values['jax_cpu_enable_async_dispatch'], faults)
 
 @pytest.mark.skipif(sys.platform != 'linux', reason="glibc's malloc")
 def test_a_steps_temporaries_reuse_the_last_steps_memory():
-    """The setting's whole point, end to end: XLA's temporary block of one run is the memory of the run before, with
-    no fresh pages faulted in; without it, every run faults its block in anew."""
+    """The setting's whole point, end to end: once the heap has settled, XLA's temporary block of one run is the
+    memory of the run before, with no fresh pages faulted in; without it, every run faults its block in anew."""
     def run(mode):
         result = subprocess.run([sys.executable, '-c', STEP_FAULTS, mode], capture_output=True, text=True,
                                 timeout=300, cwd=Path(__file__).resolve().parents[1], env={'PATH': ''})

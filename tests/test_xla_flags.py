@@ -1,4 +1,5 @@
-"""The XLA settings the trainer runs with (vit_flax/training/xla_flags.py), set with its allocator's before JAX starts."""
+"""The XLA settings the trainer runs with (vit_flax/training/xla_flags.py), set with its memory setting before JAX
+starts."""
 
 import os
 import subprocess

@@ -19,8 +19,9 @@ within the same two hours, and peaked at 1,155-1,201 MiB, below the 1,217-1,254 
 Still opt-in, because Python no longer runs ahead of a step: the host work between steps (the next batch, logging)
 is not overlapped with them, which costs little against steps of a second but much against small ones (the digits
 demo, 3,000 steps of about 15 ms: 47 -> 71 s). The process also keeps its peak heap until it exits, and a buffer that
-outlived a step above its block in the heap would make the next block take fresh memory: one block more at most.
-(The first form of this setting shared one arena among all threads instead; that happened in three of four runs,
+outlived a step above its block in the heap makes the next block take fresh memory until the heap has room: in a
+small test on a loaded machine, up to four more blocks in the first five steps, none after. (The first form of
+this setting shared one arena among all threads instead; in the harness that grew the heap in three of four runs,
 to 1.85 GiB.)
 
 Call `keep_freed_memory` before JAX creates its CPU backend (the trainer does it before its first JAX call): the
