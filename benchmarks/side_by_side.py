@@ -46,9 +46,9 @@ On CUDA the table adds images/s and MFU (or on CPU with `--peak-tflops`), model 
 `--peak-tflops`): for vit.ViT the analytic matmul count (`vit_forward_flops`, x3 for a training step), for other
 models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory, synchronisation, MFU) are written
 but have not been run yet.
-With `--keep-freed-memory` both frameworks run with vit-flax's trainer's opt-in memory setting
-(vit_flax/training/allocator.py: freed memory stays in the process, so a step's large buffers do not fault in fresh
-pages every step; the notes give each call's page faults). vit-flax runs with its trainer's XLA flags
+vit-flax runs with its trainer's memory setting for CPU runs (vit_flax/training/allocator.py: freed memory stays in
+the process, so a step's large buffers do not fault in fresh pages every step); `--keep-freed-memory both` gives it
+torch too, `neither` runs both as glibc has it, and the notes give each call's page faults. vit-flax runs with its trainer's XLA flags
 (`--xla-flags-as-set` leaves the environment's). Before each timed call the parent waits until every worker is idle
 (threads of the last call may spin on; `--no-idle-wait` skips that), and it reports the CPU time the idle workers used
 during the others' calls.
@@ -326,8 +326,8 @@ def worker(spec: dict):
         # before the imports: XLA sizes its CPU thread pool by the cores this process may use
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:spec['threads']])
     keeps_freed_memory = False
-    if spec['keep_freed_memory']:
-        # both frameworks, as vit-flax's trainer runs: before JAX creates its backend, which reads the dispatch setting
+    if spec['keep_freed_memory'] in ('both', spec['variant'].split('.')[0]):
+        # as vit-flax's trainer runs: before JAX creates its backend, which reads the dispatch setting
         from vit_flax.training.allocator import keep_freed_memory
 
         keeps_freed_memory = keep_freed_memory()
@@ -688,8 +688,8 @@ def notes(results: dict) -> list[str]:
     kept = sorted({f"{v}: {'yes' if r.get('keeps_freed_memory') else 'no'}"
                    for model in results['models'] for v, r in model['variants'].items()})
     lines.append("Freed memory kept for reuse (JAX's CPU computations in the calling thread, glibc malloc with no "
-                 "mmap and no trimming, as vit-flax's trainer's keep_freed_memory sets it; `--keep-freed-memory`): "
-                 f"{', '.join(kept)}.")
+                 "mmap and no trimming, as vit-flax's trainer's keep_freed_memory sets it on CPU; "
+                 f"`--keep-freed-memory`): {', '.join(kept)}.")
     load = ', '.join(f'{x:.2f}' for x in m['load_average'])
     settings = ', '.join(f'{name}={value!r}' for name, value in m.get('settings', {}).items()) or 'none'
     flax_flags = '' if 'flax_xla_flags' not in m else f"; vit-flax's XLA_FLAGS {m['flax_xla_flags']!r} " + (
@@ -744,9 +744,10 @@ def parse_args(argv=None):
     parser.add_argument('--no-idle-wait', action='store_true',
                         help='time each call without first waiting for every worker to go idle (what the harness did '
                              'before; the notes then show what the idle workers took)')
-    parser.add_argument('--keep-freed-memory', action='store_true',
-                        help="run both frameworks with vit-flax's trainer's opt-in memory setting "
-                             '(vit_flax.training.allocator: freed memory stays for the next step)')
+    parser.add_argument('--keep-freed-memory', choices=('flax', 'both', 'neither'), default='flax',
+                        help="which frameworks run with vit-flax's trainer's memory setting for CPU runs "
+                             '(vit_flax.training.allocator: freed memory stays for the next step); by default vit-flax '
+                             'alone, as its trainer runs')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--quick', action='store_true',
                         help='tiny models for a smoke test (ViTs: image 32, patch 8, dim 32, depth 2), 2 steps')

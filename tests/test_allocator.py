@@ -3,8 +3,10 @@ before, with no fresh pages faulted in."""
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import jax
 import pytest
 
 from benchmarks.machine import transparent_huge_pages
@@ -63,6 +65,53 @@ def test_nothing_changes_once_jax_has_started():
                             cwd=Path(__file__).resolve().parents[1], env={'PATH': ''})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ['False', 'True']
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason="glibc's malloc")
+def test_nothing_changes_where_jax_will_look_for_an_accelerator():
+    """A GPU or TPU run keeps glibc's defaults and asynchronous dispatch: the setting pays only on CPU steps."""
+    script = ('from vit_flax.training import allocator\nimport jax\n'
+              'print(allocator.keep_freed_memory({}), jax.config.values["jax_cpu_enable_async_dispatch"])')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], env={'PATH': '', 'JAX_PLATFORMS': 'cuda,cpu'})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ['False', 'True']
+
+
+@pytest.fixture
+def no_plugins(monkeypatch):
+    """A JAX install with no accelerator plugin and no platforms named."""
+    previous = jax.config.jax_platforms
+    jax.config.update('jax_platforms', None)
+    monkeypatch.setattr(allocator.importlib.util, 'find_spec', lambda name: None)
+    monkeypatch.setattr(allocator.importlib.metadata, 'entry_points', lambda group: [])
+    yield
+    jax.config.update('jax_platforms', previous)
+
+
+def test_an_accelerator_is_expected_where_jax_finds_one(no_plugins, monkeypatch, tmp_path):
+    assert not allocator.accelerator_expected({})
+    assert allocator.accelerator_expected({'PJRT_NAMES_AND_LIBRARY_PATHS': 'cuda:/opt/pjrt_c_api_gpu_plugin.so'})
+    plugin = types.SimpleNamespace(name='xla_cuda12', value='jax_plugins.xla_cuda12')
+    with monkeypatch.context() as patch:
+        patch.setattr(allocator.importlib.metadata, 'entry_points',
+                      lambda group: [plugin] if group == 'jax_plugins' else [])
+        assert allocator.accelerator_expected({})
+    (tmp_path / 'xla_cuda12').mkdir()  # a plugin found as a module of the jax_plugins namespace package
+    (tmp_path / 'xla_cuda12' / '__init__.py').touch()
+    with monkeypatch.context() as patch:
+        patch.setattr(allocator.importlib.util, 'find_spec', lambda name: types.SimpleNamespace(
+            submodule_search_locations=[str(tmp_path)]) if name == 'jax_plugins' else None)
+        assert allocator.accelerator_expected({})
+    with monkeypatch.context() as patch:
+        patch.setattr(allocator.importlib.util, 'find_spec', lambda name: object() if name == 'libtpu' else None)
+        assert allocator.accelerator_expected({})
+
+
+@pytest.mark.parametrize('platforms, expected', [('cpu', False), ('cuda', True), ('cuda,cpu', True), ('tpu', True)])
+def test_the_named_platforms_decide(no_plugins, platforms, expected):
+    jax.config.update('jax_platforms', platforms)
+    assert allocator.accelerator_expected({'PJRT_NAMES_AND_LIBRARY_PATHS': 'cuda:/x.so'}) is expected
 
 
 @pytest.mark.parametrize('environ', [

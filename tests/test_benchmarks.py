@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import na_vit_packing, side_by_side
+from vit_flax.training import allocator
 
 
 def test_na_vit_packing_benchmark(tmp_path, capsys):
@@ -54,7 +55,8 @@ def test_side_by_side_quick(tmp_path):
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
     sense (never how fast anything is). vit-flax runs its ViTs scanned with fused attention, the GPU configuration,
     and still starts from torch's loss, under the trainer's XLA flags."""
-    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla', '--keep-freed-memory']
+    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla', '--keep-freed-memory',
+               'both']
     result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command, '--json', tmp_path / 'r.json'],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,6 +100,9 @@ def test_side_by_side_times_a_variant_alone(tmp_path):
     assert list(model['variants']) == ['flax']
     assert all(model['variants']['flax'][phase]['median_s'] > 0 for phase in ('train', 'infer'))
     assert 'ratio' not in model['variants']['flax']['train']
+    # by default vit-flax runs with its trainer's memory setting, where the trainer would apply it
+    applies = sys.platform == 'linux' and not allocator.accelerator_expected() and not allocator.user_malloc_settings()
+    assert model['variants']['flax']['keeps_freed_memory'] is applies
 
 
 BUSY_THEN_IDLE = """

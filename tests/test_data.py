@@ -1,6 +1,7 @@
 """Input pipelines: datasets, grain loaders (determinism, resume, per-process shares), eval padding, augmentations."""
 
 import itertools
+import time
 
 import jax
 import ml_collections
@@ -130,6 +131,32 @@ def test_resume_gives_the_same_augmented_batches():
     resumed = iter(data.train_loader(config, batch_size=32, seed=3))  # a fresh loader, as after a restart
     resumed.set_state(state)
     assert_same_batches(take(resumed, 4), expected)
+
+
+def test_read_ahead_gives_the_loaders_batches_and_positions():
+    """The trainer's background reading (data.ReadAhead) changes nothing a checkpoint sees: the same batches, and
+    after each batch taken the loader's own position, though the thread has made the next batch already; going back
+    to a position drops what was read ahead."""
+    config = make_config(augment=AUGMENT_ALL)
+    plain = iter(data.train_loader(config, batch_size=32, seed=3))
+    inner = iter(data.train_loader(config, batch_size=32, seed=3))
+    ahead = data.ReadAhead(inner)
+    try:
+        assert ahead.get_state() == plain.get_state()
+        for _ in range(3):
+            assert_same_batches([next(ahead)], [next(plain)])
+            deadline = time.monotonic() + 30
+            while inner.get_state() == plain.get_state():  # until the thread has taken the next batch
+                assert time.monotonic() < deadline, 'the thread did not read ahead'
+                time.sleep(0.01)
+            assert ahead.get_state() == plain.get_state()
+        state = ahead.get_state()
+        expected = take(plain, 2)
+        assert_same_batches(take(ahead, 2), expected)
+        ahead.set_state(state)
+        assert_same_batches(take(ahead, 2), expected)
+    finally:
+        ahead.close()
 
 
 def test_processes_train_on_disjoint_shares(processes):

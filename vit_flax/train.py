@@ -164,8 +164,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     model = build_trainee(config, info)
     trainer = Trainer(config, model, objectives.example_inputs(config.objective, info), info.num_classes)
-    data_iterator = iter(data.train_loader(config, batch_size=config.batch_size // jax.process_count(),
-                                           seed=config.seed))
+    # the next batch is made while a step runs, also where the step runs in this thread (keep_freed_memory)
+    data_iterator = data.ReadAhead(iter(data.train_loader(config, batch_size=config.batch_size // jax.process_count(),
+                                                          seed=config.seed)))
 
     checkpoints = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
     try:
@@ -185,6 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                                                  config.init_from))
     except BaseException:
         checkpoints.close()
+        data_iterator.close()
         raise
     write_record(workdir, config)
 
@@ -222,6 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         progress.close()
         checkpoints.wait()
         checkpoints.close()
+        data_iterator.close()
         writer.close()
     if not eval_metrics:  # resumed a finished run: evaluate what is there
         eval_metrics = evaluate(trainer, state, config)

@@ -130,6 +130,40 @@ def train_loader(config, *, batch_size: int, seed: int) -> grain.DataLoader:
         worker_count=config.get('data_workers', 0), read_options=_read_options(config))
 
 
+class ReadAhead:
+    """A train loader's iterator that makes its next batch in a background thread while the caller computes: grain's
+    thread prefetch, with the iterator's own checkpoint API, so that grain's orbax handler saves and restores it as
+    it would the iterator.
+
+    The trainer reads this way because with data_workers=0 grain makes batches in the calling thread (11 ms per
+    batch of the digits), and a JAX step that runs in the calling thread (allocator.keep_freed_memory) does not
+    overlap that work otherwise. `get_state()` is the position after the last batch taken, as the iterator's own
+    would be: the batches read ahead are not counted, so a checkpoint resumes with the next batch not yet used.
+    """
+
+    def __init__(self, iterator, batches: int = 1):
+        self._prefetch = grain.experimental.ThreadPrefetchDatasetIterator(iterator, batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._prefetch)
+
+    def get_state(self) -> bytes:
+        return self._prefetch.get_state()
+
+    def set_state(self, state: bytes):
+        self._prefetch.set_state(state)  # drops what was read ahead
+
+    def start_prefetch(self):
+        self._prefetch.start_prefetch()
+
+    def close(self):
+        """Stops the thread; the iterator cannot be used after."""
+        self._prefetch.close()
+
+
 def train_records(config) -> tuple[grain.sources.RandomAccessDataSource, list[grain.transforms.Map]]:
     """The train split's source and what `train_loader` does to each of its records, in order: the augmentations
     config.augment switches on, then Normalize. A random resized crop reads an image folder at the files' own

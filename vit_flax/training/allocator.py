@@ -1,5 +1,5 @@
-"""An opt-in memory setting for the trainer (`config.keep_freed_memory`): a step's temporaries reuse the memory of the
-step before instead of fresh pages from the kernel.
+"""The trainer's memory setting for CPU runs (`config.keep_freed_memory`, on by default): a step's temporaries reuse
+the memory of the step before instead of fresh pages from the kernel.
 
 XLA's CPU runtime gives each run of a compiled step its temporary buffers as one block (739 MiB for a ViT-S/16 AdamW
 step at batch 8) and frees it when the step ends. glibc's malloc serves a block that large from `mmap` and hands it
@@ -16,16 +16,18 @@ Other threads keep their own arenas. In four runs of the side-by-side harness (V
 steps faulted in no pages, took 1,383-1,468 ms (median) against 1,557-1,791 ms in four runs without the setting
 within the same two hours, and peaked at 1,155-1,201 MiB, below the 1,217-1,254 MiB without it.
 
-Still opt-in, because Python no longer runs ahead of a step: the host work between steps (the next batch, logging)
-is not overlapped with them, which costs little against steps of a second but much against small ones (the digits
-demo, 3,000 steps of about 15 ms: 47 -> 71 s). The process also keeps its peak heap until it exits, and a buffer that
-outlived a step above its block in the heap makes the next block take fresh memory until the heap has room: in a
-small test on a loaded machine, up to four more blocks in the first five steps, none after. (The first form of
-this setting shared one arena among all threads instead; in the harness that grew the heap in three of four runs,
-to 1.85 GiB.)
+What it costs: Python no longer runs ahead of a step, so host work between steps is not overlapped with them. The
+trainer makes its next batch in a background thread (`vit_flax.data.ReadAhead`) for that reason: the digits demo's 3,000
+steps of about 15 ms train in 57-58 s with this setting, 53-54 s without (twice each, 2 cores of an AMD EPYC); before
+the trainer read ahead, 71 s against 47 s. The process also keeps its peak heap until it exits, and a buffer that
+outlived a step above its block in the heap makes the next block take fresh memory until the heap has room: in a small
+test on a loaded machine, up to four more blocks in the first five steps, none after. (The first form of this setting
+shared one arena among all threads instead; in the harness that grew the heap in three of four runs, to 1.85 GiB.)
 
-Call `keep_freed_memory` before JAX creates its CPU backend (the trainer does it before its first JAX call): the
-client reads the dispatch setting then, and once it exists nothing is changed. A user's own malloc settings in the
+It applies to runs on CPU only: where JAX will find an accelerator (`JAX_PLATFORMS` names one, or none is named and
+a GPU or TPU plugin is installed), the host's memory is left as glibc has it, and dispatch asynchronous. Call
+`keep_freed_memory` before JAX creates its CPU backend (the trainer does it before its first JAX call): the client
+reads the dispatch setting then, and once it exists nothing is changed. A user's own malloc settings in the
 environment (`GLIBC_TUNABLES` naming `glibc.malloc.`, or `MALLOC_*` variables) win: then nothing changes either.
 Elsewhere than Linux with glibc it does nothing.
 """
@@ -33,7 +35,10 @@ Elsewhere than Linux with glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import platform
 from typing import Mapping
 
@@ -51,11 +56,27 @@ def user_malloc_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
             if (name == 'GLIBC_TUNABLES' and 'glibc.malloc.' in value) or name.startswith('MALLOC_')]
 
 
+def accelerator_expected(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether JAX will look for a GPU or TPU when it starts: the platforms named (`jax_platforms`, which
+    JAX_PLATFORMS sets) include one other than the CPU, or none are named and a PJRT plugin (jax-cuda, jax-rocm, ...)
+    or libtpu is installed, found as JAX finds them (`jax._src.xla_bridge.discover_pjrt_plugins`)."""
+    named = jax.config.jax_platforms
+    if named:
+        return any(name.strip() != 'cpu' for name in named.split(','))
+    plugins = importlib.util.find_spec('jax_plugins')
+    return bool((plugins and any(pkgutil.iter_modules(plugins.submodule_search_locations)))
+                or importlib.metadata.entry_points(group='jax_plugins')
+                or importlib.util.find_spec('libtpu') or environ.get('PJRT_NAMES_AND_LIBRARY_PATHS'))
+
+
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     """Run JAX's CPU computations in the calling thread and set glibc's malloc to no mmap and no trimming (see the
     module docstring). Returns whether it did: False elsewhere than glibc, where the environment sets malloc's
-    tunables, or once JAX's backends exist (jax has no public test for that; its bridge's is used)."""
+    tunables, where JAX will look for an accelerator, or once JAX's backends exist (jax has no public test for
+    that; its bridge's is used)."""
     if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc' or user_malloc_settings(environ):
+        return False
+    if accelerator_expected(environ):
         return False
     if xla_bridge.backends_are_initialized():
         return False
