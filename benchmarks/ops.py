@@ -13,6 +13,8 @@ one random cotangent), as a jitted JAX function or a torch eager call, and check
 - bfloat16 products (a linear layer's and the attention's, from float32 inputs cast inside, as mixed precision
   does): `jnp.dot` / `jnp.einsum` with a bfloat16 result against `layers.matmul` / `layers.einsum` (float32
   accumulation) and torch's bfloat16 matmul;
+- the six products of a bfloat16 attention's forward and backward, as `layers.einsum` computes them, in GFLOP/s, and
+  whether XLA multiplies their bfloat16 operands or float32 copies;
 - matmul: JAX against torch, in GFLOP/s.
 """
 
@@ -192,6 +194,32 @@ def bfloat16_products(quick: bool, repeats: int, batch: int) -> list[dict]:
     return rows
 
 
+def attention_products(quick: bool, repeats: int, batch: int) -> list[dict]:
+    """The six products of a bfloat16 attention's forward and backward, each as `layers.einsum` computes it
+    (bfloat16 operands, float32 accumulation, rounded to bfloat16), in GFLOP/s; the variant says whether XLA's
+    compiled product takes the bfloat16 operands as they are (its YNNPACK fusion) or float32 copies of them."""
+    import jax
+    import jax.numpy as jnp
+
+    tokens, heads = (16, 2) if quick else (197, 6)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, spec in (('S = Q K^T', 'bhid,bhjd->bhij'), ('O = P V', 'bhij,bhjd->bhid'),
+                       ('dP = dO V^T', 'bhid,bhjd->bhij'), ('dQ = dS K', 'bhij,bhjd->bhid'),
+                       ('dV = P^T dO', 'bhij,bhid->bhjd'), ('dK = dS^T Q', 'bhij,bhid->bhjd')):
+        shapes = {'i': tokens, 'j': tokens, 'd': 64}
+        a, b = (jnp.asarray(rng.standard_normal((batch, heads, *(shapes[c] for c in part[2:]))), jnp.bfloat16)
+                for part in spec.split('->')[0].split(','))
+        product = jax.jit(partial(lambda spec, a, b: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+                                  .astype(jnp.bfloat16), spec))
+        native = '__ynn_fusion' in product.lower(a, b).compile().as_text()
+        ms = median_ms(lambda: jax.block_until_ready(product(a, b)), repeats)
+        rows.append({'op': 'bfloat16 attention product', 'shape': f'{batch}x{heads} heads, {tokens} tokens',
+                     'variant': f"{name} ('{spec}'; XLA: {'bfloat16 operands' if native else 'float32 copies'})",
+                     'forward_ms': ms, 'gflops': 2 * batch * heads * tokens * tokens * 64 / ms / 1e6})
+    return rows
+
+
 def matmuls(quick: bool, repeats: int) -> list[dict]:
     import jax
     import torch
@@ -238,7 +266,8 @@ def main(argv=None) -> list[dict]:
 
     use_trainer_flags()  # as the trainer runs; before JAX starts its backend
     rows = (convolutions(args.quick, args.repeats, args.batch) + attention(args.quick, args.repeats, args.batch)
-            + bfloat16_products(args.quick, args.repeats, args.batch) + matmuls(args.quick, args.repeats))
+            + bfloat16_products(args.quick, args.repeats, args.batch)
+            + attention_products(args.quick, args.repeats, args.batch) + matmuls(args.quick, args.repeats))
     settings = ', '.join(f'{k}={v!r}' for k, v in kernel_settings().items()) or 'none'
     print(markdown(rows) if args.markdown else '\n'.join(map(str, rows)))
     command = ' '.join([PROGRAM, *(sys.argv[1:] if argv is None else argv)])

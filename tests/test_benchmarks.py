@@ -238,7 +238,11 @@ def test_ops_benchmark_times_every_form(monkeypatch, capsys):
 
     monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', ''))  # it adds the trainer's flags to the process's
     rows = ops.main(['--quick', '--markdown'])
-    forms = {(row['op'], row['variant']) for row in rows}
+    products = [row['variant'] for row in rows if row['op'] == 'bfloat16 attention product']
+    assert [variant.split(' (')[0] for variant in products] == [
+        'S = Q K^T', 'O = P V', 'dP = dO V^T', 'dQ = dS K', 'dV = P^T dO', 'dK = dS^T Q']
+    assert all(variant.endswith(("XLA: bfloat16 operands)", "XLA: float32 copies)")) for variant in products)
+    forms = {(row['op'], row['variant']) for row in rows if row['op'] != 'bfloat16 attention product'}
     assert forms == {
         ('depth-wise 3x3 convolution', 'lax.conv_general_dilated'), ('depth-wise 3x3 convolution', 'vit-flax'),
         ('depth-wise 3x3 convolution', 'torch'), ('1x1 convolution', 'lax.conv_general_dilated'),
