@@ -48,10 +48,10 @@ models XLA's `cost_analysis()` of the compiled Flax step. The GPU paths (memory,
 but have not been run yet.
 vit-flax runs with its trainer's memory setting for CPU runs (vit_flax/training/allocator.py: freed memory stays in
 the process, so a step's large buffers do not fault in fresh pages every step); `--keep-freed-memory both` gives it
-torch too, `neither` runs both as glibc has it, and the notes give each call's page faults. vit-flax runs with its trainer's XLA flags
-(`--xla-flags-as-set` leaves the environment's). Before each timed call the parent waits until every worker is idle
-(threads of the last call may spin on; `--no-idle-wait` skips that), and it reports the CPU time the idle workers used
-during the others' calls.
+torch too, `neither` runs both as glibc has it, and the notes give each call's page faults. vit-flax runs with its
+trainer's XLA flags (`--xla-flags-as-set` leaves the environment's). Before each timed call the parent waits until
+every worker is idle (threads of the last call may spin on; `--no-idle-wait` skips that), and it reports the CPU time
+the idle workers used during the others' calls.
 `--dtype bfloat16` is each framework's usual mixed precision, float32 master weights: Flax casts the parameters and
 images to bfloat16 inside the step (as `vit_flax.training.steps` does), torch runs under `torch.autocast`. They
 are not the same arithmetic (autocast keeps norms and softmax in float32), so their losses agree only roughly.

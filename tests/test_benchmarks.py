@@ -55,8 +55,8 @@ def test_side_by_side_quick(tmp_path):
     """The whole harness on tiny models, as a user runs it; checks the table's rows and that its numbers make
     sense (never how fast anything is). vit-flax runs its ViTs scanned with fused attention, the GPU configuration,
     and still starts from torch's loss, under the trainer's XLA flags."""
-    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla', '--keep-freed-memory',
-               'both']
+    command = ['--quick', '--no-compile', '--markdown', '--scan-layers', '--attention-impl', 'xla',
+               '--keep-freed-memory', 'both']
     result = subprocess.run([sys.executable, '-m', 'benchmarks.side_by_side', *command, '--json', tmp_path / 'r.json'],
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
