@@ -21,7 +21,7 @@ import torch
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, float64_default, float64_reference, nchw
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, LayerNorm, Linear, einsum, gelu, matmul, posemb_sincos_2d, residual_boundary,
+    BatchNorm, Conv, Embedding, LayerNorm, Linear, add_bias, einsum, gelu, matmul, posemb_sincos_2d, residual_boundary,
 )
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -225,6 +225,41 @@ def test_half_precision_products_accumulate_in_float32_forward_and_backward(prod
     types = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
                        text)
     assert types == [(half, half, 'f32')] * 2  # the backward products (the forward one is not needed)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+def test_half_precision_bias_gradient_accumulates_in_float32(dtype, rng):
+    """A half-precision layer's bias: the output is `y + bias` in half precision, the input's gradient is the
+    cotangent itself, and the bias's is the float64 sum of the cotangent rounded once to half precision (float32
+    accumulation), computed as a half x half -> float32 product, not a reduction of float32 copies."""
+    y = jnp.asarray(rng.standard_normal((3, 5, 24)), dtype)
+    bias = jnp.asarray(rng.standard_normal(24), jnp.float32)  # float32 parameters, cast to the compute dtype
+    out, pullback = jax.vjp(add_bias, y, bias)
+    np.testing.assert_array_equal(out, y + bias.astype(dtype))
+    cotangent = jnp.asarray(rng.standard_normal(out.shape), dtype)
+    y_grad, bias_grad = pullback(cotangent)
+    np.testing.assert_array_equal(y_grad, cotangent)
+    assert bias_grad.dtype == jnp.float32
+    exact = np.asarray(cotangent, np.float64).sum((0, 1))
+    unit = 2.0 ** -(jnp.finfo(dtype).nmant + 1)
+    bound = unit * np.abs(exact) + 2.0 ** -20 * np.abs(np.asarray(cotangent, np.float64)).sum((0, 1))
+    assert np.all(np.abs(np.asarray(bias_grad, np.float64) - exact) <= bound)
+    half = {jnp.bfloat16: 'bf16', jnp.float16: 'f16'}[dtype]
+    text = jax.jit(lambda y, bias, cotangent: jax.vjp(add_bias, y, bias)[1](cotangent)).lower(
+        y, bias, cotangent).as_text()
+    types = re.findall(r'dot_general.*: \(tensor<[0-9x]+x(\w+)>, tensor<[0-9x]+x(\w+)>\) -> tensor<[0-9x]+x(\w+)>',
+                       text)
+    assert types == [(half, half, 'f32')] and 'stablehlo.reduce' not in text
+
+
+def test_bias_of_other_dtypes_is_added_as_jnp_does(rng):
+    y = jnp.asarray(rng.standard_normal((3, 5, 24)), jnp.float32)
+    bias = jnp.asarray(rng.standard_normal(24), jnp.float32)
+    np.testing.assert_array_equal(add_bias(y, bias), y + bias)
+    gradient = jax.grad(lambda y, bias: (add_bias(y, bias) ** 2).sum(), argnums=(0, 1))(y, bias)
+    expected = jax.grad(lambda y, bias: ((y + bias) ** 2).sum(), argnums=(0, 1))(y, bias)
+    for got, want in zip(gradient, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize('spec, shapes', [
