@@ -21,7 +21,8 @@ import torch
 from vit_flax import converters
 from tests.conftest import assert_close_outputs, float64_default, float64_reference, nchw
 from vit_flax.layers import (
-    BatchNorm, Conv, Embedding, LayerNorm, Linear, add_bias, einsum, gelu, matmul, posemb_sincos_2d, residual_boundary,
+    BatchNorm, ChanLayerNorm, Conv, Embedding, LayerNorm, Linear, add_bias, einsum, gelu, matmul, posemb_sincos_2d,
+    residual_boundary,
 )
 from vit_flax.simple_vit import SimpleViT
 from vit_flax.vit import ViT
@@ -179,6 +180,42 @@ def test_depthwise_conv_accumulates_half_precision_in_float32(rng):
     np.testing.assert_array_equal(np.asarray(half, np.float32), np.asarray(
         jnp.asarray(inputs_rounded).astype(jnp.bfloat16), np.float32))
     assert np.abs(np.asarray(half, np.float32) - exact).max() < 0.05 * np.abs(exact).max()
+
+
+HALF_IN_FLOAT32 = [  # (module, how it is called): computed in float32 on half-precision inputs
+    pytest.param(Conv(8, 3, padding=1, groups=8, use_bias=False), {}, id='depthwise-conv'),
+    pytest.param(Conv(8, 3, stride=2, padding=1, groups=8, use_bias=False), {}, id='depthwise-conv-stride-2'),
+    pytest.param(BatchNorm(), {'train': True, 'mutable': ['batch_stats']}, id='batchnorm-train'),
+    pytest.param(BatchNorm(), {}, id='batchnorm-eval'),
+    pytest.param(ChanLayerNorm(8), {}, id='channel-layernorm'),
+]
+
+
+@pytest.mark.parametrize('model, keywords', HALF_IN_FLOAT32)
+def test_half_precision_inputs_are_computed_in_float32_forward_and_backward(model, keywords, rng):
+    """The output and the input's gradient are the float32 computation on the half-precision values, rounded once
+    to bfloat16: the taps' gradients are summed, and the normalisations' backward reductions run, in float32 (in
+    bfloat16 they would round at every step, and XLA's CPU code runs those reductions several times slower)."""
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)) * 2 + 1, jnp.bfloat16)
+    variables = model.init(jax.random.key(0), x.astype(jnp.float32))
+    variables = jax.tree.map(lambda v: v + jnp.asarray(rng.standard_normal(v.shape) * 0.1, v.dtype), variables)
+    # the parameters in half precision, BatchNorm's statistics in float32, as the trainer casts them (cast_floats)
+    half_variables = {**variables, 'params': jax.tree.map(lambda v: v.astype(jnp.bfloat16), variables['params'])}
+
+    def run(variables, x):
+        out = model.apply(variables, x, **keywords)
+        return out[0] if keywords.get('mutable') else out
+
+    out, pullback = jax.vjp(lambda x: run(half_variables, x), x)
+    wide = jax.tree.map(lambda v: v.astype(jnp.float32), half_variables)
+    expected, expected_pullback = jax.vjp(lambda x: run(wide, x), x.astype(jnp.float32))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected.astype(jnp.bfloat16), np.float32))
+    cotangent = jnp.asarray(rng.standard_normal(out.shape), jnp.bfloat16)
+    (gradient,), (expected_gradient,) = pullback(cotangent), expected_pullback(cotangent.astype(jnp.float32))
+    assert gradient.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(gradient, np.float32),
+                                  np.asarray(expected_gradient.astype(jnp.bfloat16), np.float32))
 
 
 HALF_PRODUCTS = [  # (what, its spec for numpy, shapes of the operands)

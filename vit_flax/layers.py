@@ -593,13 +593,14 @@ def depthwise_conv(x, kernel, stride, padding, dilation):
     kernel_size = kernel.shape[:n]
     out_sizes = _conv_output_sizes(x.shape[1:-1], kernel_size, stride, padding, dilation)
     accumulate = jnp.promote_types(x.dtype, jnp.float32)
-    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    # widened before the taps are sliced, so that the backward pass also sums the taps' input gradients in float32
+    padded = jnp.pad(x.astype(accumulate), ((0, 0), *padding, (0, 0)))
     y = None
     for tap in np.ndindex(*kernel_size):
         start = (0, *(t * d for t, d in zip(tap, dilation)), 0)
         limit = (x.shape[0], *(b + s * (o - 1) + 1 for b, s, o in zip(start[1:-1], stride, out_sizes)), x.shape[-1])
         window = jax.lax.slice(padded, start, limit, (1, *stride, 1))
-        term = window.astype(accumulate) * kernel[tap][0].astype(accumulate)
+        term = window * kernel[tap][0].astype(accumulate)
         y = term if y is None else y + term
     return y.astype(x.dtype)
 
@@ -625,9 +626,13 @@ class BatchNorm(nn.Module):
         running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
         running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
 
+        # normalised in float32 at least: in half precision the backward pass would sum its per-channel reductions
+        # in it too, which XLA's CPU code runs through float32 copies several times slower. One widened copy, so
+        # that the input's gradient is rounded to its dtype once
+        wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if train:
             axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
+            x32 = wide.astype(jnp.float32)
             mean = x32.mean(axes)
             var = jnp.square(x32 - mean).mean(axes)
             if not self.is_initializing():
@@ -638,8 +643,8 @@ class BatchNorm(nn.Module):
         else:
             mean, var = running_mean.value, running_var.value
 
-        y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
-        return y * scale.astype(x.dtype) + bias.astype(x.dtype)
+        y = (wide - mean.astype(wide.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(wide.dtype)
+        return (y * scale.astype(wide.dtype) + bias.astype(wide.dtype)).astype(x.dtype)
 
 
 class ChanLayerNorm(nn.Module):
@@ -654,10 +659,11 @@ class ChanLayerNorm(nn.Module):
     def __call__(self, x):
         g = self.param('g', nn.initializers.ones, (1, self.dim, 1, 1))
         b = self.param('b', nn.initializers.zeros, (1, self.dim, 1, 1))
-        var = jnp.var(x, axis=-1, keepdims=True)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        g, b = g.reshape(self.dim).astype(x.dtype), b.reshape(self.dim).astype(x.dtype)
-        return (x - mean) / jnp.sqrt(var + self.eps) * g + b
+        y = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # as LayerNorm: statistics float32 at least
+        var = jnp.var(y, axis=-1, keepdims=True)
+        mean = jnp.mean(y, axis=-1, keepdims=True)
+        g, b = g.reshape(self.dim).astype(y.dtype), b.reshape(self.dim).astype(y.dtype)
+        return ((y - mean) / jnp.sqrt(var + self.eps) * g + b).astype(x.dtype)
 
 
 class Embedding(nn.Module):
