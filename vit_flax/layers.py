@@ -420,7 +420,8 @@ def add_bias(y, bias):
     On CPU, a half-precision bias's gradient (the cotangent summed over every other axis) is a product with a vector
     of ones, accumulated in float32 as `einsum`'s: XLA's CPU code would otherwise sum the cotangent through a float32
     copy in a tree of reduce-windows, up to 9 ms per ViT-S/16 bias at batch 8, 13% of a bfloat16 training step
-    (benchmarks/README.md, "bfloat16 on CPU"). Other dtypes and platforms add as `y + bias` does.
+    (benchmarks/README.md, "bfloat16 on CPU"). That takes a custom VJP, so forward-mode differentiation is not defined
+    through it, as through `einsum`. Other dtypes and platforms add as `y + bias` does.
     """
     bias = bias.astype(y.dtype)
     if y.dtype not in (jnp.bfloat16, jnp.float16):
