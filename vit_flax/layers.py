@@ -441,7 +441,7 @@ def _bias_added_forward(y, bias):
 def _bias_added_backward(_, cotangent):
     rows = cotangent.reshape(-1, cotangent.shape[-1])
     ones = jnp.ones(rows.shape[:1], rows.dtype)
-    return cotangent, jnp.einsum('n,no->o', ones, rows, preferred_element_type=jnp.float32).astype(rows.dtype)
+    return cotangent, _accumulated('n,no->o', ones, rows)
 
 
 _bias_added.defvjp(_bias_added_forward, _bias_added_backward)
